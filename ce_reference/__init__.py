@@ -1,0 +1,40 @@
+"""ce_reference: verified reference cross-entropy losses and gradients.
+
+Four losses, each with ``NAME``, ``NAME_grad`` and ``NAME_value_and_grad``
+(NumPy, hand-derived); JAX twins in :mod:`ce_reference.jax`; the registry of
+all losses in :mod:`ce_reference.registry`.
+"""
+
+from .binary import (
+    binary_cross_entropy,
+    binary_cross_entropy_grad,
+    binary_cross_entropy_value_and_grad,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_grad,
+    binary_cross_entropy_with_logits_value_and_grad,
+)
+from .categorical import (
+    categorical_cross_entropy,
+    categorical_cross_entropy_grad,
+    categorical_cross_entropy_value_and_grad,
+    softmax_cross_entropy,
+    softmax_cross_entropy_grad,
+    softmax_cross_entropy_value_and_grad,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_grad",
+    "binary_cross_entropy_value_and_grad",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_grad",
+    "binary_cross_entropy_with_logits_value_and_grad",
+    "categorical_cross_entropy",
+    "categorical_cross_entropy_grad",
+    "categorical_cross_entropy_value_and_grad",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_grad",
+    "softmax_cross_entropy_value_and_grad",
+]

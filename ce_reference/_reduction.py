@@ -1,0 +1,37 @@
+"""Reductions shared by all losses.
+
+``mean`` divides the sum of the per-example losses by a loss-specific
+denominator (the number of elements, the number of rows, or the sum of
+target weights of the kept rows, as PyTorch does); the gradient of the
+reduced loss is the per-example gradient times ``1 / denominator``.  Sums
+accumulate in float64 whatever the compute dtype.
+
+A ``mean`` whose denominator is 0 (empty batch, every row ignored, every
+target weight 0) is NaN, as in PyTorch; its gradient is defined as zero, so
+it is always finite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def reduce_loss(per_example: np.ndarray, reduction: str, denominator: float, result_dtype):
+    """Reduce per-example losses; returns an array (``none``) or a NumPy scalar."""
+    if reduction == "none":
+        return per_example.astype(result_dtype, copy=False)
+    total = np.sum(per_example, dtype=np.complex128 if per_example.dtype.kind == "c" else np.float64)
+    if reduction == "sum":
+        value = total
+    elif denominator == 0:
+        value = np.nan
+    else:
+        value = total / denominator
+    return np.asarray(value).astype(result_dtype)[()]
+
+
+def grad_scale(reduction: str, denominator: float) -> float:
+    """Factor that turns d(sum of losses) into d(reduced loss)."""
+    if reduction != "mean":
+        return 1.0
+    return 0.0 if denominator == 0 else 1.0 / float(denominator)
