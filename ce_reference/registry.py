@@ -44,6 +44,21 @@ class LossSpec:
         """The JAX twin (imports JAX on first use)."""
         return getattr(importlib.import_module("ce_reference.jax"), self.name)
 
+    @property
+    def hvp(self) -> Callable | None:
+        """The hand-derived Hessian-vector product ``ce_reference.hvp.<name>_hvp``.
+
+        ``None`` when the module (or the function) does not exist, so that the
+        verifier can report its second-order oracle as not available.
+        """
+        try:
+            module = importlib.import_module("ce_reference.hvp")
+        except ModuleNotFoundError as exc:
+            if exc.name != "ce_reference.hvp":
+                raise                       # a broken import inside the module is an error
+            return None
+        return getattr(module, self.name + "_hvp", None)
+
 
 def _spec(module, name, input, kind, options):
     return LossSpec(

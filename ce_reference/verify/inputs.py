@@ -1,0 +1,436 @@
+"""Seeded, reproducible inputs of the verifier and the audit.
+
+A *row* of the report is ``loss x option set x dtype x region``; case ``i`` of
+a row is drawn from ``numpy.random.default_rng([seed, crc32(row key), i])``,
+so any single case can be regenerated from its row and number alone
+(:func:`make_case`).
+
+Shapes come from a small fixed list of :class:`Layout` s (shape, class axis,
+reduction) per loss kind: scalars to ``(N, C)`` and ``(N, C, d)`` with a
+non-last class axis, ``C`` from 1 to 1000.  Keeping the list short keeps the
+number of distinct JAX compilations (about 0.3 s each) small.  Values:
+
+* logits, ``random``: ``N(0, s)`` with ``s`` cycling through 1, 3, 10, 30;
+* logits, ``extreme``: rows with one dominant logit (right or wrong class,
+  +-L for L in :data:`DOMINANT`), all-equal rows, +-1e4, values near exp's
+  overflow thresholds (88.72 in float32, 709.78 in float64) and tiny spreads;
+* probabilities, ``random``: uniform / Dirichlet rows;
+* probabilities, ``near 0/1``: 1e-300 .. nextafter(1, 0) (per dtype);
+* probabilities, ``clip``: exactly at, just inside and outside ``[eps, 1-eps]``,
+  and 0 and 1 (option sets with ``eps`` only).  Points on a clip boundary
+  are flagged in :attr:`Case.kink`: finite differences check them one-sided.
+
+Targets: hard 0/1 or soft (binary); class indices, one-hot or Dirichlet soft
+rows, including all-zero rows (categorical).  Options: weights drawn from
+{0, 1e-3, U(0.5, 2), 1e3}, ``pos_weight``, ``ignore_index`` (a negative
+sentinel or a valid class), ``label_smoothing`` in {0.1, 0.5, 1}, every
+reduction, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..registry import LOSSES, LossSpec
+
+DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+LOGIT_SCALES = (1.0, 3.0, 10.0, 30.0)
+# Dominant-logit magnitudes: sigma saturates in float64 near 36.7, exp overflows
+# at 88.72 (float32) and 709.78 (float64); 745 underflows exp(-x) to 0; 1e4 is far out.
+DOMINANT = (20.0, 30.0, 36.7, 40.0, 88.7, 100.0, 709.78, 745.0, 1e4)
+BINARY_EXTREME = (0.0, 1e-8, 1.0, 5.0, 20.0, 30.0, 36.7, 40.0, 88.7, 100.0, 709.78, 745.0, 1e4)
+LABEL_SMOOTHING = (0.1, 0.5, 1.0)
+CLIP_EPS = 1e-7          # valid in float32 and float64 (1 - 1e-7 != 1 in both)
+IGNORE_SENTINEL = -100   # PyTorch's default ignore_index
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape of the first argument, its class axis (categorical) and the reduction."""
+
+    shape: tuple
+    axis: int | None
+    reduction: str
+
+
+@dataclass(frozen=True)
+class OptionSet:
+    """One row family: which targets and which keyword options a case uses."""
+
+    name: str
+    targets: str                  # binary: "hard" | "soft"; categorical: "index" | "onehot" | "soft"
+    options: frozenset = frozenset()
+    regions: tuple = ()
+
+
+def _opt(name, targets, options=(), regions=()):
+    return OptionSet(name, targets, frozenset(options), tuple(regions))
+
+
+_LOGITS = ("random", "extreme")
+_PROBS = ("random", "near 0/1")
+_CLIP = ("random", "near 0/1", "clip")
+
+OPTION_SETS: dict[str, tuple[OptionSet, ...]] = {
+    "binary_cross_entropy": (
+        _opt("hard targets", "hard", (), _PROBS),
+        _opt("soft targets", "soft", (), _PROBS),
+        _opt("weight", "soft", ("weight",), _PROBS),
+        _opt("eps clip", "hard", ("eps",), _CLIP),
+        _opt("eps + weight, soft", "soft", ("eps", "weight"), _CLIP),
+    ),
+    "binary_cross_entropy_with_logits": (
+        _opt("hard targets", "hard", (), _LOGITS),
+        _opt("soft targets", "soft", (), _LOGITS),
+        _opt("weight", "soft", ("weight",), _LOGITS),
+        _opt("pos_weight", "hard", ("pos_weight",), _LOGITS),
+        _opt("weight + pos_weight, soft", "soft", ("weight", "pos_weight"), _LOGITS),
+    ),
+    "categorical_cross_entropy": (
+        _opt("index", "index", (), _PROBS),
+        _opt("index + weight", "index", ("weight",), _PROBS),
+        _opt("soft (Dirichlet)", "soft", (), _PROBS),
+        _opt("one-hot + weight", "onehot", ("weight",), _PROBS),
+        _opt("index + eps clip", "index", ("eps",), _CLIP),
+        _opt("soft + eps + weight", "soft", ("eps", "weight"), _CLIP),
+    ),
+    "softmax_cross_entropy": (
+        _opt("index", "index", (), _LOGITS),
+        _opt("index + weight", "index", ("weight",), _LOGITS),
+        _opt("index + ignore_index", "index", ("ignore_index",), _LOGITS),
+        _opt("index + label_smoothing", "index", ("label_smoothing",), _LOGITS),
+        _opt("index + weight + ignore + smoothing", "index",
+             ("weight", "ignore_index", "label_smoothing"), _LOGITS),
+        _opt("soft (Dirichlet)", "soft", (), _LOGITS),
+        _opt("one-hot + weight + smoothing", "onehot", ("weight", "label_smoothing"), _LOGITS),
+    ),
+}
+
+_B = Layout
+BINARY_LAYOUTS = {
+    "random": (_B((), None, "sum"), _B((7,), None, "mean"), _B((4, 3), None, "none"),
+               _B((2, 3, 4), None, "mean"), _B((300,), None, "sum")),
+    "extreme": (_B((7,), None, "mean"), _B((4, 3), None, "none"), _B((2, 3, 4), None, "mean")),
+}
+BINARY_LAYOUTS["near 0/1"] = BINARY_LAYOUTS["extreme"]
+BINARY_LAYOUTS["clip"] = BINARY_LAYOUTS["extreme"]
+
+CATEGORICAL_LAYOUTS = {
+    "random": (_B((5,), -1, "sum"), _B((6, 4), -1, "mean"), _B((3, 4, 2), 1, "none"),
+               _B((4, 6), 0, "mean"), _B((2, 1000), -1, "mean"), _B((5, 1), -1, "sum")),
+    "extreme": (_B((6, 4), -1, "mean"), _B((3, 4, 2), 1, "none"), _B((5,), -1, "sum")),
+}
+CATEGORICAL_LAYOUTS["near 0/1"] = CATEGORICAL_LAYOUTS["extreme"]
+CATEGORICAL_LAYOUTS["clip"] = CATEGORICAL_LAYOUTS["extreme"]
+
+
+@dataclass
+class Case:
+    """One verifier input: call ``loss(x, targets, **kwargs)``.
+
+    ``kink`` flags elements of ``x`` sitting on a clip boundary (None when
+    there are none); ``v`` is the direction of the Hessian-vector product.
+    """
+
+    loss: str
+    option_set: str
+    dtype: np.dtype
+    region: str
+    index: int
+    seed: int
+    x: np.ndarray
+    targets: np.ndarray
+    kwargs: dict
+    v: np.ndarray
+    kink: np.ndarray | None = None
+    layout: Layout | None = field(default=None, repr=False)
+
+    @property
+    def row_key(self) -> tuple:
+        return (self.loss, self.option_set, self.dtype.name, self.region)
+
+    def describe(self, max_elems: int = 12) -> str:
+        """A short, copy-pasteable description (arrays abbreviated)."""
+        def arr(a):
+            a = np.asarray(a)
+            if a.size > max_elems:
+                return f"<{a.dtype} array {a.shape}>"
+            return np.array2string(a, precision=17, separator=", ", max_line_width=10**6)
+        kw = ", ".join(f"{k}={arr(v) if isinstance(v, np.ndarray) else repr(v)}"
+                       for k, v in self.kwargs.items())
+        return (f"{self.loss}(x={arr(self.x)}, targets={arr(self.targets)}, {kw})  "
+                f"[{self.option_set} | {self.dtype.name} | {self.region} | case {self.index}, "
+                f"seed {self.seed}]")
+
+
+def option_sets(loss: str) -> tuple[OptionSet, ...]:
+    return OPTION_SETS[loss]
+
+
+def rows(specs, dtypes=DTYPES):
+    """All ``(spec, option_set, dtype, region)`` rows of the given losses."""
+    out = []
+    for spec in specs:
+        for opt in OPTION_SETS[spec.name]:
+            for dtype in dtypes:
+                for region in opt.regions:
+                    out.append((spec, opt, np.dtype(dtype), region))
+    return out
+
+
+def _rng(seed, key, i):
+    return np.random.default_rng([seed, zlib.crc32("|".join(map(str, key)).encode()), i])
+
+
+def _layouts(spec: LossSpec, region: str):
+    table = BINARY_LAYOUTS if spec.kind == "binary" else CATEGORICAL_LAYOUTS
+    return table[region]
+
+
+def make_case(spec: LossSpec, opt: OptionSet, dtype, region: str, i: int, seed: int = 0,
+              layout: Layout | None = None) -> Case:
+    """Case ``i`` of a row (deterministic in ``seed``, the row and ``i``)."""
+    dtype = np.dtype(dtype)
+    key = (spec.name, opt.name, dtype.name, region)
+    rng = _rng(seed, key, i)
+    layouts = _layouts(spec, region)
+    k = i % len(layouts)
+    if layout is None:
+        layout = layouts[k]
+    if spec.kind == "binary":
+        x, t, kw, kink = _binary(spec, opt, dtype, region, layout, rng, i)
+    else:
+        x, t, kw, kink = _categorical(spec, opt, dtype, region, layout, rng, i, k)
+    kw["reduction"] = layout.reduction
+    v = rng.standard_normal(x.shape).astype(dtype)
+    return Case(spec.name, opt.name, dtype, region, i, seed, x, t, kw, v, kink, layout)
+
+
+# --------------------------------------------------------------------------- values
+
+def _tiny_prob(dtype):
+    return 1e-300 if dtype == np.float64 else 1e-37
+
+
+def _near_01_pool(dtype):
+    one = dtype.type(1)
+    below1 = np.nextafter(one, dtype.type(0))
+    if dtype == np.float64:
+        vals = [1e-300, 1e-30, 1e-12, 1e-7, 0.5, 1 - 1e-7, 1 - 1e-12, below1]
+    else:
+        vals = [1e-37, 1e-30, 1e-12, 1e-7, 0.5, 1 - 2.0 ** -20, below1]
+    return np.array(vals, dtype=dtype)
+
+
+def _clip_bounds(dtype):
+    """``eps`` and ``1 - eps`` as the reference computes them in ``dtype`` (and as JAX in f64)."""
+    lo = dtype.type(CLIP_EPS)
+    hi = dtype.type(1) - lo
+    return (lo, dtype.type(CLIP_EPS)), (hi, dtype.type(1 - CLIP_EPS))
+
+
+def _clip_pool(dtype):
+    (lo, _), (hi, _) = _clip_bounds(dtype)
+    lo64, hi64 = float(lo), float(hi)
+    cands = [lo64, hi64, lo64 * (1 + 1e-3), lo64 * (1 - 1e-3), hi64 - 1e-3 * lo64,
+             1 - (1 - hi64) * (1 - 1e-3) * 0.5, lo64 / 10, lo64 * 10, 0.0, 1.0, 0.5, 0.25]
+    return np.array(cands, dtype=dtype)
+
+
+def _kink_mask(p, dtype):
+    """Elements of ``p`` within 4 ULP of a clip boundary (either dtype's rounding)."""
+    (lo, lo_b), (hi, hi_b) = _clip_bounds(dtype)
+    m = np.zeros(p.shape, bool)
+    for b in (lo, lo_b, hi, hi_b):
+        m |= np.abs(p.astype(np.float64) - float(b)) <= 4 * float(np.spacing(dtype.type(b)))
+    return m if m.any() else None
+
+
+def _probs_uniform(rng, shape, dtype):
+    p = rng.uniform(0.0, 1.0, shape)
+    return _clip_open(p.astype(dtype), dtype)
+
+
+def _clip_open(p, dtype):
+    """Keep probabilities strictly inside (0, 1) after the cast to ``dtype``."""
+    lo = dtype.type(_tiny_prob(dtype))
+    hi = np.nextafter(dtype.type(1), dtype.type(0))
+    return np.clip(p, lo, hi).astype(dtype)
+
+
+def _weights(rng, shape, dtype):
+    choice = rng.integers(0, 8, shape)
+    w = rng.uniform(0.5, 2.0, shape)
+    w = np.where(choice == 0, 0.0, w)
+    w = np.where(choice == 1, 1e-3, w)
+    w = np.where(choice == 2, 1e3, w)
+    return w.astype(dtype)
+
+
+# --------------------------------------------------------------------------- binary
+
+def _binary(spec, opt, dtype, region, layout, rng, i):
+    shape = layout.shape
+    if opt.targets == "hard":
+        t = rng.integers(0, 2, shape).astype(dtype)
+    else:
+        t = rng.uniform(0, 1, shape)
+        pick = rng.integers(0, 5, shape)
+        t = np.where(pick == 0, 0.0, np.where(pick == 1, 1.0, np.where(pick == 2, 0.5, t)))
+        t = t.astype(dtype)
+    kink = None
+    if spec.input == "logits":
+        if region == "random":
+            x = rng.normal(0.0, LOGIT_SCALES[i % len(LOGIT_SCALES)], shape)
+        else:
+            x = rng.choice(BINARY_EXTREME, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+            noise = rng.integers(0, 4, shape) == 0
+            x = np.where(noise, rng.normal(0, 3, shape), x)
+        x = np.asarray(x, dtype=dtype)
+    else:
+        if region == "random":
+            x = _probs_uniform(rng, shape, dtype)
+        elif region == "near 0/1":
+            x = rng.choice(_near_01_pool(dtype), size=shape)
+            x = np.where(rng.integers(0, 4, shape) == 0, _probs_uniform(rng, shape, dtype), x)
+        else:  # clip
+            x = rng.choice(_clip_pool(dtype), size=shape)
+        x = np.asarray(x, dtype=dtype)
+        if "eps" not in opt.options:
+            x = _clip_open(x, dtype)
+    kw = {}
+    if "weight" in opt.options:
+        kw["weight"] = _weights(rng, shape, dtype)
+    if "pos_weight" in opt.options:
+        pshape = shape[-1:] if len(shape) else ()
+        pw = rng.choice([0.5, 1.0, 2.0, 3.0, 1e-3, 1e3], size=pshape)
+        kw["pos_weight"] = np.asarray(pw, dtype=dtype)
+    if "eps" in opt.options:
+        kw["eps"] = CLIP_EPS
+        kink = _kink_mask(x, dtype)
+    return x, t, kw, kink
+
+
+# --------------------------------------------------------------------------- categorical
+
+def _categorical(spec, opt, dtype, region, layout, rng, i, k):
+    shape, axis = layout.shape, layout.axis
+    ax = axis % len(shape)
+    C = shape[ax]
+    # Work with the class axis last, move it back at the end.
+    mshape = shape[:ax] + shape[ax + 1:] + (C,)
+    batch = mshape[:-1]
+    nrows = int(np.prod(batch, dtype=np.int64))
+    kw = {"axis": axis}
+
+    # ---- targets (class axis last)
+    idx = rng.integers(0, C, batch)
+    ignore = None
+    if "ignore_index" in opt.options:
+        ignore = IGNORE_SENTINEL if (C == 1 or k % 2 == 0) else 0
+        drop = rng.uniform(size=batch) < 0.3
+        if ignore == 0:
+            idx = np.where(drop, 0, idx)
+        else:
+            idx = np.where(drop, ignore, idx)
+        flat = idx.reshape(-1)
+        if not (flat != ignore).any():      # keep at least one row
+            flat[0] = 1 if ignore == 0 else 0
+            idx = flat.reshape(batch)
+        kw["ignore_index"] = ignore
+    if opt.targets == "index":
+        t = np.asarray(idx, dtype=np.int64)
+        right = np.where(t == (ignore if ignore is not None else -10**9), 0, t)
+    elif opt.targets == "onehot":
+        q = np.zeros(mshape)
+        np.put_along_axis(q, idx[..., None], 1.0, axis=-1)
+        t = q.astype(dtype)
+        right = idx
+    else:
+        alpha = (0.1, 1.0, 10.0)[i % 3]
+        q = rng.dirichlet(np.full(C, alpha), size=nrows).reshape(mshape) if C > 1 else \
+            np.ones(mshape)
+        zero_rows = rng.uniform(size=batch) < 0.1
+        q = np.where(zero_rows[..., None], 0.0, q)
+        t = q.astype(dtype)
+        right = np.argmax(q, axis=-1)
+
+    # ---- first argument
+    kink = None
+    if spec.input == "logits":
+        if region == "random":
+            x = rng.normal(0.0, LOGIT_SCALES[i % len(LOGIT_SCALES)], mshape)
+        else:
+            x = _extreme_logit_rows(rng, mshape, right)
+        x = x.astype(dtype)
+    else:
+        if region == "random":
+            alpha = (0.3, 1.0, 3.0)[i % 3]
+            x = rng.dirichlet(np.full(C, alpha), size=nrows).reshape(mshape) if C > 1 else \
+                rng.uniform(0.1, 1.0, mshape)
+        elif region == "near 0/1":
+            x = rng.choice(_near_01_pool(dtype), size=mshape).astype(np.float64)
+        else:
+            x = rng.choice(_clip_pool(dtype), size=mshape).astype(np.float64)
+        x = x.astype(dtype)
+        if "eps" not in opt.options:
+            x = _clip_open(x, dtype)
+        else:
+            kw["eps"] = CLIP_EPS
+            kink = _kink_mask(x, dtype)
+
+    # ---- options
+    if "weight" in opt.options:
+        w = _weights(rng, (C,), dtype)
+        if opt.targets == "index":
+            kept = t.reshape(-1)
+            if ignore is not None:
+                kept = kept[kept != ignore]
+            if not (w[kept] > 0).any():       # a mean needs a positive denominator
+                w[kept[0]] = 1
+        kw["weight"] = w
+    if "label_smoothing" in opt.options:
+        kw["label_smoothing"] = LABEL_SMOOTHING[k % len(LABEL_SMOOTHING)]
+
+    x = np.ascontiguousarray(np.moveaxis(x, -1, ax))
+    if opt.targets != "index":
+        t = np.ascontiguousarray(np.moveaxis(t, -1, ax))
+    if kink is not None:
+        kink = np.moveaxis(kink, -1, ax)
+    # kwargs in the loss's signature order
+    order = ("axis", "weight", "eps", "ignore_index", "label_smoothing")
+    kw = {name: kw[name] for name in order if name in kw}
+    return x, t, kw, kink
+
+
+def _extreme_logit_rows(rng, mshape, right):
+    """Rows (class axis last) mixing the extreme patterns listed in the module doc."""
+    C = mshape[-1]
+    x = rng.normal(0.0, 1.0, mshape).reshape(-1, C)
+    right = np.asarray(right).reshape(-1)
+    for r in range(x.shape[0]):
+        pattern = rng.integers(0, 7)
+        L = float(rng.choice(DOMINANT))
+        if pattern == 0:                                  # confident and right
+            x[r, right[r]] = L
+        elif pattern == 1 and C > 1:                      # confident and wrong
+            wrong = (right[r] + 1 + rng.integers(0, C - 1)) % C
+            x[r, wrong] = L
+        elif pattern == 2:                                # all equal, possibly huge
+            x[r, :] = rng.choice([0.0, 5.0, 88.7, 709.78, -1e4, 1e4])
+        elif pattern == 3:                                # +-1e4
+            x[r, :] = rng.choice([-1e4, 0.0, 1e4], size=C)
+        elif pattern == 4:                                # near exp over/underflow
+            x[r, :] = rng.choice([-709.78, -88.72, 0.0, 88.72, 709.78, 745.0], size=C)
+        elif pattern == 5:                                # tiny spread
+            x[r, :] = 1e-8 * rng.normal(size=C)
+        else:                                             # one very unlikely class
+            x[r, right[r]] = -L
+    return x.reshape(mshape)
+
+
+def all_losses():
+    return list(LOSSES.values())

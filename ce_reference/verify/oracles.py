@@ -1,0 +1,295 @@
+"""The independent oracles other than mpmath (which lives in :mod:`.mp`).
+
+* :func:`jax_oracle` -- the JAX twin's value, ``jax.grad`` and (when asked)
+  ``jax.jvp(jax.grad)`` and ``jax.hessian(...) @ v``, in float64 (x64 is
+  switched on at first use), at the case's exact input values.
+* :func:`fd_check` -- ``scipy.optimize.approx_fprime`` (the engine of
+  ``check_grad``) on the per-row losses, float64 only, with kinks checked
+  one-sided.
+* :func:`complex_step` -- ``Im f(x + ih) / h`` through the reference's own
+  complex-safe kernels, logits losses only.
+
+JAX and SciPy's optimizer are imported lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import tolerances as T
+
+_ARRAY_OPTIONS = ("weight", "pos_weight")
+
+
+# --------------------------------------------------------------------------- JAX
+
+def _jax():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name, static, array_keys, want_hvp, want_hessian):
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from .. import jax as twins
+
+    twin = getattr(twins, name)
+
+    def call(x, t, arrays):
+        kw = dict(static)
+        kw.update(zip(array_keys, arrays))
+        return twin(x, t, **kw)
+
+    def total(x, t, arrays):
+        return jnp.sum(call(x, t, arrays))     # reduction "none": gradient of the sum
+
+    def run(x, t, arrays, v):
+        grad = jax.grad(total)
+        out = {"value": call(x, t, arrays), "grad": grad(x, t, arrays)}
+        if want_hvp:
+            out["hvp"] = jax.jvp(lambda z: grad(z, t, arrays), (x,), (v,))[1]
+        if want_hessian:
+            H = jax.hessian(total)(x, t, arrays).reshape(x.size, x.size)
+            out["hessian_v"] = (H @ v.reshape(-1)).reshape(x.shape)
+        return out
+
+    return jax.jit(run)
+
+
+def jax_oracle(case, want_hvp=False):
+    """Twin value, gradient and (optionally) H v in float64, as NumPy arrays."""
+    static = tuple(sorted((k, v) for k, v in case.kwargs.items() if k not in _ARRAY_OPTIONS))
+    array_keys = tuple(k for k in _ARRAY_OPTIONS if k in case.kwargs)
+    arrays = tuple(np.asarray(case.kwargs[k], np.float64) for k in array_keys)
+    t = np.asarray(case.targets)
+    t = t if t.dtype.kind in "iu" else t.astype(np.float64)
+    want_hessian = want_hvp and case.x.size <= T.HESSIAN_MAX_SIZE
+    fn = _jitted(case.loss, static, array_keys, bool(want_hvp), bool(want_hessian))
+    x = case.x.astype(np.float64)
+    v = case.v.astype(np.float64)
+    inside = None
+    if case.kwargs.get("eps") is not None and case.dtype != np.float64:
+        # The clip is defined in the input's dtype ([eps, 1 - eps] rounded to float32), the
+        # twin runs in float64: clip to the float32 bounds first (they lie strictly inside the
+        # float64 ones, so the twin's own clip is then the identity) and apply the clip's
+        # derivative (1 on the closed interval, 0 outside) by the chain rule.
+        lo = float(case.dtype.type(case.kwargs["eps"]))
+        hi = float(case.dtype.type(1) - case.dtype.type(case.kwargs["eps"]))
+        inside = (x >= lo) & (x <= hi)
+        x = np.clip(x, lo, hi)
+        v = np.where(inside, v, 0.0)        # the Hessians of these losses are diagonal
+    out = {k: np.asarray(val, np.float64) for k, val in fn(x, t, arrays, v).items()}
+    if inside is not None:
+        for k in ("grad", "hvp", "hessian_v"):
+            if k in out:
+                out[k] = np.where(inside, out[k], 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------- finite differences
+
+def _none_kwargs(case):
+    kw = dict(case.kwargs)
+    kw["reduction"] = "none"
+    return kw
+
+
+def fd_steps(case, x, frow):
+    """Central-difference step per element of ``x`` (float64), and a mask of usable ones.
+
+    ``frow`` is, per element, the loss of the row it belongs to.  The step
+    balances truncation (``h^2 f''' / 6``) against rounding (``eps |f_row| / h``):
+    ``h = (eps max(1, |f_row|))^(1/3)`` (no factor ``|x|``: the curvature of
+    these losses does not shrink as the logits grow).  Probabilities also
+    keep ``h <= 1e-4 min(p, 1-p)`` (the relative truncation error of a central
+    difference of ``log p`` is ``(h/p)^2 / 3``) and a tenth of the distance to
+    a clip boundary (the step never crosses a kink).  Elements whose step would
+    be below 4 ULP of ``x`` (probabilities within ~1e-12 of 0 or 1) cannot be
+    resolved by a float64 difference quotient and are skipped (the exact
+    oracles cover them).
+    """
+    h = np.cbrt(np.finfo(np.float64).eps * np.maximum(1.0, np.abs(frow)))
+    if case.loss in ("binary_cross_entropy", "categorical_cross_entropy"):
+        eps = case.kwargs.get("eps")
+        pc = x
+        if eps is not None:
+            lo = float(case.dtype.type(eps))
+            hi = float(case.dtype.type(1) - case.dtype.type(eps))
+            pc = np.clip(x, lo, hi)
+            dist = np.minimum(np.abs(x - lo), np.abs(x - hi))
+            h = np.minimum(h, 0.1 * np.where(dist > 0, dist, np.inf))
+        h = np.minimum(h, 1e-4 * np.minimum(pc, 1 - pc))
+        h = np.minimum(h, 0.5 * np.minimum(x, 1 - x))     # stay inside [0, 1]
+    usable = h >= 4 * np.spacing(np.abs(x))
+    return np.where(usable, h, 0.0), usable
+
+
+def _row_of_element(case, rows_value):
+    """Per-row losses (reduction "none") broadcast to the elements of ``x``."""
+    r = np.asarray(rows_value, np.float64)
+    if case.loss.startswith("binary"):
+        return np.broadcast_to(r, case.x.shape)
+    ax = case.kwargs.get("axis", -1) % case.x.ndim
+    return np.broadcast_to(np.expand_dims(r, ax), case.x.shape)
+
+
+def fd_check(case, value_fn, grad_fn):
+    """Normwise finite-difference error of ``grad_fn`` against ``value_fn`` (float64 only).
+
+    The per-row losses (``reduction="none"``) are differenced, so that the
+    rounding error of each difference quotient is relative to its own row's
+    loss, not to the whole batch's.  ``scipy.optimize.approx_fprime`` (the
+    engine of ``check_grad``) is called with the steps ``+h`` and ``-h``; the
+    mean of the two one-sided quotients is the central difference.  Returns
+    ``(error, detail)`` where ``error = ||g - fd|| / ||g||`` over the
+    resolvable, kink-free elements (``check_grad``'s number divided by
+    ``||g||``), maximised with the one-sided kink check: at a point on a clip
+    boundary the reference's convention must lie between the left and right
+    difference quotients.
+    """
+    from scipy.optimize import approx_fprime
+
+    kw = _none_kwargs(case)
+    shape = case.x.shape
+    x = case.x.astype(np.float64).reshape(-1)
+    t = case.targets
+
+    def rows(z):
+        return np.atleast_1d(np.asarray(value_fn(z.reshape(shape), t, **kw), np.float64)
+                             ).reshape(-1)
+
+    g = np.asarray(grad_fn(case.x.astype(np.float64), t, **kw), np.float64).reshape(-1)
+    frow = _row_of_element(case, value_fn(case.x.astype(np.float64), t, **kw)).reshape(-1)
+    h, usable = fd_steps(case, x, frow)
+    kink = np.zeros(x.size, bool) if case.kink is None else case.kink.reshape(-1)
+    use = usable & ~kink
+    detail = {}
+    if x.size <= T.FD_ALL_MAX_SIZE:
+        # check_grad(direction="all") with a per-element step (approx_fprime accepts an array).
+        fd = np.zeros(x.size)
+        if use.any():
+            def rows_sub(z):
+                full = x.copy()
+                full[use] = z
+                return rows(full)
+
+            n = int(use.sum())
+            fwd = np.asarray(approx_fprime(x[use], rows_sub, h[use])).reshape(-1, n)
+            bwd = np.asarray(approx_fprime(x[use], rows_sub, -h[use])).reshape(-1, n)
+            fd[use] = (fwd + bwd).sum(axis=0) / 2   # other rows' entries are exactly 0
+        diff = np.where(use, g - fd, 0.0)
+        norm = _norm(np.where(use, g, 0.0))
+        err = _ratio(_norm(diff), norm)
+        detail["mode"] = "all"
+    else:
+        # check_grad(direction="random"), seeded, with the direction scaled by the steps and one
+        # directional derivative per row.
+        rng = np.random.default_rng([case.seed, case.index, 7])
+        err = 0.0
+        for _ in range(T.FD_RANDOM_DIRECTIONS):
+            d = np.where(use, rng.standard_normal(x.size) * h, 0.0)
+
+            def along(s, d=d):
+                return rows(x + s[0] * d)
+
+            fd = (np.asarray(approx_fprime(np.zeros(1), along, 1.0)).reshape(-1)
+                  + np.asarray(approx_fprime(np.zeros(1), along, -1.0)).reshape(-1)) / 2
+            gd = (g * d).reshape(fd.size, -1)
+            exact = gd.sum(axis=1)
+            err = max(err, _ratio(_norm(exact - fd), _norm(np.abs(gd).sum(axis=1))))
+        detail["mode"] = "random"
+    if kink.any():
+        err = max(err, _kink_check(rows, x, g, np.flatnonzero(kink), case.dtype))
+        detail["kinks"] = int(kink.sum())
+    detail["skipped"] = int((~usable).sum())
+    return err, detail
+
+
+def _norm(a):
+    """2-norm without overflow (the gradients at p = 1e-300 are ~1e300)."""
+    a = np.abs(np.asarray(a, np.float64)).reshape(-1)
+    big = float(np.max(a)) if a.size else 0.0
+    if big == 0 or not np.isfinite(big):
+        return big
+    return big * float(np.linalg.norm(a / big))
+
+
+def _ratio(num, den):
+    if num == 0:
+        return 0.0
+    return float(num / den) if den > 0 else float("inf")
+
+
+def _kink_check(rows, x, g, where, dtype):
+    """Distance of ``g_i`` outside [left, right] one-sided differences, relative."""
+    f0 = rows(x)
+    worst = 0.0
+    for i in where:
+        h = 1e-7 * min(abs(x[i]), abs(1 - x[i])) or 1e-7
+        out = []
+        for step in (h, -h):
+            z = x.copy()
+            z[i] = x[i] + step
+            real = z[i] - x[i]                       # the step actually taken
+            out.append(float(np.sum(rows(z) - f0) / real))
+        lo, hi = min(out), max(out)
+        # rounding error of a difference quotient of row losses of size |f0|
+        noise = 4 * np.finfo(np.float64).eps * float(np.max(np.abs(f0))) / h
+        scale = max(abs(lo), abs(hi), abs(g[i])) + noise
+        slack = T.TOL_FD * scale
+        gap = max(lo - slack - g[i], g[i] - hi - slack, 0.0)
+        worst = max(worst, _ratio(gap, scale))
+    return worst
+
+
+# --------------------------------------------------------------------------- complex step
+
+def complex_step(case):
+    """Gradient of the reduced loss by complex step through the reference's kernels.
+
+    Returns None when the loss has no complex-safe kernel (the probability
+    losses clip and divide: not analytic).
+    """
+    from .. import binary, categorical
+
+    h = T.COMPLEX_STEP_H
+    kw = case.kwargs
+    red = kw["reduction"]
+    if case.loss == "binary_cross_entropy_with_logits":
+        elementwise = getattr(binary, "_bce_logits_elementwise", None)
+        if elementwise is None:
+            return None
+        x = case.x.astype(np.float64)
+        y = np.broadcast_to(case.targets.astype(np.float64), x.shape)
+        pw = kw.get("pos_weight")
+        a = y if pw is None else np.broadcast_to(np.asarray(pw, np.float64), x.shape) * y
+        w = kw.get("weight")
+        w = None if w is None else np.broadcast_to(np.asarray(w, np.float64), x.shape)
+        # Elements are independent: perturb them all at once, read each one's own loss.
+        loss = elementwise(x + 1j * h, a, 1 - y, w)
+        g = np.imag(loss) / h
+        return g / x.size if red == "mean" and x.size else g
+    if case.loss == "softmax_cross_entropy":
+        Problem = getattr(categorical, "_SoftmaxProblem", None)
+        rows_fn = getattr(categorical, "_softmax_rows", None)
+        if Problem is None or rows_fn is None:
+            return None
+        w = kw.get("weight")
+        P = Problem(case.x.astype(np.float64), case.targets, kw.get("axis", -1),
+                    None if w is None else np.asarray(w, np.float64), kw.get("ignore_index"),
+                    kw.get("label_smoothing", 0.0), "none")
+        g = np.empty(P.x.shape)
+        for k in range(P.C):            # rows are independent: one column at a time
+            xc = P.x.astype(np.complex128)
+            xc[..., k] += 1j * h
+            g[..., k] = np.imag(rows_fn(P, xc)) / h
+        if red == "mean":
+            g = g / P.denom if P.denom else np.zeros_like(g)
+        return np.moveaxis(g, -1, P.ax)
+    return None

@@ -1,0 +1,354 @@
+"""Run the verification protocol: every case through every applicable oracle.
+
+Oracles per case (see :mod:`.oracles`, :mod:`.mp`):
+
+==============  =====================================================  ===========
+column          what is compared                                       dtypes
+==============  =====================================================  ===========
+mpmath          value and gradient vs the exact (mpmath) ones          both
+grad ULP        the same gradient error in plain ULP (information)     both
+jax             value and gradient vs the JAX twin + ``jax.grad``      both
+check_grad      gradient vs forward differences of the value (norm)    float64
+complex step    gradient vs complex step through the value kernels    both (logits)
+hvp             ``NAME_hvp`` vs ``jax.jvp(jax.grad)`` / ``jax.hessian``  both
+==============  =====================================================  ===========
+
+Besides the oracles, every case checks the API contract: ``value_and_grad``
+returns exactly ``(value, grad)``, results have the input's dtype and the
+right shapes, and no warning is emitted.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..registry import LOSSES
+from . import errors, inputs, mp, oracles
+from . import tolerances as T
+
+MEASURES = ("mpmath", "grad ULP", "jax", "check_grad", "complex step", "hvp")
+GATES = {
+    "mpmath": T.TOL_MP,
+    "jax": T.TOL_JAX,
+    "check_grad": {d: T.TOL_FD for d in T.FD_DTYPES},
+    "complex step": T.TOL_COMPLEX_STEP,
+    "hvp": T.TOL_HVP,
+}
+# Default sweep: total cases, spread evenly over the rows (each row gets at
+# least one case per layout).  Chosen so the default run stays well under two
+# minutes on two cores; see docs/_readme/verification.md for the measurement.
+DEFAULT_CASES = 600
+WORST_SHOWN = 3
+
+
+@dataclass
+class CaseResult:
+    case: inputs.Case
+    errors: dict                       # measure -> float (None: not applicable)
+    details: dict = field(default_factory=dict)   # measure -> text about the worst element
+    problems: list = field(default_factory=list)  # API / oracle problems (always failures)
+
+
+@dataclass
+class Row:
+    loss: str
+    option_set: str
+    dtype: str
+    region: str
+    n: int
+    stats: dict                        # measure -> {"worst", "median", "n", "tol"} or None
+    ok: bool
+    failures: list                     # [{"measure", "error", "case", "detail"}]
+
+    @property
+    def key(self):
+        return (self.loss, self.option_set, self.dtype, self.region)
+
+
+@dataclass
+class Report:
+    rows: list
+    seed: int
+    cases: int
+    elapsed: float
+    environment: dict
+    notes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def worst(self) -> dict:
+        """Worst error per measure over all rows, split by dtype."""
+        out = {}
+        for r in self.rows:
+            for m, s in r.stats.items():
+                if s is None:
+                    continue
+                key = f"{m} [{r.dtype}]"
+                out[key] = max(out.get(key, 0.0), s["worst"])
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "seed": self.seed,
+            "cases": self.cases,
+            "elapsed_seconds": round(self.elapsed, 2),
+            "environment": self.environment,
+            "notes": self.notes,
+            "measures": {m: _measure_doc(m) for m in MEASURES},
+            "worst": self.worst(),
+            "rows": [
+                {"loss": r.loss, "option_set": r.option_set, "dtype": r.dtype,
+                 "region": r.region, "n": r.n, "ok": r.ok, "stats": r.stats,
+                 "failures": r.failures}
+                for r in self.rows
+            ],
+        }
+
+
+def _measure_doc(m):
+    return {
+        "mpmath": "max over value and gradient elements of min(ULP, error/(eps*operand)) vs mpmath",
+        "grad ULP": "max gradient error in ULP vs mpmath (information: large where p - y cancels)",
+        "jax": "as mpmath, against the JAX twin and jax.grad in float64",
+        "check_grad": "||g - fd|| / ||g|| (forward differences, float64 only)",
+        "complex step": "as mpmath, against Im f(x + ih)/h (logits losses)",
+        "hvp": "as mpmath, NAME_hvp against jax.jvp(jax.grad) and jax.hessian @ v",
+    }[m]
+
+
+def environment() -> dict:
+    import scipy
+
+    env = {"python": platform.python_version(), "numpy": np.__version__,
+           "scipy": scipy.__version__, "platform": platform.platform()}
+    for mod in ("jax", "mpmath"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - reported, not fatal
+            env[mod] = "missing"
+    env["mp_dps"] = f"{T.MP_DPS} (extreme inputs re-checked at {T.MP_DPS_EXTREME})"
+    return env
+
+
+def resolve_specs(losses=None, specs=None):
+    if specs is not None:
+        return list(specs)
+    if losses is None:
+        return list(LOSSES.values())
+    names = [losses] if isinstance(losses, str) else list(losses)
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}; expected one of {sorted(LOSSES)}")
+    return [LOSSES[n] for n in names]
+
+
+def plan(specs, cases=DEFAULT_CASES, dtypes=inputs.DTYPES):
+    """``[(spec, option_set, dtype, region, n_cases)]`` for a sweep of ``cases`` cases."""
+    rows = inputs.rows(specs, dtypes)
+    per_row = math.ceil(cases / max(len(rows), 1))
+    out = []
+    for spec, opt, dtype, region in rows:
+        n = max(per_row, len(inputs._layouts(spec, region)))
+        out.append((spec, opt, dtype, region, n))
+    return out
+
+
+def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None,
+           dtypes=inputs.DTYPES, hvp: bool = True, progress=None) -> Report:
+    """Run the protocol on ``losses`` (names; default all) and return a :class:`Report`.
+
+    ``specs`` replaces the registry (the sensitivity tests plant bugs this
+    way); ``hvp`` is True (use ``spec.hvp`` where it exists), False, or a dict
+    ``{loss name: hvp function}``; ``progress(done, total, row_label)`` is
+    called after every case.
+    """
+    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
+        raise ValueError(f"cases must be a positive int, got {cases!r}")
+    specs = resolve_specs(losses, specs)
+    work = plan(specs, cases, dtypes)
+    total = sum(n for *_, n in work)
+    start = time.perf_counter()
+    rows, done = [], 0
+    notes = []
+    hvp_missing = [s.name for s in specs if _hvp_of(s) is None]
+    if hvp is True and hvp_missing:
+        notes.append("second-order oracle not available (no ce_reference.hvp) for: "
+                     + ", ".join(hvp_missing))
+    for spec, opt, dtype, region, n in work:
+        results = []
+        if isinstance(hvp, dict):
+            hvp_fn = hvp.get(spec.name)
+        else:
+            hvp_fn = _hvp_of(spec) if hvp else None
+        label = f"{spec.name} | {opt.name} | {dtype.name} | {region}"
+        for i in range(n):
+            case = inputs.make_case(spec, opt, dtype, region, i, seed)
+            results.append(evaluate(spec, case, hvp_fn))
+            done += 1
+            if progress is not None:
+                progress(done, total, label)
+        rows.append(_aggregate(spec, opt, dtype, region, results))
+    return Report(rows, seed, total, time.perf_counter() - start, environment(), notes)
+
+
+def _hvp_of(spec):
+    try:
+        return spec.hvp
+    except AttributeError:  # a LossSpec-like object without the property
+        return None
+
+
+# --------------------------------------------------------------------------- one case
+
+def _call(fn, case, **override):
+    kw = dict(case.kwargs)
+    kw.update(override)
+    return fn(case.x, case.targets, **kw)
+
+
+def evaluate(spec, case, hvp_fn=None) -> CaseResult:
+    res = CaseResult(case, {m: None for m in MEASURES})
+    dtype = case.dtype
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            value = _call(spec.value, case)
+            grad = _call(spec.grad, case)
+            both = _call(spec.value_and_grad, case)
+    except Exception as exc:
+        res.problems.append(f"raised {type(exc).__name__}: {exc}")
+        for m in GATES:
+            res.errors[m] = math.inf
+            res.details[m] = res.problems[-1]
+        return res
+    _check_api(case, value, grad, both, res)
+    ops = errors.operands(case, case.v if hvp_fn is not None else None)
+    v_op, g_op, h_op = ops.value, ops.grad, ops.hvp
+    value64 = np.asarray(value, np.float64)
+    grad64 = np.asarray(grad, np.float64)
+    kink = case.kink
+
+    # ---- mpmath (exact)
+    exact = mp.oracle(case)
+    if exact is not None:
+        ev, _, kv = errors.combined(value64, exact.value, v_op, dtype)
+        eg, ulp, kg = errors.combined(grad64, exact.grad, g_op, dtype)
+        res.errors["mpmath"] = max(ev, eg)
+        res.errors["grad ULP"] = ulp
+        res.details["mpmath"] = (_detail("value", value64, exact.value, kv) if ev >= eg
+                                 else _detail("grad", grad64, exact.grad, kg))
+        if exact.disagreement:
+            res.problems.append(f"mpmath oracle disagreement: {exact.disagreement}")
+
+    # ---- JAX twin
+    out = oracles.jax_oracle(case, want_hvp=hvp_fn is not None)
+    ev, _, kv = errors.combined(value64, out["value"], ops.value_jax, dtype)
+    eg, _, kg = errors.combined(grad64, out["grad"], ops.grad_jax, dtype, mask=kink)
+    res.errors["jax"] = max(ev, eg)
+    res.details["jax"] = (_detail("value", value64, out["value"], kv) if ev >= eg
+                          else _detail("grad", grad64, out["grad"], kg))
+
+    # ---- finite differences (float64 only)
+    if dtype in T.FD_DTYPES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                err, info = oracles.fd_check(case, spec.value, spec.grad)
+        except Exception as exc:
+            err, info = math.inf, {"error": f"{type(exc).__name__}: {exc}"}
+        res.errors["check_grad"] = err
+        res.details["check_grad"] = ", ".join(f"{k}={v}" for k, v in info.items())
+
+    # ---- complex step (logits)
+    cs = oracles.complex_step(case)
+    if cs is not None:
+        e, _, k = errors.combined(grad64, cs, g_op, dtype)
+        res.errors["complex step"] = e
+        res.details["complex step"] = _detail("grad", grad64, cs, k)
+
+    # ---- second order
+    if hvp_fn is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                hv = np.asarray(hvp_fn(case.x, case.targets, case.v, **case.kwargs), np.float64)
+            if hv.shape != case.x.shape:
+                raise ValueError(f"hvp returned shape {hv.shape}, expected {case.x.shape}")
+            e1, _, k1 = errors.combined(hv, out["hvp"], h_op, dtype, mask=kink)
+            res.errors["hvp"], res.details["hvp"] = e1, _detail("hvp", hv, out["hvp"], k1)
+            if "hessian_v" in out:
+                e2, _, k2 = errors.combined(hv, out["hessian_v"], h_op, dtype, mask=kink)
+                if e2 > e1:
+                    res.errors["hvp"] = e2
+                    res.details["hvp"] = _detail("hvp (jax.hessian)", hv, out["hessian_v"], k2)
+        except Exception as exc:
+            res.errors["hvp"] = math.inf
+            res.details["hvp"] = f"raised {type(exc).__name__}: {exc}"
+    return res
+
+
+def _check_api(case, value, grad, both, res):
+    red = case.kwargs["reduction"]
+    batch = case.x.shape if case.loss.startswith("binary") else _batch_shape(case)
+    want_value_shape = batch if red == "none" else ()
+    if np.shape(value) != want_value_shape:
+        res.problems.append(f"value has shape {np.shape(value)}, expected {want_value_shape}")
+    if np.shape(grad) != case.x.shape:
+        res.problems.append(f"grad has shape {np.shape(grad)}, expected {case.x.shape}")
+    for name, a in (("value", value), ("grad", grad)):
+        if np.asarray(a).dtype != case.dtype:
+            res.problems.append(f"{name} has dtype {np.asarray(a).dtype}, expected {case.dtype}")
+    if not (isinstance(both, tuple) and len(both) == 2
+            and np.array_equal(both[0], value, equal_nan=True)
+            and np.array_equal(both[1], grad, equal_nan=True)):
+        res.problems.append("value_and_grad differs from (value, grad)")
+
+
+def _batch_shape(case):
+    ax = case.kwargs.get("axis", -1) % case.x.ndim
+    return case.x.shape[:ax] + case.x.shape[ax + 1:]
+
+
+def _detail(what, got, exact, k):
+    if k is None:
+        return ""
+    got, exact = np.asarray(got).reshape(-1), np.asarray(exact).reshape(-1)
+    return f"{what}[{k}]: got {got[k]!r}, expected {exact[k]!r}"
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def _aggregate(spec, opt, dtype, region, results) -> Row:
+    stats, failures, ok = {}, [], True
+    for m in MEASURES:
+        vals = [r.errors[m] for r in results if r.errors[m] is not None]
+        gate = GATES.get(m)
+        tol = None if gate is None else gate.get(dtype)
+        if not vals or (gate is not None and tol is None):
+            stats[m] = None
+            continue
+        worst = float(np.max(vals))
+        stats[m] = {"worst": worst, "median": float(np.median(vals)), "n": len(vals), "tol": tol}
+        if tol is not None and not worst <= tol:
+            ok = False
+            bad = sorted((r for r in results if r.errors[m] is not None and not r.errors[m] <= tol),
+                         key=lambda r: -r.errors[m])
+            for r in bad[:WORST_SHOWN]:
+                failures.append({"measure": m, "error": r.errors[m], "case": r.case.describe(),
+                                 "detail": r.details.get(m, "")})
+    for r in results:
+        if r.problems:
+            ok = False
+            failures.append({"measure": "contract", "error": math.inf,
+                             "case": r.case.describe(), "detail": "; ".join(r.problems)})
+    failures = failures[: 4 * WORST_SHOWN]
+    return Row(spec.name, opt.name, dtype.name, region, len(results), stats, ok, failures)
