@@ -22,9 +22,14 @@ from .categorical import (
     softmax_cross_entropy_value_and_grad,
 )
 
+from . import testing
+from .verify.audit import audit
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "audit",
+    "testing",
     "binary_cross_entropy",
     "binary_cross_entropy_grad",
     "binary_cross_entropy_value_and_grad",

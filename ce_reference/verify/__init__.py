@@ -9,7 +9,7 @@ oracles from :mod:`.oracles` and :mod:`.mp`, tolerances from
 Importing this package is cheap: JAX and mpmath are imported on first use.
 """
 
-# (audit imported below once written)
+from .audit import AuditResult, audit
 from .runner import Report, verify
 
-__all__ = ["Report", "verify"]
+__all__ = ["AuditResult", "Report", "audit", "verify"]

@@ -46,7 +46,7 @@ from . import tolerances as T
 Operands = namedtuple("Operands", "value grad hvp value_jax grad_jax")
 
 
-def elementwise(got, exact, operand, dtype):
+def elementwise(got, exact, operand, dtype, floor=None):
     """Return ``(ulp, opnd)`` arrays (float64) for ``got`` against ``exact``.
 
     Equal infinities count as exact; a NaN, or an infinity against a finite
@@ -61,7 +61,9 @@ def elementwise(got, exact, operand, dtype):
         same = (got == exact) | (np.isnan(got) & np.isnan(exact))
         diff = np.where(same, 0.0, np.abs(got - exact))
         diff = np.where(np.isnan(diff), np.inf, diff)
-        diff = np.where(diff < T.ABS_FLOOR * np.finfo(dtype).tiny, 0.0, diff)
+        if floor is None:
+            floor = T.ABS_FLOOR * np.finfo(dtype).tiny
+        diff = np.where(diff < floor, 0.0, diff)
         spacing = np.spacing(np.abs(exact).astype(dtype)).astype(np.float64)
         spacing = np.where(np.isfinite(spacing) & (spacing > 0), spacing, np.inf)
         ulp = np.where(diff == 0, 0.0, diff / spacing)
@@ -70,12 +72,12 @@ def elementwise(got, exact, operand, dtype):
     return ulp, opnd
 
 
-def combined(got, exact, operand, dtype, mask=None):
+def combined(got, exact, operand, dtype, mask=None, floor=None):
     """Worst ``min(ulp, opnd)`` over the elements (``mask``: elements to skip).
 
     Returns ``(worst, worst_ulp, flat index of the worst element)``.
     """
-    ulp, opnd = elementwise(got, exact, operand, dtype)
+    ulp, opnd = elementwise(got, exact, operand, dtype, floor)
     err = np.minimum(ulp, opnd)
     if mask is not None:
         err = np.where(mask, 0.0, err)

@@ -251,8 +251,10 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
 
     # ---- JAX twin
     out = oracles.jax_oracle(case, want_hvp=hvp_fn is not None)
-    ev, _, kv = errors.combined(value64, out["value"], ops.value_jax, dtype)
-    eg, _, kg = errors.combined(grad64, out["grad"], ops.grad_jax, dtype, mask=kink)
+    floor = T.JAX_ABS_FLOOR if dtype == np.float64 else None
+    ev, _, kv = errors.combined(value64, out["value"], ops.value_jax, dtype, floor=floor)
+    eg, _, kg = errors.combined(grad64, out["grad"], ops.grad_jax, dtype, mask=kink,
+                                floor=floor)
     res.errors["jax"] = max(ev, eg)
     res.details["jax"] = (_detail("value", value64, out["value"], kv) if ev >= eg
                           else _detail("grad", grad64, out["grad"], kg))
@@ -271,7 +273,7 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
     # ---- complex step (logits)
     cs = oracles.complex_step(case)
     if cs is not None:
-        e, _, k = errors.combined(grad64, cs, g_op, dtype)
+        e, _, k = errors.combined(grad64, cs, g_op, dtype, mask=np.isnan(cs))
         res.errors["complex step"] = e
         res.details["complex step"] = _detail("grad", grad64, cs, k)
 
@@ -283,10 +285,11 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
                 hv = np.asarray(hvp_fn(case.x, case.targets, case.v, **case.kwargs), np.float64)
             if hv.shape != case.x.shape:
                 raise ValueError(f"hvp returned shape {hv.shape}, expected {case.x.shape}")
-            e1, _, k1 = errors.combined(hv, out["hvp"], h_op, dtype, mask=kink)
+            e1, _, k1 = errors.combined(hv, out["hvp"], h_op, dtype, mask=kink, floor=floor)
             res.errors["hvp"], res.details["hvp"] = e1, _detail("hvp", hv, out["hvp"], k1)
             if "hessian_v" in out:
-                e2, _, k2 = errors.combined(hv, out["hessian_v"], h_op, dtype, mask=kink)
+                e2, _, k2 = errors.combined(hv, out["hessian_v"], h_op, dtype, mask=kink,
+                                            floor=floor)
                 if e2 > e1:
                     res.errors["hvp"] = e2
                     res.details["hvp"] = _detail("hvp (jax.hessian)", hv, out["hessian_v"], k2)

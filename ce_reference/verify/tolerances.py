@@ -29,6 +29,11 @@ import numpy as np
 # 0 or to the nearest subnormal depends on operation order), and XLA on CPU
 # flushes subnormals to zero, so the JAX oracle returns 0 for them.
 ABS_FLOOR = 1.0
+# For the JAX oracle in float64 the floor is larger: XLA flushes subnormal
+# *intermediates* to zero too, so sigma(-709.78) = 1.1e-308 becomes 0 before
+# it is multiplied by a weight of 1e3; weights and pos_weights reach 1e3 each
+# in the inputs, hence 1e-300 (> 2.2e-308 * 1e6).
+JAX_ABS_FLOOR = 1e-300
 
 # Exact (mpmath) oracle.  The reference rounds each operation (<= 0.5 ULP), and
 # a handful of operations sit between the inputs and any result (log1p of a
