@@ -49,8 +49,9 @@ Operands = namedtuple("Operands", "value grad hvp value_jax grad_jax")
 def elementwise(got, exact, operand, dtype, floor=None):
     """Return ``(ulp, opnd)`` arrays (float64) for ``got`` against ``exact``.
 
-    Equal infinities count as exact; a NaN, or an infinity against a finite
-    oracle, is an infinite error.  Differences below the dtype's smallest
+    Equal infinities count as exact, and so does an infinity where the exact
+    result is beyond the dtype's range (that is its correct rounding); a NaN,
+    or an infinity against a representable oracle, is an infinite error.  Differences below the dtype's smallest
     normal number (:data:`~.tolerances.ABS_FLOOR`) count as zero.
     """
     dtype = np.dtype(dtype)
@@ -58,7 +59,10 @@ def elementwise(got, exact, operand, dtype, floor=None):
     exact = np.asarray(exact, np.float64)
     operand = np.asarray(operand, np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        same = (got == exact) | (np.isnan(got) & np.isnan(exact))
+        # correct rounding of a result beyond the dtype's range is +-inf
+        big = np.finfo(dtype).max
+        overflow = np.isinf(got) & (np.abs(exact) > big) & (np.sign(got) == np.sign(exact))
+        same = (got == exact) | (np.isnan(got) & np.isnan(exact)) | overflow
         diff = np.where(same, 0.0, np.abs(got - exact))
         diff = np.where(np.isnan(diff), np.inf, diff)
         if floor is None:

@@ -71,8 +71,29 @@ def _evaluate(case, dps: int) -> MpResult:
     import mpmath
 
     with mpmath.workdps(dps):
-        fn = _KERNELS[case.loss]
-        return fn(mpmath.mp, case)
+        losses, grads, denom, shape_info = _KERNELS[case.loss](mpmath.mp, case)
+        if case.loss.startswith("binary"):
+            return _finish_elementwise(mpmath.mp, case, losses, grads)
+        return _finish_rows(mpmath.mp, case, *shape_info, losses, grads, denom)
+
+
+def exact_parts(case, dps: int = T.MP_DPS):
+    """``(per-row losses, per-row gradients)`` as mpf lists, unreduced (for tests).
+
+    ``case.x`` may be an object array of mpf numbers (e.g. to differentiate the
+    oracle's own loss with ``mpmath.diff``).
+    """
+    import mpmath
+
+    with mpmath.workdps(dps):
+        losses, grads, _, _ = _KERNELS[case.loss](mpmath.mp, case)
+    return losses, grads
+
+
+def _values(a):
+    """Float64 copy of an array, or the array itself when it already holds mpf objects."""
+    a = np.asarray(a)
+    return a if a.dtype == object else a.astype(np.float64)
 
 
 def _f64(a):
@@ -108,7 +129,7 @@ def _clip_bounds(case):
 # --------------------------------------------------------------------------- binary
 
 def _bce_logits(mp, case):
-    x = case.x.astype(np.float64).reshape(-1)
+    x = _values(case.x).reshape(-1)
     y = np.broadcast_to(case.targets.astype(np.float64), case.x.shape).reshape(-1)
     w = _bcast(case, "weight")
     pw = _bcast(case, "pos_weight")
@@ -124,11 +145,11 @@ def _bce_logits(mp, case):
             loss, grad = loss * mp.mpf(w[i]), grad * mp.mpf(w[i])
         losses.append(loss)
         grads.append(grad)
-    return _finish_elementwise(mp, case, losses, grads)
+    return losses, grads, None, None
 
 
 def _bce_probs(mp, case):
-    p = case.x.astype(np.float64).reshape(-1)
+    p = _values(case.x).reshape(-1)
     y = np.broadcast_to(case.targets.astype(np.float64), case.x.shape).reshape(-1)
     w = _bcast(case, "weight")
     bounds = _clip_bounds(case)
@@ -151,7 +172,7 @@ def _bce_probs(mp, case):
             loss, grad = loss * mp.mpf(w[i]), grad * mp.mpf(w[i])
         losses.append(loss)
         grads.append(grad)
-    return _finish_elementwise(mp, case, losses, grads)
+    return losses, grads, None, None
 
 
 def _finish_elementwise(mp, case, losses, grads):
@@ -165,7 +186,7 @@ def _finish_elementwise(mp, case, losses, grads):
 def _rows(case):
     """(x rows (R, C) float64, class axis, batch shape)."""
     ax = case.kwargs.get("axis", -1) % case.x.ndim
-    xm = np.moveaxis(case.x.astype(np.float64), ax, -1)
+    xm = np.moveaxis(_values(case.x), ax, -1)
     return xm.reshape(-1, xm.shape[-1]), ax, xm.shape[:-1]
 
 
@@ -212,7 +233,7 @@ def _cce(mp, case):
                 grow.append(mp.mpf(0))
         losses.append(loss)
         grads.append(grow)
-    return _finish_rows(mp, case, ax, batch, losses, grads, denom)
+    return losses, grads, denom, (ax, batch)
 
 
 def _softmax(mp, case):
@@ -251,7 +272,7 @@ def _softmax(mp, case):
         grow = [(e[k] * A_out[k] - A[k] * e_out[k]) / E for k in range(C)]
         losses.append(loss)
         grads.append(grow)
-    return _finish_rows(mp, case, ax, batch, losses, grads, denom)
+    return losses, grads, denom, (ax, batch)
 
 
 def _leave_one_out(mp, terms):

@@ -1,0 +1,168 @@
+"""Shared helpers of the verifier tests: planted bugs and a throw-away JAX HVP."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ce_reference.registry import LOSSES
+
+
+def jax_hvp(name):
+    """A stand-in for ce_reference.hvp.<name>_hvp built from the JAX twin (tests only)."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    from ce_reference import jax as twins
+
+    twin = getattr(twins, name)
+
+    def hvp(x, targets, v, **kw):
+        dtype = np.asarray(x).dtype
+        t = np.asarray(targets)
+        t = t if t.dtype.kind in "iu" else t.astype(np.float64)
+        kw64 = {k: (np.asarray(a, np.float64) if isinstance(a, np.ndarray) else a)
+                for k, a in kw.items()}
+        x64 = np.asarray(x, np.float64)
+        eps = kw64.get("eps")
+        inside = None
+        if eps is not None and dtype != np.float64:          # clip in the input dtype
+            lo = float(dtype.type(eps))
+            hi = float(dtype.type(1) - dtype.type(eps))
+            inside = (x64 >= lo) & (x64 <= hi)
+            x64 = np.clip(x64, lo, hi)
+
+        def total(z):
+            return jnp.sum(twin(z, t, **kw64))
+
+        out = np.asarray(jax.jvp(jax.grad(total), (x64,), (np.asarray(v, np.float64),))[1])
+        if inside is not None:
+            out = np.where(inside, out, 0.0)
+        return out.astype(dtype)
+
+    return hvp
+
+
+def planted(name, *, value=None, grad=None):
+    """The registry spec of ``name`` with ``value``/``grad`` replaced (bugs planted)."""
+    spec = LOSSES[name]
+    value = value or spec.value
+    grad = grad or spec.grad
+    return dataclasses.replace(spec, value=value, grad=grad,
+                               value_and_grad=lambda *a, **k: (value(*a, **k), grad(*a, **k)))
+
+
+# --------------------------------------------------------------------------- the planted bugs
+
+def _ref(name):
+    return LOSSES[name]
+
+
+def scaled_grad(name, factor=1 + 1e-6):
+    ref = _ref(name)
+    return {"grad": lambda *a, **k: ref.grad(*a, **k) * np.asarray(factor, ref.grad(*a, **k).dtype)}
+
+
+def _smooth_c_minus_1(x, targets, kw):
+    """Index targets + label smoothing -> probability targets with ls/(C-1) off the target."""
+    t = np.asarray(targets)
+    ls = kw.get("label_smoothing", 0.0)
+    if not ls or t.dtype.kind not in "iu" or kw.get("weight") is not None \
+            or kw.get("ignore_index") is not None:
+        return None
+    ax = kw.get("axis", -1) % np.ndim(x)
+    C = np.shape(x)[ax]
+    if C < 2:
+        return None
+    onehot = np.moveaxis(np.eye(C)[t], -1, ax)
+    q = (1 - ls) * onehot + ls / (C - 1) * (1 - onehot)          # BUG: C - 1, not C
+    kw2 = {k: v for k, v in kw.items() if k != "label_smoothing"}
+    return q.astype(np.asarray(x).dtype), kw2
+
+
+def smoothing_over_c_minus_1():
+    ref = _ref("softmax_cross_entropy")
+
+    def wrap(f):
+        def g(x, targets, **kw):
+            conv = _smooth_c_minus_1(x, targets, kw)
+            if conv is None:
+                return f(x, targets, **kw)
+            q, kw2 = conv
+            return f(x, q, **kw2)    # probability targets: the same mean denominator (rows)
+        return g
+
+    return {"value": wrap(ref.value), "grad": wrap(ref.grad)}
+
+
+def weighted_mean_over_n(name="softmax_cross_entropy"):
+    ref = _ref(name)
+
+    def wrap(f):
+        def g(x, targets, **kw):
+            t = np.asarray(targets)
+            if kw.get("reduction", "mean") == "mean" and kw.get("weight") is not None \
+                    and t.dtype.kind in "iu":
+                kw2 = dict(kw, reduction="sum")
+                return f(x, targets, **kw2) / max(t.size, 1)      # BUG: N, not sum of weights
+            return f(x, targets, **kw)
+        return g
+
+    return {"value": wrap(ref.value), "grad": wrap(ref.grad)}
+
+
+def missing_one_over_n(name="binary_cross_entropy_with_logits"):
+    ref = _ref(name)
+
+    def grad(x, targets, **kw):
+        if kw.get("reduction", "mean") == "mean":
+            kw = dict(kw, reduction="sum")                         # BUG: no 1/n
+        return ref.grad(x, targets, **kw)
+
+    return {"grad": grad}
+
+
+def wrong_sign_class(name="softmax_cross_entropy", cls=0):
+    ref = _ref(name)
+
+    def grad(x, targets, **kw):
+        g = np.array(ref.grad(x, targets, **kw))
+        ax = kw.get("axis", -1) % g.ndim
+        idx = [slice(None)] * g.ndim
+        idx[ax] = cls
+        g[tuple(idx)] *= -1                                       # BUG: one class flipped
+        return g
+
+    return {"grad": grad}
+
+
+def off_by_one_class(name="softmax_cross_entropy"):
+    ref = _ref(name)
+
+    def wrap(f):
+        def g(x, targets, **kw):
+            t = np.asarray(targets)
+            if t.dtype.kind in "iu":
+                C = np.shape(x)[kw.get("axis", -1) % np.ndim(x)]
+                ignore = kw.get("ignore_index")
+                shifted = (t + 1) % C                             # BUG: class y + 1
+                t = shifted if ignore is None else np.where(t == ignore, t, shifted)
+            return f(x, t, **kw)
+        return g
+
+    return {"value": wrap(ref.value), "grad": wrap(ref.grad)}
+
+
+PLANTED = {
+    # name: (loss, builder, option sets that expose it)
+    "grad x (1 + 1e-6)": ("softmax_cross_entropy", lambda: scaled_grad("softmax_cross_entropy"),
+                          ("index",)),
+    "smoothing over C - 1": ("softmax_cross_entropy", smoothing_over_c_minus_1,
+                             ("index + label_smoothing",)),
+    "weighted mean / N": ("softmax_cross_entropy", weighted_mean_over_n, ("index + weight",)),
+    "missing 1/n": ("binary_cross_entropy_with_logits", missing_one_over_n, ("hard targets",)),
+    "wrong sign, one class": ("softmax_cross_entropy", wrong_sign_class, ("index",)),
+    "off-by-one class": ("softmax_cross_entropy", off_by_one_class, ("index",)),
+}

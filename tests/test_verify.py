@@ -1,0 +1,120 @@
+"""The verifier on the correct reference: every row passes; the second-order oracle works."""
+
+import numpy as np
+import pytest
+
+from ce_reference.registry import LOSSES
+from ce_reference.verify import report as R
+from ce_reference.verify import verify
+
+from _verify_helpers import jax_hvp
+
+# Reference bug found by the verifier (reported to the lead, not fixed here):
+# the float32 gradients of categorical_cross_entropy (and binary_cross_entropy)
+# form -w*q/p before the 1/denominator scale, so p = 1e-37 with a class weight of
+# 1000 overflows to -inf (with a RuntimeWarning) although the scaled result,
+# e.g. -1e37, is representable.
+OVERFLOW_BUG = "reference bug: float32 gradient overflows before the 1/denominator scale"
+
+
+def _ok_or_known_bug(rep):
+    bad = [r for r in rep.rows if not r.ok]
+    unknown = [r for r in bad if not (r.dtype == "float32" and r.region == "near 0/1"
+                                      and r.loss in ("categorical_cross_entropy",
+                                                     "binary_cross_entropy")
+                                      and any("inf" in f["detail"] or "overflow" in f["detail"]
+                                              for f in r.failures))]
+    assert not unknown, "\n".join(R.failure_lines(rep))
+    if bad:
+        pytest.xfail(OVERFLOW_BUG)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_row_passes_on_the_reference(loss):
+    rep = verify(loss, cases=40, seed=1, hvp=False)
+    assert rep.rows and all(r.n >= 1 for r in rep.rows)
+    # the oracles that apply did run
+    f64 = [r for r in rep.rows if r.dtype == "float64"]
+    assert all(r.stats["jax"] is not None and r.stats["check_grad"] is not None for r in f64)
+    assert any(r.stats["mpmath"] is not None for r in rep.rows)
+    if LOSSES[loss].input == "logits":
+        assert all(r.stats["complex step"] is not None for r in rep.rows)
+    _ok_or_known_bug(rep)
+
+
+def test_overflow_bug_reproducer():
+    import warnings
+
+    import ce_reference as ce
+
+    p = np.array([[1e-37, 1.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = ce.categorical_cross_entropy_grad(p, np.array([0]),
+                                              weight=np.array([1000, 1], np.float32))
+    if np.isfinite(g[0, 0]):
+        assert g[0, 0] == pytest.approx(-1e37, rel=1e-6)
+    else:
+        pytest.xfail(OVERFLOW_BUG)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_second_order_oracle_with_a_stand_in_hvp(loss):
+    rep = verify(loss, cases=8, seed=2, hvp={loss: jax_hvp(loss)}, regions=("random",))
+    hv = [r.stats["hvp"] for r in rep.rows]
+    assert all(s is not None for s in hv)
+    assert max(s["worst"] for s in hv) <= 32
+
+
+def test_second_order_oracle_catches_a_wrong_hvp():
+    good = jax_hvp("softmax_cross_entropy")
+
+    def bad(x, t, v, **kw):
+        return good(x, t, v, **kw) * (1 + 1e-6)
+
+    rep = verify("softmax_cross_entropy", cases=4, seed=2, hvp={"softmax_cross_entropy": bad},
+                 dtypes=(np.float64,), option_sets=("index",), regions=("random",))
+    assert not rep.ok
+    assert all(f["measure"] == "hvp" for r in rep.rows for f in r.failures)
+
+
+def test_missing_hvp_module_is_reported_not_fatal(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "ce_reference.hvp":
+            raise ModuleNotFoundError("No module named 'ce_reference.hvp'", name=name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    assert LOSSES["softmax_cross_entropy"].hvp is None
+    rep = verify("binary_cross_entropy_with_logits", cases=2, dtypes=(np.float64,),
+                 option_sets=("hard targets",), regions=("random",))
+    assert rep.ok
+    assert any("not available" in n for n in rep.notes)
+    assert all(r.stats["hvp"] is None for r in rep.rows)
+
+
+def test_report_renders_table_json_markdown(tmp_path):
+    import json
+
+    rep = verify("binary_cross_entropy_with_logits", cases=2, dtypes=(np.float64,),
+                 option_sets=("weight",), hvp=False)
+    R.to_json(rep, tmp_path / "r.json")
+    R.to_markdown(rep, tmp_path / "r.md")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["ok"] is True and len(data["rows"]) == len(rep.rows)
+    assert {"loss", "option_set", "dtype", "region", "n", "ok", "stats"} <= set(data["rows"][0])
+    md = (tmp_path / "r.md").read_text()
+    assert "| loss |" in md and "PASS" in md
+    assert "check_grad" in R.plain_table(rep)
+
+
+@pytest.mark.slow
+def test_no_false_alarm_over_10000_cases():
+    """The long sweep: `ce-reference verify --cases 10000` (about 10 minutes on 2 cores)."""
+    rep = verify(cases=10000, seed=0, hvp=False)
+    assert rep.cases >= 10000
+    _ok_or_known_bug(rep)
