@@ -12,7 +12,7 @@ import numpy as np
 from scipy import special as _sp
 
 from . import _validation as V
-from ._reduction import grad_scale, reduce_loss
+from ._reduction import grad_scale, reduce_loss, to_result
 from ._special import log_softmax_parts, mul0
 
 __all__ = [
@@ -35,7 +35,7 @@ def _class_axis(name, x, axis):
 def _finish_grad(g, ax, scale, rdt):
     """Apply the reduction scale, move the class axis back, cast to the result dtype."""
     g = g * g.dtype.type(scale)
-    return np.moveaxis(g, -1, ax).astype(rdt, copy=False)
+    return to_result(np.moveaxis(g, -1, ax), rdt)
 
 
 # --------------------------------------------------------------------------- probabilities
