@@ -35,7 +35,7 @@ def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad):
         w = V.broadcast_to_input("weight", weight, p.shape, cdt)
         V.check_nonnegative_finite("weight", w)
     reduction = V.check_reduction(reduction)
-    eps = V.check_eps(eps, cdt)
+    eps = V.check_eps(eps, rdt, cdt)
 
     pc = p if eps is None else np.clip(p, eps, 1 - eps)
     one_minus_y = 1 - y

@@ -48,7 +48,7 @@ def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad):
     C = p.shape[ax]
     w = V.class_weight(weight, C, cdt)
     reduction = V.check_reduction(reduction)
-    eps = V.check_eps(eps, cdt)
+    eps = V.check_eps(eps, rdt, cdt)
 
     pm = np.moveaxis(p, ax, -1)
     pc = pm if eps is None else np.clip(pm, eps, 1 - eps)
