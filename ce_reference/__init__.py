@@ -22,19 +22,8 @@ from .categorical import (
     softmax_cross_entropy_value_and_grad,
 )
 
+from . import binary as _binary, categorical as _categorical
+
 __version__ = "0.1.0"
 
-__all__ = [
-    "binary_cross_entropy",
-    "binary_cross_entropy_grad",
-    "binary_cross_entropy_value_and_grad",
-    "binary_cross_entropy_with_logits",
-    "binary_cross_entropy_with_logits_grad",
-    "binary_cross_entropy_with_logits_value_and_grad",
-    "categorical_cross_entropy",
-    "categorical_cross_entropy_grad",
-    "categorical_cross_entropy_value_and_grad",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_grad",
-    "softmax_cross_entropy_value_and_grad",
-]
+__all__ = [*_binary.__all__, *_categorical.__all__]
