@@ -16,10 +16,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def to_result(a, result_dtype):
+    """Cast to the result dtype.  Only float16 results can overflow here; a value
+    beyond 65504 rounds to inf, which is the correctly rounded float16 result."""
+    with np.errstate(over="ignore"):
+        return np.asarray(a).astype(result_dtype, copy=False)
+
+
 def reduce_loss(per_example: np.ndarray, reduction: str, denominator: float, result_dtype):
     """Reduce per-example losses; returns an array (``none``) or a NumPy scalar."""
     if reduction == "none":
-        return per_example.astype(result_dtype, copy=False)
+        return to_result(per_example, result_dtype)
     total = np.sum(per_example, dtype=np.complex128 if per_example.dtype.kind == "c" else np.float64)
     if reduction == "sum":
         value = total
@@ -27,7 +34,7 @@ def reduce_loss(per_example: np.ndarray, reduction: str, denominator: float, res
         value = np.nan
     else:
         value = total / denominator
-    return np.asarray(value).astype(result_dtype)[()]
+    return to_result(value, result_dtype)[()]
 
 
 def grad_scale(reduction: str, denominator: float) -> float:

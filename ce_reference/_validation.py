@@ -125,12 +125,13 @@ def check_nonnegative_finite(name: str, w: np.ndarray) -> None:
         raise ValueError(f"{name} must be non-negative, got a minimum of {w.min()}")
 
 
-def check_eps(eps, dtype: np.dtype):
-    """Validate a clipping ``eps`` for ``np.clip(p, eps, 1 - eps)`` in ``dtype``.
+def check_eps(eps, dtype: np.dtype, compute_dtype: np.dtype | None = None):
+    """Validate a clipping ``eps`` for ``np.clip(p, eps, 1 - eps)``.
 
-    Returns ``eps`` as a scalar of ``dtype`` or ``None``.  An ``eps`` for which
-    ``1 - eps`` rounds to 1 in ``dtype`` is an error: the clip would not keep
-    ``log(1 - p)`` finite (scikit-learn #24315).
+    ``dtype`` is the input's (result) dtype: an ``eps`` for which ``1 - eps``
+    rounds to 1 there is an error, since the clip would not keep
+    ``log(1 - p)`` finite (scikit-learn #24315).  Returns ``eps`` as a scalar
+    of ``compute_dtype`` (default ``dtype``) or ``None``.
     """
     if eps is None:
         return None
@@ -145,7 +146,7 @@ def check_eps(eps, dtype: np.dtype):
             f"eps={eps!r} is too small for {dtype}: 1 - eps rounds to 1 (or eps to 0), "
             f"so log(1 - p) could still be -inf; use eps >= {np.finfo(dtype).eps:.3g}"
         )
-    return e_t
+    return (compute_dtype or dtype).type(e)
 
 
 def check_label_smoothing(label_smoothing) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import special as _sp
 
 from . import _validation as V
-from ._reduction import grad_scale, reduce_loss
+from ._reduction import grad_scale, reduce_loss, to_result
 from ._special import mul0, sigmoid, softplus
 
 __all__ = [
@@ -35,7 +35,7 @@ def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad):
         w = V.broadcast_to_input("weight", weight, p.shape, cdt)
         V.check_nonnegative_finite("weight", w)
     reduction = V.check_reduction(reduction)
-    eps = V.check_eps(eps, cdt)
+    eps = V.check_eps(eps, rdt, cdt)
 
     pc = p if eps is None else np.clip(p, eps, 1 - eps)
     one_minus_y = 1 - y
@@ -59,7 +59,7 @@ def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad):
             # derivative of the clip: 1 on [eps, 1-eps] (boundaries included, as
             # torch.clamp), 0 outside.
             g = np.where((p >= eps) & (p <= 1 - eps), g, 0)
-        grad = (g * cdt.type(grad_scale(reduction, p.size))).astype(rdt, copy=False)
+        grad = to_result(g * cdt.type(grad_scale(reduction, p.size)), rdt)
     return value, grad
 
 
@@ -185,7 +185,7 @@ def _bce_logits(logits, targets, weight, pos_weight, reduction, want_value, want
         g = b * sigmoid(x) - a * sigmoid(-x)
         if w is not None:
             g = w * g
-        grad = (g * x.dtype.type(grad_scale(reduction, x.size))).astype(rdt, copy=False)
+        grad = to_result(g * x.dtype.type(grad_scale(reduction, x.size)), rdt)
     return value, grad
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import special as _sp
 
 from . import _validation as V
-from ._reduction import grad_scale, reduce_loss
+from ._reduction import grad_scale, reduce_loss, to_result
 from ._special import log_softmax_parts, mul0
 
 __all__ = [
@@ -35,7 +35,7 @@ def _class_axis(name, x, axis):
 def _finish_grad(g, ax, scale, rdt):
     """Apply the reduction scale, move the class axis back, cast to the result dtype."""
     g = g * g.dtype.type(scale)
-    return np.moveaxis(g, -1, ax).astype(rdt, copy=False)
+    return to_result(np.moveaxis(g, -1, ax), rdt)
 
 
 # --------------------------------------------------------------------------- probabilities
@@ -48,7 +48,7 @@ def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad):
     C = p.shape[ax]
     w = V.class_weight(weight, C, cdt)
     reduction = V.check_reduction(reduction)
-    eps = V.check_eps(eps, cdt)
+    eps = V.check_eps(eps, rdt, cdt)
 
     pm = np.moveaxis(p, ax, -1)
     pc = pm if eps is None else np.clip(pm, eps, 1 - eps)
