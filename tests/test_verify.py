@@ -31,7 +31,7 @@ def _ok_or_known_bug(rep):
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_row_passes_on_the_reference(loss):
-    rep = verify(loss, cases=40, seed=1, hvp=False)
+    rep = verify(loss, cases=1, seed=1)
     assert rep.rows and all(r.n >= 1 for r in rep.rows)
     # the oracles that apply did run
     f64 = [r for r in rep.rows if r.dtype == "float64"]
@@ -61,9 +61,9 @@ def test_overflow_bug_reproducer():
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_second_order_oracle_with_a_stand_in_hvp(loss):
     rep = verify(loss, cases=8, seed=2, hvp={loss: jax_hvp(loss)}, regions=("random",))
-    hv = [r.stats["hvp"] for r in rep.rows]
+    hv = [r.stats["hvp"] for r in rep.rows] + [r.stats["hvp jax"] for r in rep.rows]
     assert all(s is not None for s in hv)
-    assert max(s["worst"] for s in hv) <= 32
+    assert rep.ok, "\n".join(R.failure_lines(rep))
 
 
 def test_second_order_oracle_catches_a_wrong_hvp():
@@ -75,7 +75,8 @@ def test_second_order_oracle_catches_a_wrong_hvp():
     rep = verify("softmax_cross_entropy", cases=4, seed=2, hvp={"softmax_cross_entropy": bad},
                  dtypes=(np.float64,), option_sets=("index",), regions=("random",))
     assert not rep.ok
-    assert all(f["measure"] == "hvp" for r in rep.rows for f in r.failures)
+    assert all(f["measure"] in ("hvp", "hvp jax", "contract") for r in rep.rows for f in r.failures)
+    assert any(f["measure"] == "hvp" for r in rep.rows for f in r.failures)
 
 
 def test_missing_hvp_module_is_reported_not_fatal(monkeypatch):
@@ -113,8 +114,13 @@ def test_report_renders_table_json_markdown(tmp_path):
 
 
 @pytest.mark.slow
-def test_no_false_alarm_over_10000_cases():
-    """The long sweep: `ce-reference verify --cases 10000` (about 10 minutes on 2 cores)."""
+def test_no_false_alarm_over_10000_cases(request):
+    """The long sweep: `ce-reference verify --cases 10000` (about 10 minutes on 2 cores).
+
+    Runs only when selected: ``python -m pytest -m slow tests/test_verify.py``.
+    """
+    if "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip("long sweep: run with -m slow")
     rep = verify(cases=10000, seed=0, hvp=False)
     assert rep.cases >= 10000
     _ok_or_known_bug(rep)

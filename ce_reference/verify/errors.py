@@ -43,7 +43,7 @@ from scipy import special as sp
 
 from . import tolerances as T
 
-Operands = namedtuple("Operands", "value grad hvp value_jax grad_jax")
+Operands = namedtuple("Operands", "value grad hvp value_jax grad_jax hvp_jax")
 
 
 def elementwise(got, exact, operand, dtype, floor=None):
@@ -97,7 +97,7 @@ def combined(got, exact, operand, dtype, mask=None, floor=None):
 def operands(case, v=None) -> "Operands":
     """The :data:`Operands` of a case (float64 arrays); ``hvp`` is None when ``v`` is."""
     out = _OPERANDS[case.loss](case, v)
-    return out if isinstance(out, Operands) else Operands(*out, out[0], out[1])
+    return out if isinstance(out, Operands) else Operands(*out, out[0], out[1], out[2])
 
 
 def _scale_binary(case):
@@ -123,8 +123,13 @@ def _bce_logits(case, v):
     val = _reduce_operand(case, loss, x.size)
     sig, sign = sp.expit(x), sp.expit(-x)
     g = s * w * (b * sig + a * sign)
-    h = None if v is None else s * w * (a + b) * sig * sign * np.abs(v.astype(np.float64))
-    return val, g, h
+    h = h_jax = None
+    if v is not None:
+        h = s * w * (a + b) * sig * sign * np.abs(v.astype(np.float64))
+        # JAX differentiates sigma(x) - 1 style expressions: ~eps absolute of the
+        # largest curvature 1/4, not of sigma(x) sigma(-x) (0 at x = 40, exact 4e-18).
+        h_jax = h + s * w * (a + b) * 0.25 * np.abs(v.astype(np.float64))
+    return Operands(val, g, h, val, g, h_jax)
 
 
 def _bce_probs(case, v):
@@ -138,7 +143,7 @@ def _bce_probs(case, v):
         hi = float(case.dtype.type(1) - case.dtype.type(eps))
         inside = (p >= lo) & (p <= hi)
         p = np.clip(p, lo, hi)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):   # infinite operands only where the result overflows
         t1 = np.where(y == 0, 0.0, y / p)
         t0 = np.where(y == 1, 0.0, (1 - y) / (1 - p))
         loss = -w * (sp.xlogy(y, p) + sp.xlog1py(1 - y, -p))
@@ -191,7 +196,7 @@ def _cce(case, v):
         inside = (p >= lo) & (p <= hi)
         p = np.clip(p, lo, hi)
     s = _scale(case, denom)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):   # infinite operands only where the result overflows
         rows = -np.sum(sp.xlogy(A, p), axis=-1)
         g = np.where(inside & (A != 0), s * A / p, 0.0)
         h = None
@@ -217,12 +222,14 @@ def _softmax(case, v):
     value_jax = _reduce_operand(case, base + S[..., 0] * (1 + np.sum(p * loose, axis=-1)), denom)
     g = np.moveaxis(s * (p * S * (1 + d) + A), -1, ax)
     g_jax = np.moveaxis(s * (p * S * (1 + loose) + A), -1, ax)
-    h = None
-    if v is not None:   # only ever compared with JAX: the loose operand
+    h = h_jax = None
+    if v is not None:
         vm = np.abs(np.moveaxis(v.astype(np.float64), ax, -1))
+        pv = np.sum(p * vm * (1 + d), axis=-1, keepdims=True)
+        h = np.moveaxis(s * S * (1 + d) * p * (vm + pv), -1, ax)
         pv = np.sum(p * vm * (1 + loose), axis=-1, keepdims=True)
-        h = np.moveaxis(s * S * (1 + loose) * p * (vm + pv), -1, ax)
-    return Operands(value, g, h, value_jax, g_jax)
+        h_jax = np.moveaxis(s * S * (1 + loose) * p * (vm + pv), -1, ax)
+    return Operands(value, g, h, value_jax, g_jax, h_jax)
 
 
 _OPERANDS = {

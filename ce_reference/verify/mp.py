@@ -293,3 +293,136 @@ _KERNELS = {
     "categorical_cross_entropy": _cce,
     "softmax_cross_entropy": _softmax,
 }
+
+
+# --------------------------------------------------------------------------- second order
+
+def hvp_oracle(case):
+    """Exact ``H v`` (float64, x's shape) of ``case`` with ``v = case.v``; None if too large.
+
+    Written without cancellation: the binary and categorical Hessians are
+    diagonal sums of non-negative terms; the softmax block
+    ``S (diag p - p p^T)`` is applied as ``S p_k sum_j p_j (v_k - v_j)``
+    (``sum_j p_j = 1``), where ``v_k - v_j`` is exact at this precision.
+    """
+    if case.x.size > T.MP_MAX_ELEMENTS:
+        return None
+    import mpmath
+
+    dps = T.MP_DPS_EXTREME if _is_extreme(case) else T.MP_DPS
+    with mpmath.workdps(dps):
+        return _HVP[case.loss](mpmath.mp, case)
+
+
+def _scale_exact(mp, case, denom):
+    if case.kwargs["reduction"] != "mean":
+        return mp.mpf(1)
+    return 1 / mp.mpf(denom) if denom else mp.mpf(0)
+
+
+def _hvp_bce_logits(mp, case):
+    x = _values(case.x).reshape(-1)
+    y = np.broadcast_to(case.targets.astype(np.float64), case.x.shape).reshape(-1)
+    v = case.v.astype(np.float64).reshape(-1)
+    w, pw = _bcast(case, "weight"), _bcast(case, "pos_weight")
+    s = _scale_exact(mp, case, x.size)
+    out = []
+    for i in range(x.size):
+        xi, yi = mp.mpf(x[i]), mp.mpf(y[i])
+        a = yi if pw is None else mp.mpf(pw[i]) * yi
+        curv = 1 / ((1 + mp.exp(xi)) * (1 + mp.exp(-xi)))        # sigma(x) sigma(-x)
+        h = (a + 1 - yi) * curv * mp.mpf(v[i]) * s
+        out.append(h if w is None else h * mp.mpf(w[i]))
+    return _f64(out).reshape(case.x.shape)
+
+
+def _hvp_bce_probs(mp, case):
+    p = _values(case.x).reshape(-1)
+    y = np.broadcast_to(case.targets.astype(np.float64), case.x.shape).reshape(-1)
+    v = case.v.astype(np.float64).reshape(-1)
+    w = _bcast(case, "weight")
+    bounds = _clip_bounds(case)
+    s = _scale_exact(mp, case, p.size)
+    out = []
+    for i in range(p.size):
+        pi, yi = p[i], mp.mpf(y[i])
+        if bounds is not None and not bounds[0] <= pi <= bounds[1]:
+            out.append(mp.mpf(0))
+            continue
+        pm = mp.mpf(pi)
+        curv = (0 if yi == 1 else (1 - yi) / (1 - pm) ** 2) + (0 if yi == 0 else yi / pm ** 2)
+        h = curv * mp.mpf(v[i]) * s
+        out.append(h if w is None else h * mp.mpf(w[i]))
+    return _f64(out).reshape(case.x.shape)
+
+
+def _hvp_cce(mp, case):
+    X, ax, batch = _rows(case)
+    R, C = X.shape
+    idx, Q = _target_rows(case, ax, C)
+    V = np.moveaxis(case.v.astype(np.float64), ax, -1).reshape(R, C)
+    w = case.kwargs.get("weight")
+    w = None if w is None else np.asarray(w, np.float64)
+    bounds = _clip_bounds(case)
+    rows, denom = [], (mp.mpf(0) if idx is not None else R)
+    for r in range(R):
+        if idx is not None:
+            coeff = [mp.mpf(0)] * C
+            coeff[idx[r]] = mp.mpf(1 if w is None else w[idx[r]])
+            denom += coeff[idx[r]]
+        else:
+            coeff = [mp.mpf(Q[r, c]) * (1 if w is None else mp.mpf(w[c])) for c in range(C)]
+        row = []
+        for c in range(C):
+            pc = X[r, c]
+            if coeff[c] == 0 or (bounds is not None and not bounds[0] <= pc <= bounds[1]):
+                row.append(mp.mpf(0))
+            else:
+                row.append(coeff[c] / mp.mpf(pc) ** 2 * mp.mpf(V[r, c]))
+        rows.append(row)
+    s = _scale_exact(mp, case, denom)
+    g = _f64([h * s for row in rows for h in row]).reshape(batch + (C,))
+    return np.moveaxis(g, -1, ax)
+
+
+def _hvp_softmax(mp, case):
+    X, ax, batch = _rows(case)
+    R, C = X.shape
+    idx, Q = _target_rows(case, ax, C)
+    V = np.moveaxis(case.v.astype(np.float64), ax, -1).reshape(R, C)
+    w = case.kwargs.get("weight")
+    w = None if w is None else np.asarray(w, np.float64)
+    ls = mp.mpf(case.kwargs.get("label_smoothing", 0.0))
+    ignore = case.kwargs.get("ignore_index")
+    wc = [mp.mpf(1) if w is None else mp.mpf(w[c]) for c in range(C)]
+    rows, denom = [], (mp.mpf(0) if idx is not None else R)
+    for r in range(R):
+        if idx is not None:
+            if ignore is not None and idx[r] == ignore:
+                rows.append([mp.mpf(0)] * C)
+                continue
+            S = (1 - ls) * wc[idx[r]] + ls / C * mp.fsum(wc)
+            denom += wc[idx[r]]
+        else:
+            S = mp.fsum(wc[c] * ((1 - ls) * mp.mpf(Q[r, c]) + ls / C) for c in range(C))
+        xr = [mp.mpf(v) for v in X[r]]
+        m = max(xr)
+        e = [mp.exp(v - m) for v in xr]
+        E = mp.fsum(e)
+        vr = [mp.mpf(v) for v in V[r]]
+        # sum_j p_j (v_k - v_j) = v_k sum_{j!=k} p_j - sum_{j!=k} p_j v_j: both leave-one-out
+        # sums scale with 1 - p_k, so a confident row does not cancel (O(C) per row).
+        e_out = _leave_one_out(mp, e)
+        ev_out = _leave_one_out(mp, [e[j] * vr[j] for j in range(C)])
+        rows.append([S * e[k] * (vr[k] * e_out[k] - ev_out[k]) / E ** 2 for k in range(C)])
+    s = _scale_exact(mp, case, denom)
+    g = _f64([h * s for row in rows for h in row]).reshape(batch + (C,))
+    return np.moveaxis(g, -1, ax)
+
+
+_HVP = {
+    "binary_cross_entropy": _hvp_bce_probs,
+    "binary_cross_entropy_with_logits": _hvp_bce_logits,
+    "categorical_cross_entropy": _hvp_cce,
+    "softmax_cross_entropy": _hvp_softmax,
+}
