@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -152,7 +153,7 @@ def _name(fn):
 # --------------------------------------------------------------------------- audit
 
 def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0,
-          dtypes=(np.float64,), rtol=None, shrink: bool = True) -> AuditResult:
+          dtypes=(np.float64,), rtol=None, shrink: bool = True, targets=None) -> AuditResult:
     """Compare ``fn`` (and ``grad``) with ``ce_reference.<loss>`` on seeded inputs.
 
     Parameters
@@ -177,6 +178,11 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
         :data:`AUDIT_RTOL`).
     shrink : bool
         Shrink each mismatch to the smallest input that still shows it.
+    targets : collection of str, optional
+        Restrict the kinds of targets: ``"index"``, ``"onehot"``, ``"soft"``
+        (categorical losses), ``"hard"``, ``"soft"`` (binary losses).  By
+        default every kind the reference accepts is used (class indices as an
+        integer array, probabilities as a float array).
 
     Returns
     -------
@@ -214,6 +220,8 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
     work = []
     for opt in inputs.OPTION_SETS[loss]:
         if not opt.options <= acc:
+            continue
+        if targets is not None and opt.targets not in targets:
             continue
         for dtype in dtypes:
             for region in opt.regions:
@@ -289,7 +297,10 @@ class _Ctx:
             todo.append(("grad", self.grad, ref_g, ops.grad_jax))
         for q, f, ref, op in todo:
             try:
-                got = np.asarray(f(case.x, case.targets, **self._kw(case)), dtype=np.float64)
+                with warnings.catch_warnings():   # judge the numbers, not the warnings
+                    warnings.simplefilter("ignore")
+                    got = np.asarray(f(case.x, case.targets, **self._kw(case)),
+                                     dtype=np.float64)
             except Exception as exc:
                 out.append((q, math.inf, np.array(np.nan), np.asarray(ref),
                             f"raised {type(exc).__name__}: {exc}"))

@@ -28,10 +28,12 @@ non-negative terms) plus, for softmax CE, ``S sum_j p_j |x_j - m|`` (the same
 rounding of ``x - m``).  The Hessian-vector-product operand is ``|H| |v|``
 with the diagonal and rank-one parts of ``H`` taken in absolute value.
 
-Comparisons with the JAX twin use looser softmax operands, because
-``jax.nn.log_softmax`` computes ``x - (m + log sum exp(x - m))``: its absolute
-error is ``eps (|x| + |m| + 1)`` per class, not ``eps |x - m|``.  The reference
-itself is held to the tighter operands by mpmath and the complex step.
+Comparisons with the JAX twin (and the audit of other implementations) use
+looser operands, those of the usual formulas: ``jax.nn.log_softmax`` computes
+``x - (m + log sum exp(x - m))``, whose absolute error is ``eps (|x| + |m| + 1)``
+per class, not ``eps |x - m|``; ``sigma(x) - y`` has the operands ``sigma(x)``
+and ``y``.  The reference itself is held to the tighter operands by mpmath and
+the complex step.
 """
 
 from __future__ import annotations
@@ -129,7 +131,10 @@ def _bce_logits(case, v):
         # JAX differentiates sigma(x) - 1 style expressions: ~eps absolute of the
         # largest curvature 1/4, not of sigma(x) sigma(-x) (0 at x = 40, exact 4e-18).
         h_jax = h + s * w * (a + b) * 0.25 * np.abs(v.astype(np.float64))
-    return Operands(val, g, h, val, g, h_jax)
+    # Implementations of the form w [(pw y + 1 - y) sigma(x) - pw y] (JAX, PyTorch,
+    # textbook sigma(x) - y) cancel when confident: operands max(sigma, y), as p - y.
+    g_loose = g + s * w * ((a + b) * sig + a)
+    return Operands(val, g, h, val, g_loose, h_jax)
 
 
 def _bce_probs(case, v):
