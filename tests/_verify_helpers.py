@@ -1,4 +1,4 @@
-"""Shared helpers of the verifier tests: planted bugs and a throw-away JAX HVP."""
+"""Shared helpers of the verifier tests: the planted bugs."""
 
 from __future__ import annotations
 
@@ -7,42 +7,6 @@ import dataclasses
 import numpy as np
 
 from ce_reference.registry import LOSSES
-
-
-def jax_hvp(name):
-    """A stand-in for ce_reference.hvp.<name>_hvp built from the JAX twin (tests only)."""
-    import jax
-    import jax.numpy as jnp
-
-    jax.config.update("jax_enable_x64", True)
-    from ce_reference import jax as twins
-
-    twin = getattr(twins, name)
-
-    def hvp(x, targets, v, **kw):
-        dtype = np.asarray(x).dtype
-        t = np.asarray(targets)
-        t = t if t.dtype.kind in "iu" else t.astype(np.float64)
-        kw64 = {k: (np.asarray(a, np.float64) if isinstance(a, np.ndarray) else a)
-                for k, a in kw.items()}
-        x64 = np.asarray(x, np.float64)
-        eps = kw64.get("eps")
-        inside = None
-        if eps is not None and dtype != np.float64:          # clip in the input dtype
-            lo = float(dtype.type(eps))
-            hi = float(dtype.type(1) - dtype.type(eps))
-            inside = (x64 >= lo) & (x64 <= hi)
-            x64 = np.clip(x64, lo, hi)
-
-        def total(z):
-            return jnp.sum(twin(z, t, **kw64))
-
-        out = np.asarray(jax.jvp(jax.grad(total), (x64,), (np.asarray(v, np.float64),))[1])
-        if inside is not None:
-            out = np.where(inside, out, 0.0)
-        return out.astype(dtype)
-
-    return hvp
 
 
 def planted(name, *, value=None, grad=None):
