@@ -100,7 +100,10 @@ def print_report(report, console=None) -> None:
         for line in failure_lines(report) + [tolerance_line(report)] + summary_lines(report):
             print(line)
         return
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:          # a file or a pipe: do not wrap at 80 columns
+            console = Console(width=200)
     table = Table(title="ce_reference verify: worst (median) error per oracle", show_lines=False)
     for h in HEADERS:
         table.add_column(h, justify="right" if h not in ("loss", "option set", "region") else
