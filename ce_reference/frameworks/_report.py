@@ -111,7 +111,7 @@ def _md_framework(r):
     if r["status"] != "ran":
         return out + [f"Skipped: {r['reason']}.", ""]
     out += [f"Version: {r['version']}.  Python {r['python']}, NumPy {r['numpy']}.  "
-            f"{sum(x['cases'] for x in r['rows'])} sweep cases in {r['seconds']} s.", ""]
+            f"{sum(x['cases'] for x in r['rows'])} sweep cases.", ""]
     out += ["### Findings", ""]
     for f in sorted(r["findings"], key=lambda f: (_CLASS_ORDER.get(f["class"], 9), f["id"])):
         p = f["probe"]
