@@ -96,7 +96,8 @@ def _jsonable(v):
 
 def _fmt_array(a) -> str:
     a = np.asarray(a)
-    with np.printoptions(precision=6, threshold=40, linewidth=10_000):
+    # floatmode="unique": the shortest repr that round-trips, so a printed input is exact
+    with np.printoptions(floatmode="unique", threshold=40, linewidth=10_000):
         s = np.array2string(a, separator=", ").replace("\n", "")
     return f"{s} ({a.dtype})" if a.dtype.kind == "f" else s
 
@@ -172,8 +173,9 @@ def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
         bad = (rn != an) | (rinf & (a != r)) | (np.isfinite(r) & ~np.isfinite(a))
         if bad.any():
             errors[k] = math.inf
-            i = np.unravel_index(np.argmax(bad), bad.shape) if bad.ndim else ()
-            detail.append(f"{k}{list(i) if i else ''}: framework {a[i]!r} vs reference {r[i]!r}")
+            i = _index(np.argmax(bad), bad.shape)
+            detail.append(f"{k}{list(i) if i else ''}: framework {float(a[i])!r} vs reference "
+                          f"{float(r[i])!r}")
             worst_kind = worst_kind or k
             continue
         fin = np.isfinite(r)
@@ -186,11 +188,15 @@ def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
         if err > TOL_ULPS:
             worst_kind = worst_kind or k
             d = np.where(fin, np.abs(a - r), 0)
-            i = np.unravel_index(np.argmax(d), d.shape) if d.ndim else ()
-            detail.append(f"{k}{list(i) if i else ''}: framework {a[i]!r} vs reference {r[i]!r} "
-                          f"({err:.3g} eps)")
+            i = _index(np.argmax(d), d.shape)
+            detail.append(f"{k}{list(i) if i else ''}: framework {float(a[i])!r} vs reference "
+                          f"{float(r[i])!r} ({err:.3g} eps)")
     ok = worst_kind is None
     return Outcome(ok, "match" if ok else worst_kind, errors, "; ".join(detail), fw, ref)
+
+
+def _index(flat, shape) -> tuple:
+    return tuple(int(j) for j in np.unravel_index(flat, shape)) if shape else ()
 
 
 @dataclass
@@ -273,7 +279,10 @@ def shrink(target: Target, case: Case, still: Callable[[Case, Outcome], bool],
 
     Tries, in order: dropping rows, dropping options (back to defaults),
     dropping classes/columns, and simplifying values (to 0, to round numbers).
-    Only candidates that the reference accepts are tried.  Deterministic.
+    Candidates stay inside the documented domain: probability rows are never
+    edited entry by entry, a class column is dropped only where its target
+    mass is 0, and only candidates that the reference accepts count.
+    Deterministic.
     """
     calls = [0]
 
@@ -327,6 +336,8 @@ def shrink(target: Target, case: Case, still: Callable[[Case, Outcome], bool],
             arr = getattr(cur, attr)
             if arr.dtype.kind != "f":
                 continue
+            if attr == "y" and arr.ndim == 2 and arr.shape == cur.x.shape:
+                continue                 # probability rows: changing one entry breaks the row
             for idx in np.ndindex(arr.shape):
                 v = arr[idx]
                 for alt in _simpler_values(v):
@@ -383,9 +394,9 @@ def _drop_col(c: Case, j: int):
     x = np.delete(c.x, j, axis=1)
     y = c.y
     if y.ndim == 2 and y.shape == c.x.shape:
-        y = np.delete(y, j, axis=1)
-        if c.opts.get("_rows_sum_to_one"):
+        if np.any(y[:, j] != 0):        # keep target rows summing to what they summed to
             return None
+        y = np.delete(y, j, axis=1)
     elif y.ndim == 1 and y.dtype.kind in "iu":
         valid = (y >= 0) & (y < c.x.shape[1])
         if np.any(valid & (y == j)):

@@ -125,7 +125,7 @@ def _md_framework(r):
         if p.get("reference"):
             out.append(f"- reference (same convention): `{p['reference']}`")
         if p.get("exact"):
-            out.append(f"- exact formula (no convention): `{p['exact']}`")
+            out.append(f"- without the convention: `{p['exact']}`")
         if f["sweep_cases"]:
             w = f.get("sweep_witness", {})
             out.append(f"- seen in {f['sweep_cases']} sweep case(s); shrunk sweep witness "
