@@ -1,0 +1,186 @@
+"""Audit PyTorch, optax, Keras 3 and scikit-learn against the reference.
+
+Each framework's cross-entropy functions are run (values, and gradients
+through the framework's own autograd; scikit-learn's ``_loss`` gives its own
+gradient and Hessian) on seeded random and extreme inputs in float64 and
+float32, and compared with :mod:`ce_reference` under the framework's own
+documented convention (:mod:`ce_reference.conventions`).  Every finding is
+classified as
+
+* ``match``: agrees within the tolerance (``TOL_ULPS`` machine epsilons,
+  normwise relative to the operands), or rejects an invalid input;
+* ``convention``: a named, documented convention difference, verified by
+  running a witness input on which the framework follows its convention and
+  differs from the exact formula;
+* ``defect``: a value or gradient wrong for the framework's own documented
+  definition, NaN where the mathematics is finite, or silent acceptance of an
+  input outside the documented domain; with the smallest input found (shrunk
+  from the sweep, or a hand-minimised probe) and the framework's version.
+
+Run it with ``python -m ce_reference.frameworks torch|optax|keras|sklearn|all``
+(or ``ce-reference audit NAME``), or from Python with
+:func:`run_framework_audit`.  A framework that is not installed is reported
+as skipped, not failed.
+
+Exit status of :func:`run_framework_audit` (and of the command line)
+--------------------------------------------------------------------
+* ``0``: the audit ran (or the framework is not installed and was skipped) and
+  every deviation is explained by a catalogued finding -- a named convention
+  or a known, documented defect.  Known defects are *reported*, they do not
+  fail the run, so the command can gate CI on *new* behaviour.
+* ``1``: some deviation is not explained by the catalogue (a new defect, or a
+  changed behaviour in a new framework version); with ``strict=True`` also
+  when any defect is found.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import time
+
+import numpy as np
+
+from ._core import MAX_SHRINK, TOL_ULPS, covers, probe_known, run_target, shrink
+
+FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
+
+__all__ = ["FRAMEWORKS", "audit_framework", "run_framework_audit"]
+
+
+def _adapter(name):
+    if name not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {name!r}; expected one of {FRAMEWORKS} or 'all'")
+    return importlib.import_module(f"ce_reference.frameworks._{name}")
+
+
+def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=None) -> dict:
+    """Audit one framework; returns the report as a JSON-serialisable dict.
+
+    ``quick`` sweeps a subset (every third input region, the first two option
+    sets of each function): the catalogue probes still all run.  ``progress``,
+    if given, is called with a short status string as the audit proceeds.
+    """
+    mod = _adapter(name)
+    t0 = time.perf_counter()
+    report = {"framework": name, "seed": seed, "quick": quick, "tolerance_eps": TOL_ULPS,
+              "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        version = mod.load()
+    except ImportError as exc:
+        report.update(status="skipped", reason=f"not available: {exc}", version=None,
+                      rows=[], findings=[], unclassified=[], exit_code=0, ok=True)
+        return report
+    report.update(status="ran", version=version)
+    targets = mod.targets()
+    if quick:
+        targets = [_quick(t) for t in targets]
+    by_name = {t.name: t for t in targets}
+    known = mod.known()
+    rows, attributed, unclassified = [], {}, []
+    for t in targets:
+        if progress:
+            progress(f"{name}: {t.name}")
+        r, a, u = run_target(t, known, seed)
+        rows += r
+        for k, v in a.items():
+            if k not in attributed:
+                attributed[k] = v + [t]
+            else:
+                attributed[k][0] += v[0]
+        unclassified += [(t, c, o) for c, o in u]
+    findings = []
+    for k in known:
+        target = by_name.get(k.target) or next(t for t in targets if covers(k.target, t.name))
+        f = {"id": k.id, "kind": k.kind, "title": k.title, "target": k.target,
+             "refs": k.refs, "explanation": k.explanation}
+        f["probe"] = probe_known(k, target)
+        f["class"] = f["probe"]["class"]
+        if k.id in attributed:
+            count, case, o, t = attributed[k.id]
+            f["sweep_cases"] = count
+            small = shrink(t, case, k.applies)
+            f["sweep_witness"] = {"target": t.name, "region": case.region,
+                                  "input": small.describe(), "detail": _detail(t, small)}
+            if f["class"] == "not reproduced":      # the sweep shows it even if the probe not
+                f["class"] = k.kind if k.kind in ("defect", "convention") else "defect"
+        else:
+            f["sweep_cases"] = 0
+        findings.append(f)
+    report["findings"] = findings
+    report["rows"] = [r.to_json() for r in rows]
+    # shrink a few unclassified deviations (one per target and kind)
+    seen, uncl = set(), []
+    for t, c, o in unclassified:
+        key = (t.name, o.kind)
+        entry = {"target": t.name, "dtype": c.dtype, "region": c.region, "kind": o.kind,
+                 "detail": o.detail}
+        if key not in seen and len(seen) < MAX_SHRINK * 4:
+            seen.add(key)
+            small = shrink(t, c, lambda c2, o2, kind=o.kind: o2.kind == kind)
+            entry["input"] = small.describe()
+            entry["detail"] = _detail(t, small)
+            uncl.append(entry)
+        elif key not in seen:
+            uncl.append(entry)
+    report["unclassified"] = uncl
+    report["unclassified_cases"] = len(unclassified)
+    report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
+    report["exit_code"] = 1 if unclassified else 0
+    report["ok"] = not unclassified
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _detail(target, case):
+    from ._core import evaluate
+    o = evaluate(target, case)
+    return o.detail
+
+
+def _quick(t):
+    import dataclasses
+    return dataclasses.replace(t, regions=t.regions[::3] + tuple(
+        r for r in t.regions if "-inf" in r and r not in t.regions[::3]),
+        option_sets=t.option_sets[:2], repeats=1)
+
+
+def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, quick=False,
+                        strict=False, console=True) -> int:
+    """Audit ``name`` (one of :data:`FRAMEWORKS`, or ``"all"``); return the exit status.
+
+    Prints a summary table (``console=True``), writes the JSON report
+    (``json_path``: top-level ``"ok"``, ``"exit_code"`` and one entry per
+    framework under ``"frameworks"``) and the Markdown document
+    (``markdown_path``).  Returns 0 when every deviation is a catalogued
+    finding (known defects are reported, not failed), 1 when a deviation is
+    not explained by the catalogue -- or, with ``strict=True``, when any defect
+    is found.  A framework that is not installed is reported as skipped
+    (status 0).
+    """
+    from . import _report
+    names = FRAMEWORKS if name == "all" else (name,)
+    for n in names:
+        _adapter(n)                       # validate the names before any work
+    reports = []
+    for n in names:
+        reports.append(audit_framework(n, seed=seed, quick=quick,
+                                       progress=_report.progress_printer() if console else None))
+        if console:
+            _report.print_console(reports[-1])
+    code = 0
+    for r in reports:
+        code = max(code, r["exit_code"])
+        if strict and r.get("defects"):
+            code = 1
+    doc = {"ok": code == 0, "exit_code": code, "seed": seed, "strict": strict,
+           "frameworks": reports}
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(doc, fh, indent=1, default=str)
+    if markdown_path:
+        with open(markdown_path, "w") as fh:
+            fh.write(_report.markdown(doc))
+    return code
+

@@ -1,0 +1,363 @@
+"""Keras 3 adapter (JAX backend): BinaryCrossentropy, CategoricalCrossentropy,
+SparseCategoricalCrossentropy.
+
+Backend selection without leaking into the user's process: Keras reads
+``KERAS_BACKEND`` once, when it is first imported.  :func:`load` sets
+``KERAS_BACKEND=jax`` only around that import and restores the variable (and
+``TF_FORCE_GPU_ALLOW_GROWTH``, which Keras sets on import) afterwards.  If
+Keras is already imported with another backend, the Keras audit is reported
+as *skipped* (run it in a fresh process); the process' Keras is never
+re-imported.  Keras itself writes ``~/.keras/keras.json`` on its first import
+if that file does not exist.
+
+Each loss object is built with ``dtype`` equal to the case's dtype (Keras
+otherwise computes in ``floatx``, float32); values and ``jax.grad`` of the sum
+of the output run inside ``jax.enable_x64(True)``.  ``eps`` is read from
+``keras.config.epsilon()`` (1e-7 unless the user's keras.json changes it) and
+reported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from .. import conventions as conv
+from . import _cases
+from ._core import TOL_ULPS, Case, Known, Result, Target, nan_with_neginf, operand_scales
+
+NAME = "keras"
+_keras = _jax = _jnp = None
+
+
+def load() -> str:
+    global _keras, _jax, _jnp
+    mod = sys.modules.get("keras")
+    if mod is not None:
+        backend = mod.config.backend()
+        if backend != "jax":
+            raise ImportError(f"keras is already imported with the {backend!r} backend; the "
+                              "audit needs the JAX backend (run it in a fresh process)")
+        keras = mod
+    else:
+        saved = {k: os.environ.get(k) for k in ("KERAS_BACKEND", "TF_FORCE_GPU_ALLOW_GROWTH")}
+        os.environ["KERAS_BACKEND"] = "jax"
+        try:
+            import keras
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        if keras.config.backend() != "jax":
+            raise ImportError(f"keras uses the {keras.config.backend()!r} backend")
+    import jax
+    import jax.numpy as jnp
+    _keras, _jax, _jnp = keras, jax, jnp
+    return f"{keras.__version__} (JAX backend, jax {jax.__version__}, epsilon {eps()})"
+
+
+def eps() -> float:
+    return float(_keras.config.epsilon())
+
+
+_LOSS_CACHE: dict = {}
+
+
+def _loss(cls_name, dtype, **kw):
+    key = (cls_name, dtype, tuple(sorted(kw.items())))
+    if key not in _LOSS_CACHE:
+        _LOSS_CACHE[key] = getattr(_keras.losses, cls_name)(dtype=dtype, **kw)
+    return _LOSS_CACHE[key]
+
+
+_CTOR = ("from_logits", "label_smoothing", "reduction", "ignore_class", "axis")
+
+
+_JIT: dict = {}
+
+
+def _compiled(loss, with_sw):
+    """``jax.jit`` of (value, grad of the sum of the output) for one loss object.
+
+    Jitted as ``model.fit`` runs it; a case with ``opts["_eager"]`` runs the same
+    function under ``jax.disable_jit()``.
+    """
+    key = (id(loss), with_sw)
+    if key not in _JIT:
+        def vg(x, y, sw):
+            def f(z):
+                return loss(y, z, sample_weight=sw if with_sw else None)
+            return f(x), _jax.grad(lambda z: _jnp.sum(f(z)))(x)
+        _JIT[key] = _jax.jit(vg)
+    return _JIT[key]
+
+
+def _run(cls_name):
+    def run(case: Case) -> Result:
+        kw = {k: v for k, v in case.opts.items() if k in _CTOR}
+        loss = _loss(cls_name, case.dtype, **kw)
+        sw = case.opts.get("sample_weight")
+        fn = _compiled(loss, sw is not None)
+        with _jax.enable_x64(True):
+            args = (_jnp.asarray(case.x), _jnp.asarray(case.y),
+                    None if sw is None else _jnp.asarray(sw))
+            if case.opts.get("_eager"):
+                with _jax.disable_jit():
+                    v, g = fn(*args)
+            else:
+                v, g = fn(*args)
+        return Result({"value": np.asarray(v), "grad": np.asarray(g)})
+    return run
+
+
+def _reduce(case, rows, grads, keep=None):
+    red = case.opts.get("reduction", "sum_over_batch_size")
+    sw = case.opts.get("sample_weight")
+    if red in ("sum_over_batch_size", "mean"):
+        kw = dict(reduction="mean", denominator="count", zero_division="zero")
+    elif red == "mean_with_sample_weight":
+        kw = dict(reduction="mean", denominator="weights", zero_division="zero")
+    else:
+        kw = dict(reduction=red)
+    v, g = conv.weighted_reduction(rows, grads, sample_weight=sw, keep=keep, **kw)
+    return Result({"value": v, "grad": g})
+
+
+def _class_last(case):
+    """(x, y, back) with the class axis moved last (``axis`` option)."""
+    ax = case.opts.get("axis", -1)
+    if ax in (-1, case.x.ndim - 1):
+        return case.x, case.y, lambda g: g
+    x = np.moveaxis(case.x, ax, -1)
+    y = np.moveaxis(case.y, ax, -1) if case.y.shape == case.x.shape else case.y
+    return x, y, lambda g: np.moveaxis(g, -1, ax)
+
+
+def _bce_ref(case):
+    y = case.y
+    ls = case.opts.get("label_smoothing", 0.0)
+    if ls:
+        y = conv.smooth_labels(y, ls, scheme="binary").astype(case.x.dtype)
+    if case.opts.get("from_logits"):
+        e, ge = conv.sigmoid_cross_entropy_elements(case.x, y)
+    else:
+        e, ge = conv.clipped_binary_cross_entropy_elements(case.x, y, eps=eps())
+    K = case.x.shape[-1]
+    rows = np.mean(e.astype(np.float64), axis=-1)          # Keras: mean over the last axis
+    return _reduce(case, rows, ge / K)
+
+
+def _cce_ref(case):
+    x, y, back = _class_last(case)
+    ls = case.opts.get("label_smoothing", 0.0)
+    if ls:
+        y = conv.smooth_labels(y, ls, scheme="uniform").astype(x.dtype)
+    if case.opts.get("from_logits"):
+        rows, g = conv.softmax_cross_entropy_rows(x, y)
+    else:
+        rows, g = conv.clipped_categorical_cross_entropy_rows(x, y, eps=eps(), renormalize=True)
+    r = _reduce(case, rows, g)
+    r.arrays["grad"] = back(r.arrays["grad"])
+    return r
+
+
+def _scce_ref(case):
+    y = np.asarray(case.y)
+    keep = None
+    if "ignore_class" in case.opts:
+        keep = y != case.opts["ignore_class"]
+        y = np.where(keep, y, 0)
+    if case.opts.get("from_logits"):
+        rows, g = conv.softmax_cross_entropy_rows(case.x, y)
+    else:
+        rows, g = conv.clipped_categorical_cross_entropy_rows(case.x, y, eps=eps(),
+                                                              renormalize=True)
+    if keep is not None:
+        rows = np.where(keep, rows, 0.0)
+        g = np.where(keep[:, None], g, 0.0)
+    return _reduce(case, rows, g, keep)
+
+
+BCE = "BinaryCrossentropy"
+CCE = "CategoricalCrossentropy"
+SCCE = "SparseCategoricalCrossentropy"
+
+_REDUCTIONS = [{}, {"reduction": "sum"}, {"reduction": "none", "sample_weight": "random"},
+               {"sample_weight": "random"},
+               {"reduction": "mean_with_sample_weight", "sample_weight": "random"}]
+
+
+def targets() -> list[Target]:
+    T = []
+    prob_regions = ("scale 1", "scale 3") + _cases.PROB_REGIONS
+    logit_regions = ("scale 1", "scale 10", "dominant right", "±1e4", "near overflow",
+                     "-inf, zero target")
+    for from_logits in (False, True):
+        tag = " (from_logits)" if from_logits else " (probabilities)"
+        fl = {"from_logits": True} if from_logits else {}
+        for tk in ("hard", "soft"):
+            sets = [dict(fl, **r) for r in _REDUCTIONS] + [dict(fl, label_smoothing=0.1)]
+            T.append(Target(
+                BCE + tag + (" hard targets" if tk == "hard" else ""),
+                ("sigmoid_cross_entropy_elements" if from_logits else
+                 "clipped_binary_cross_entropy_elements (keras-clip)")
+                + ", smoothing-binary, mean over the last axis, keras-sum-over-batch-size",
+                _run(BCE), _bce_ref,
+                _cases.binary("logits" if from_logits else "probs", tk),
+                sets if tk == "soft" else sets[:2],
+                _cases.BINARY_LOGIT_REGIONS[:6] if from_logits else _cases.BINARY_PROB_REGIONS,
+                operand_scales("binary-logits" if from_logits else "binary-probs", _bce_ref)))
+        for tk in ("onehot", "soft"):
+            sets = [dict(fl, **r) for r in _REDUCTIONS] + [dict(fl, label_smoothing=0.1)]
+            T.append(Target(
+                CCE + tag + (" one-hot" if tk == "onehot" else ""),
+                ("softmax_cross_entropy_rows" if from_logits else
+                 "clipped_categorical_cross_entropy_rows (keras-clip)")
+                + ", smoothing-uniform, keras-sum-over-batch-size",
+                _run(CCE), _cce_ref,
+                _cases.categorical("logits" if from_logits else "probs", tk),
+                sets if tk == "soft" else sets[:2],
+                logit_regions if from_logits else prob_regions,
+                operand_scales("logits" if from_logits else "probs", _cce_ref)))
+        sets = [dict(fl, **r) for r in _REDUCTIONS] + [dict(fl, ignore_class=-1),
+                                                      dict(fl, ignore_class=-1,
+                                                           sample_weight="random")]
+        T.append(Target(
+            SCCE + tag,
+            ("softmax_cross_entropy_rows" if from_logits else
+             "clipped_categorical_cross_entropy_rows (keras-clip)")
+            + ", keras-sum-over-batch-size (ignore_class: divide by kept rows)",
+            _run(SCCE), _scce_ref,
+            _cases.categorical("logits" if from_logits else "probs", "index"), sets,
+            (logit_regions + ("all ignored",)) if from_logits else prob_regions + (
+                "all ignored",),
+            operand_scales("logits" if from_logits else "probs", _scce_ref)))
+    return T
+
+
+def _c(x, y, **opts):
+    return lambda: Case(np.asarray(x), np.asarray(y), dict(opts), "probe")
+
+
+def _float32_accurate(case, o):
+    """A float64 deviation that would pass at float32 precision (float32 arithmetic)."""
+    if case.dtype != "float64" or not o.errors:
+        return False
+    ratio = np.finfo(np.float64).eps / np.finfo(np.float32).eps
+    return all(np.isfinite(e) and e * ratio <= TOL_ULPS for e in o.errors.values())
+
+
+def _at_clip_boundary(case, o):
+    """A gradient deviation at a probability exactly on the clip boundary."""
+    if o.kind != "grad":
+        return False
+    dt = case.x.dtype.type
+    x = case.x
+    if x.ndim == 2 and case.opts.get("_rows_sum_to_one"):
+        x = x / np.sum(x, axis=-1, keepdims=True)
+    return bool(np.any((x == dt(eps())) | (x == dt(1 - eps()))))
+
+
+def _exact_cce(case):
+    from .. import categorical as _cat
+    v, g = _cat.categorical_cross_entropy_value_and_grad(case.x, case.y)
+    return Result({"value": v, "grad": g})
+
+
+def _weights_mean(case):
+    rows, g = conv.softmax_cross_entropy_rows(case.x, case.y)
+    v, G = conv.weighted_reduction(rows, g, sample_weight=case.opts.get("sample_weight"))
+    return Result({"value": v, "grad": G})
+
+
+def _nan_mean(case):
+    return Result({"value": np.float64(np.nan), "grad": np.zeros(case.x.shape)})
+
+
+def _off_class_binary(case):
+    y = conv.smooth_labels(np.stack([case.y, 1 - case.y], -1), case.opts["label_smoothing"],
+                           scheme="off_class")[..., 0]
+    e, ge = conv.sigmoid_cross_entropy_elements(case.x, y)
+    return Result({"value": np.mean(e), "grad": ge / case.x.size})
+
+
+def known() -> list[Known]:
+    lg = " (from_logits)"
+    pr = " (probabilities)"
+    return [
+        Known("keras-scce-neginf", "defect",
+              "SparseCategoricalCrossentropy(from_logits=True), run eagerly (not under "
+              "jax.jit): NaN loss when any non-target logit is -inf (one_hot(y) * "
+              "log_softmax evaluates 0 * -inf; XLA rewrites it away under jit)",
+              SCCE + lg, "same mechanism as optax#896",
+              "The loss log-sum-exp(x) - x_y is finite; the gradient is correct.  The sweep "
+              "runs jitted (as model.fit does), so only the eager probe shows it.",
+              applies=nan_with_neginf, probe=_c(np.array([[0.0, -np.inf]]), np.array([0]),
+                                                from_logits=True, _eager=True)),
+        Known("keras-cce-neginf", "defect",
+              "CategoricalCrossentropy(from_logits=True): NaN loss when a logit is -inf and "
+              "its target is 0 (0 * -inf)", CCE + lg, "same as optax#896",
+              applies=nan_with_neginf, probe=_c(np.array([[0.0, -np.inf]]), np.array([[1.0, 0.0]]),
+                                        from_logits=True)),
+        Known("keras-23451", "defect",
+              "CategoricalCrossentropy(label_smoothing, axis != -1) takes C from the last "
+              "axis instead of the class axis", CCE + lg, "keras-team/keras#23451",
+              probe=_c(np.zeros((2, 3)), np.array([[1.0, 0, 1], [0, 1, 0]]), from_logits=True,
+                       label_smoothing=0.5, axis=0)),
+        Known("keras-mean-float32", "defect",
+              "BinaryCrossentropy(dtype='float64') is only float32-accurate: keras.ops.mean "
+              "on the JAX backend computes in result_type(float64, 'float32'), which Keras "
+              "maps to float32 (BIT64_TO_BIT32_DTYPE), then casts back",
+              BCE, "keras/src/backend/jax/numpy.py mean, keras/src/backend/common/dtypes.py",
+              "The loss's dtype argument is documented as the dtype of its computations; "
+              "other Keras losses reduce with ops.sum and are float64-exact.",
+              applies=_float32_accurate,
+              probe=_c(np.zeros((1, 2)), np.zeros((1, 2)), from_logits=True)),
+        Known("keras-clip-boundary-derivative", "convention",
+              "at a probability exactly on the clip boundary (1e-7 or 1-1e-7 in the dtype) "
+              "the gradient is halved: jnp.clip = min(max(.)) splits the derivative at a tie; "
+              "PyTorch's clamp and the reference pass it through", BCE,
+              "the derivative is undefined at the kink; both one-sided values are valid",
+              applies=_at_clip_boundary,
+              probe=_c(np.array([[1 - 1e-7]], np.float32), np.array([[0.0]], np.float32)),
+              check=lambda c, o: (not o.ok) and _at_clip_boundary(c, o),
+              exact=lambda c: _bce_ref(c)),
+        Known("keras-scce-label-range", "validation",
+              "SparseCategoricalCrossentropy accepts a class index >= C: the one-hot row is "
+              "all zeros and the loss is silently 0", SCCE + lg, "",
+              probe=_c(np.array([[0.0, 1.0]]), np.array([2]), from_logits=True)),
+        Known("keras-scce-label-negative", "validation",
+              "SparseCategoricalCrossentropy accepts a negative class index (loss 0)",
+              SCCE + lg, "", probe=_c(np.array([[0.0, 1.0]]), np.array([-1]),
+                                      from_logits=True)),
+        Known("keras-bce-prob-range", "validation",
+              "BinaryCrossentropy(from_logits=False) accepts y_pred outside [0, 1] (clipped "
+              "silently)", BCE + pr, "", probe=_c(np.array([[1.5]]), np.array([[1.0]]))),
+        Known("keras-clip", "convention",
+              "from_logits=False renormalises the probabilities and clips them to "
+              "[1e-7, 1-1e-7]: the loss is capped at -log(1e-7) = 16.12 and the gradient is 0 "
+              "outside the clip range", CCE + pr, "keras/src/backend/jax/nn.py",
+              probe=_c(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])), exact=_exact_cce),
+        Known("keras-sum-over-batch-size", "convention",
+              "default reduction sum_over_batch_size divides the sample-weighted sum by the "
+              "number of examples, not by the sum of sample weights", SCCE + lg,
+              "keras/src/losses/loss.py",
+              probe=_c(np.zeros((2, 2)), np.array([0, 1]), from_logits=True,
+                       sample_weight=np.array([1.0, 3.0])),
+              exact=_weights_mean),
+        Known("keras-all-masked-zero", "convention",
+              "with ignore_class, a batch whose rows are all ignored has loss 0 (divide_no_nan), "
+              "where PyTorch returns NaN", SCCE + lg, "keras/src/losses/loss.py apply_mask",
+              probe=_c(np.zeros((2, 2)), np.array([-1, -1]), from_logits=True, ignore_class=-1),
+              exact=_nan_mean),
+        Known("keras-smoothing-binary", "convention",
+              "BinaryCrossentropy label_smoothing moves each target to (1-eps) y + eps/2",
+              BCE + lg, "keras/src/losses/losses.py",
+              probe=_c(np.array([[2.0, -1.0]], np.float32), np.array([[1.0, 0.0]], np.float32),
+                       from_logits=True, label_smoothing=0.4),
+              exact=_off_class_binary),
+    ]

@@ -1,0 +1,251 @@
+"""PyTorch adapter: ``torch.nn.functional`` cross-entropy losses.
+
+Values and gradients come from PyTorch itself (``loss.sum().backward()``; the
+gradient of the reduced loss, or of the sum for ``reduction="none"``).  The
+reference is the core library (which follows ``F.cross_entropy`` and
+``F.binary_cross_entropy_with_logits``) or :mod:`ce_reference.conventions`
+(``nll_loss``, and ``binary_cross_entropy``'s clamp at -100).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .. import binary as _bin
+from .. import categorical as _cat
+from .. import conventions as conv
+from . import _cases
+from ._core import Case, Known, Result, Target, nan_with_neginf, operand_scales
+
+NAME = "torch"
+_torch = None
+_F = None
+
+
+def load() -> str:
+    """Import PyTorch; return its version (ImportError when missing)."""
+    global _torch, _F
+    import torch
+    import torch.nn.functional as F
+    _torch, _F = torch, F
+    return torch.__version__
+
+
+def _t(a):
+    return _torch.tensor(np.asarray(a))
+
+
+def _run(fn, case: Case, **kw) -> Result:
+    x = _torch.tensor(case.x, requires_grad=True)
+    out = fn(x, _t(case.y), **kw)
+    out.sum().backward()
+    return Result({"value": out.detach().numpy(), "grad": x.grad.numpy()})
+
+
+def _kw(case: Case, *names, tensors=("weight", "pos_weight")) -> dict:
+    kw = {}
+    for k in names:
+        if k in case.opts:
+            v = case.opts[k]
+            kw[k] = _t(v) if k in tensors else v
+    return kw
+
+
+def _vg(value, grad) -> Result:
+    return Result({"value": np.asarray(value, np.float64), "grad": np.asarray(grad, np.float64)})
+
+
+def _product(base, reductions=("mean", "sum", "none")):
+    return [dict(b, reduction=r) for b, r in itertools.product(base, reductions)]
+
+
+# --------------------------------------------------------------------------- targets
+
+def _ce_run(case):
+    return _run(_F.cross_entropy, case,
+                **_kw(case, "weight", "ignore_index", "label_smoothing", "reduction"))
+
+
+def _ce_ref(case):
+    kw = {k: case.opts[k] for k in ("weight", "ignore_index", "label_smoothing", "reduction")
+          if k in case.opts}
+    return _vg(*_cat.softmax_cross_entropy_value_and_grad(case.x, case.y, **kw))
+
+
+def _nll_run(case):
+    return _run(_F.nll_loss, case, **_kw(case, "weight", "ignore_index", "reduction"))
+
+
+def _nll_ref(case):
+    kw = {k: case.opts[k] for k in ("weight", "ignore_index", "reduction") if k in case.opts}
+    return _vg(*conv.nll_loss(case.x, case.y, **kw))
+
+
+def _bce_run(case):
+    return _run(_F.binary_cross_entropy, case, **_kw(case, "weight", "reduction"))
+
+
+def _bce_ref(case):
+    kw = {k: case.opts[k] for k in ("weight", "reduction") if k in case.opts}
+    return _vg(*conv.clamped_binary_cross_entropy(case.x, case.y, **kw))
+
+
+def _bcel_run(case):
+    return _run(_F.binary_cross_entropy_with_logits, case,
+                **_kw(case, "weight", "pos_weight", "reduction"))
+
+
+def _bcel_ref(case):
+    kw = {k: case.opts[k] for k in ("weight", "pos_weight", "reduction") if k in case.opts}
+    return _vg(*_bin.binary_cross_entropy_with_logits_value_and_grad(case.x, case.y, **kw))
+
+
+CE_INDEX = "F.cross_entropy (class indices)"
+CE_PROBS = "F.cross_entropy (probability targets)"
+NLL = "F.nll_loss"
+BCE = "F.binary_cross_entropy"
+BCEL = "F.binary_cross_entropy_with_logits"
+
+
+def targets() -> list[Target]:
+    W, I, LS = {"weight": "random"}, {"ignore_index": -100}, {"label_smoothing": 0.1}
+    T = []
+    T.append(Target(
+        CE_INDEX, "core softmax_cross_entropy (PyTorch's definition: mean-target-weight, "
+                  "smoothing-uniform)",
+        _ce_run, _ce_ref, _cases.categorical("logits", "index"),
+        _product([{}, W, I, LS, {**W, **I, **LS}]), _cases.LOGIT_REGIONS,
+        operand_scales("logits", _ce_ref)))
+    for tk in ("onehot", "soft"):
+        T.append(Target(
+            CE_PROBS + ("" if tk == "soft" else " one-hot"),
+            "core softmax_cross_entropy, probability targets (mean-rows, smoothing-uniform)",
+            _ce_run, _ce_ref, _cases.categorical("logits", tk),
+            _product([{}, W, LS, {**W, **LS}]), _cases.LOGIT_REGIONS[:-1],
+            operand_scales("logits", _ce_ref)))
+    T.append(Target(
+        NLL, "conventions.nll_loss (mean-target-weight)",
+        _nll_run, _nll_ref, _cases.categorical("logprobs", "index"),
+        _product([{}, W, I, {**W, **I}]), _cases.LOGIT_REGIONS,
+        operand_scales("logprobs", _nll_ref)))
+    for tk in ("hard", "soft"):
+        T.append(Target(
+            BCE + ("" if tk == "soft" else " hard targets"),
+            "conventions.clamped_binary_cross_entropy (torch-log-clamp, mean-rows)",
+            _bce_run, _bce_ref, _cases.binary("probs", tk),
+            _product([{}, W]), _cases.BINARY_PROB_REGIONS,
+            operand_scales("binary-probs", _bce_ref)))
+        T.append(Target(
+            BCEL + ("" if tk == "soft" else " hard targets"),
+            "core binary_cross_entropy_with_logits (mean-rows)",
+            _bcel_run, _bcel_ref, _cases.binary("logits", tk),
+            _product([{}, W, {"pos_weight": "random"}, {**W, "pos_weight": "random"}]),
+            _cases.BINARY_LOGIT_REGIONS, operand_scales("binary-logits", _bcel_ref)))
+    return T
+
+
+# --------------------------------------------------------------------------- catalogue
+
+def _bce_small_denominator(case: Case, o) -> bool:
+    """PyTorch's BCE backward divides by max(p(1-p), 1e-12) and ignores the clamp."""
+    p = case.x.astype(np.float64)
+    return o.kind == "grad" and bool(np.any(p * (1 - p) < 1e-12))
+
+
+def _c(x, y, **opts):
+    return lambda: Case(np.asarray(x), np.asarray(y), dict(opts), "probe")
+
+
+def _all_ignored_check(case, o):
+    v = np.asarray(o.framework.arrays["value"]) if o.framework else None
+    g = np.asarray(o.framework.arrays["grad"]) if o.framework else None
+    return v is not None and bool(np.isnan(v)) and bool(np.all(g == 0))
+
+
+def _zero_mean(case):
+    return Result({"value": np.float64(0.0), "grad": np.zeros(case.x.shape)})
+
+
+def _index_path(case):
+    y = np.argmax(case.y, axis=-1)
+    return _ce_ref(case.replace(y=y))
+
+
+def _off_class_ref(case):
+    q = conv.smooth_labels(case.y, case.opts["label_smoothing"], num_classes=case.x.shape[-1],
+                           scheme="off_class")
+    rows, g = conv.softmax_cross_entropy_rows(case.x, q)
+    return _vg(*conv.weighted_reduction(rows, g, reduction=case.opts.get("reduction", "mean"),
+                                        denominator="count"))
+
+
+def known() -> list[Known]:
+    f64 = np.float64
+    return [
+        Known("torch-bce-backward", "defect",
+              "binary_cross_entropy: backward divides by max(p(1-p), 1e-12) and ignores the "
+              "-100 clamp, so the gradient is wrong wherever p(1-p) < 1e-12",
+              BCE, "pytorch/pytorch#103316",
+              "Forward is -[y max(log p, -100) + (1-y) max(log(1-p), -100)]; its derivative is "
+              "-y/p (0 where the clamp is active).  PyTorch returns (p-y)/max(p(1-p), 1e-12): "
+              "at p=1e-20, y=1 that is -1e12 instead of -1e20; chained through sigmoid at "
+              "x=-50 it gives ~-2e-10 instead of -1.",
+              applies=_bce_small_denominator, probe=_c(np.array([1e-20]), np.array([1.0]))),
+        Known("torch-ce-prob-neginf", "defect",
+              "cross_entropy with probability targets: NaN loss when a logit is -inf and its "
+              "target probability (times its class weight) is 0: 0 * log 0 is evaluated as "
+              "0 * -inf",
+              CE_PROBS, "no PyTorch issue found; optax#896 is the same bug in optax",
+              "The loss is finite (0 log 0 = 0), or +inf when label smoothing puts mass on "
+              "the -inf class; PyTorch returns NaN either way.  Its gradient is correct.",
+              applies=nan_with_neginf,
+              probe=_c(np.array([[0.0, -np.inf]]), np.array([[1.0, 0.0]]))),
+        Known("torch-ce-smoothing-neginf", "defect",
+              "cross_entropy with class indices and label_smoothing: NaN loss when a logit is "
+              "-inf and that class's weight is 0 (the smoothing term evaluates 0 * -inf)",
+              CE_INDEX, "no PyTorch issue found",
+              "With weight w_c = 0 the class carries no target mass, so the loss is finite.",
+              applies=nan_with_neginf,
+              probe=_c(np.array([[-np.inf, 0.0]]), np.array([1]), weight=np.array([0.0, 1.0]),
+                       label_smoothing=0.1)),
+        Known("torch-bcel-target-range", "validation",
+              "binary_cross_entropy_with_logits accepts targets outside [0, 1] "
+              "(binary_cross_entropy rejects them)", BCEL, "",
+              "Documented: target values between 0 and 1.",
+              probe=_c(np.array([0.0]), np.array([1.5]))),
+        Known("torch-ce-prob-target-range", "validation",
+              "cross_entropy accepts probability targets outside [0, 1]", CE_PROBS, "",
+              "Documented: each value should be between [0, 1].",
+              probe=_c(np.zeros((1, 2)), np.array([[1.5, -0.5]]))),
+        Known("torch-ce-index-range", "validation",
+              "cross_entropy rejects a class index >= C", CE_INDEX, "",
+              probe=_c(np.zeros((1, 2)), np.array([2]))),
+        Known("torch-bce-prob-range", "validation",
+              "binary_cross_entropy rejects a probability outside [0, 1]", BCE, "",
+              probe=_c(np.array([1.5]), np.array([1.0]))),
+        Known("torch-all-ignored-nan", "convention",
+              "mean over rows that are all ignored is NaN (0/0), gradient 0",
+              CE_INDEX, "pytorch/pytorch#64572 (deliberate); Keras returns 0",
+              "The reference follows PyTorch (weighted_reduction zero_division='nan').",
+              probe=_c(np.zeros((2, 3)), np.array([-100, -100]), ignore_index=-100),
+              check=_all_ignored_check, exact=_zero_mean),
+        Known("torch-mean-rows", "convention",
+              "weighted mean of probability targets divides by the number of rows, not the "
+              "sum of target weights (one-hot and index targets give different means)",
+              CE_PROBS + " one-hot", "pytorch/pytorch#107680",
+              probe=_c(np.zeros((2, 2)), np.eye(2), weight=np.array([1.0, 3.0])),
+              exact=_index_path),
+        Known("torch-log-clamp", "convention",
+              "binary_cross_entropy clamps each log at -100: a certain wrong prediction "
+              "costs 100, not inf", BCE, "documented in the BCELoss docs",
+              probe=_c(np.array([0.0, 0.5]), np.array([1.0, 1.0])), fields=("value",),
+              exact=lambda c: _vg(*_bin.binary_cross_entropy_value_and_grad(c.x, c.y))),
+        Known("torch-smoothing-uniform", "convention",
+              "label_smoothing spreads eps/C over all classes (true class 1-eps+eps/C), not "
+              "eps/(C-1) over the other classes (Megatron-LM, t5x)", CE_INDEX, "",
+              probe=_c(np.array([[2.0, 0.0, -1.0]], f64), np.array([0]), label_smoothing=0.3),
+              exact=_off_class_ref),
+    ]
+
