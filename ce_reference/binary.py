@@ -48,18 +48,22 @@ def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad):
             loss = mul0(w, loss)
         value = reduce_loss(loss, reduction, p.size, rdt)
     if want_grad:
-        # d/dp = (1-y)/(1-p) - y/p; each term is 0 where its numerator is 0
-        # (0 * log 0 = 0 holds in the derivative too).
-        with np.errstate(divide="ignore"):
-            g = (np.divide(one_minus_y, 1 - pc, out=np.zeros_like(pc), where=one_minus_y != 0)
-                 - np.divide(y, pc, out=np.zeros_like(pc), where=y != 0))
+        # d/dp = s w [(1-y)/(1-p) - y/p] with s the reduction scale.  The numerators
+        # s w y and s w (1-y) are formed first and divided last, so nothing overflows
+        # unless the result does (w y / p alone can, e.g. float32 p = 1e-37, w = 1e3).
+        # Each term is 0 where its numerator is 0 (0 * log 0 = 0 in the derivative too).
+        scale = cdt.type(grad_scale(reduction, p.size))
+        a, b = y * scale, one_minus_y * scale
         if w is not None:
-            g = mul0(w, g)
+            a, b = w * a, w * b
+        with np.errstate(divide="ignore"):
+            g = (np.divide(b, 1 - pc, out=np.zeros_like(pc), where=b != 0)
+                 - np.divide(a, pc, out=np.zeros_like(pc), where=a != 0))
         if eps is not None:
             # derivative of the clip: 1 on [eps, 1-eps] (boundaries included, as
             # torch.clamp), 0 outside.
             g = np.where((p >= eps) & (p <= 1 - eps), g, 0)
-        grad = to_result(g * cdt.type(grad_scale(reduction, p.size)), rdt)
+        grad = to_result(g, rdt)
     return value, grad
 
 

@@ -70,16 +70,21 @@ def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad):
                 rows = -np.sum(_sp.xlogy(A, pc), axis=-1)        # -sum_c w_c q_c log p_c
         value = reduce_loss(rows, reduction, denom, rdt)
     if want_grad:
+        # -s w_c q_c / p_c, s the reduction scale: the numerator is scaled first and
+        # divided last, so nothing overflows unless the result does.
+        scale = cdt.type(grad_scale(reduction, denom))
         with np.errstate(divide="ignore"):
             if T.index is not None:
                 g = np.zeros_like(pc)
-                gy = np.divide(-wy, py, out=np.zeros_like(py), where=wy != 0)
+                num = -wy * scale
+                gy = np.divide(num, py, out=np.zeros_like(py), where=num != 0)
                 np.put_along_axis(g, idx, gy[..., None], axis=-1)
             else:
-                g = np.divide(-A, pc, out=np.zeros_like(pc), where=A != 0)
+                num = -A * scale
+                g = np.divide(num, pc, out=np.zeros_like(pc), where=num != 0)
         if eps is not None:
             g = np.where((pm >= eps) & (pm <= 1 - eps), g, 0)   # derivative of the clip
-        grad = _finish_grad(g, ax, grad_scale(reduction, denom), rdt)
+        grad = _finish_grad(g, ax, 1.0, rdt)
     return value, grad
 
 
