@@ -174,7 +174,7 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
     has_w, has_pw = weight is not None, pos_weight is not None
     full = {"y": ops["targets"][1], "w": ops["weight"][1], "pw": ops["pos_weight"][1]}
     tile_list = tiles(shp, max(1, _fused.BLOCK_BYTES // cdt.itemsize))
-    n_tile = max(math.prod(_tile_shape(shp, tile_list[0])), 1)
+    n_tile = max(X[tile_list[0]].size, 1)  # the first tile is the largest
     partial = np.zeros(len(tile_list), np.float64)
     bad = np.zeros(len(tile_list), bool)
     scale = cdt.type(grad_scale(reduction, x.size))
@@ -188,6 +188,11 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
         return buf
 
     def body(i, S):
+        # inf - inf (infinite logits) is caught by the tile's non-finite loss below
+        with np.errstate(invalid="ignore"):
+            _body(i, S)
+
+    def _body(i, S):
         idx = tile_list[i]
         xs = X[idx]
         ts = xs.shape
@@ -284,11 +289,6 @@ def _slow_tile(xs, ys, ws, pws, idx, G, LO, partial, i, scale, rdt):
         g = ws * g
     np.copyto(G[idx], g * scale, casting="unsafe")
     return True
-
-
-def _tile_shape(shp, idx):
-    return tuple(len(range(*s.indices(n))) if isinstance(s, slice) else 1
-                 for s, n in zip(idx, shp) if isinstance(s, slice))
 
 
 class _Empty(Exception):
