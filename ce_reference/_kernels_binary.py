@@ -16,9 +16,11 @@ BCE with logits, per element (the identities of :func:`._special.softplus`):
 ``loss = w [a softplus(-x) + b softplus(x)]`` with ``a = pw y``, ``b = 1 - y``
 (both terms non-negative: no cancellation), and
 ``d loss / dx = w [b sigma(x) - a sigma(-x)]``, computed as
-``w (b e - a) / (1 + e)`` for ``x < 0`` and ``w (b - a e) / (1 + e)`` for
-``x >= 0`` (``sigma(x) = e / (1 + e)`` resp. ``1 / (1 + e)``), so that
-``sigma(x) - 1`` is never formed by subtraction.  A tile whose loss is not
+``w (b P - a Q) / (1 + e)`` with ``P = max(e, [x >= 0])`` and
+``Q = max(e, [x <= 0])`` (``sigma(x) = e / (1 + e)`` for ``x < 0`` and
+``1 / (1 + e)`` otherwise), so that ``sigma(x) - 1`` is never formed by
+subtraction.  Selections are products by 0/1 masks or maxima: NumPy's masked
+``where``/``copyto`` cost ~20 arithmetic passes each on random masks.  A tile whose loss is not
 finite (infinite logits, or NaN) is recomputed with the plain function's own
 formulas, which also detect NaN.
 """
@@ -213,14 +215,16 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
                 bad[i] = True
                 return
         e, L, w1, c = (S.get(n, ts) for n in ("e", "L", "w1", "c"))
-        r, sp = S.get("r", ts), S.get("sp", ts)
+        r, sp, h = S.get("r", ts), S.get("sp", ts), S.get("h", ts)
         # ---- loss
-        np.copysign(xs, -1, out=e)                   # -|x|
+        np.abs(xs, out=e)
+        np.negative(e, out=e)                        # -|x|
         np.exp(e, out=e)                             # e = exp(-|x|) in (0, 1]
         _fused.log1p_nonneg(e, L, w1, c)             # L = log1p(e); w1 = 1 + e (kept)
-        np.maximum(xs, 0, out=r)                     # max(x, 0)
-        np.add(r, L, out=sp)                         # softplus(x)
-        np.subtract(r, xs, out=r)                    # max(-x, 0) (exact; NaN for x = +inf)
+        np.greater_equal(xs, 0, out=h, casting="unsafe")  # h = [x >= 0] as 0.0 / 1.0
+        np.multiply(xs, h, out=r)                    # max(x, 0)   (masked selects are slow;
+        np.add(r, L, out=sp)                         # softplus(x)  a product by 0/1 is not)
+        np.subtract(r, xs, out=r)                    # max(-x, 0), exact
         np.add(r, L, out=r)                          # softplus(-x)
         b = c
         np.subtract(one, ys, out=b)                  # b = 1 - y
@@ -242,24 +246,24 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
         partial[i] = part
         if LO is not None:
             np.copyto(LO[idx], r, casting="unsafe")
-        # ---- gradient: (b e - a) / (1 + e) for x < 0, (b - a e) / (1 + e) otherwise
-        np.multiply(b, e, out=sp)                    # b e
-        np.subtract(sp, a, out=sp)                   # b e - a
-        np.multiply(a, e, out=r)                     # a e
-        np.subtract(b, r, out=r)                     # b - a e
-        M = S.mask[:math.prod(ts)].reshape(ts)
-        np.less(xs, 0, out=M)
-        np.copyto(r, sp, where=M)
-        np.divide(r, w1, out=r)
+        # ---- gradient: b sigma(x) - a sigma(-x) = (b P - a Q) / (1 + e) with
+        # P = max(e, [x >= 0]) (= 1 for x >= 0, e otherwise) and Q = max(e, [x <= 0]).
+        np.maximum(e, h, out=sp)                     # P
+        np.multiply(b, sp, out=sp)                   # b P
+        np.subtract(one, h, out=h)                   # [x < 0]; Q differs only at x = 0,
+        np.maximum(e, h, out=h)                      # where e = 1 makes it 1 anyway
+        np.multiply(a, h, out=h)                     # a Q
+        np.subtract(sp, h, out=sp)
+        np.divide(sp, w1, out=sp)
         if ws is not None:
-            np.multiply(ws, r, out=r)
+            np.multiply(ws, sp, out=sp)
         if G.dtype == cdt:
-            np.multiply(r, scale, out=G[idx])
+            np.multiply(sp, scale, out=G[idx])
         else:
-            np.multiply(r, scale, out=r)
-            np.copyto(G[idx], r, casting="unsafe")
+            np.multiply(sp, scale, out=sp)
+            np.copyto(G[idx], sp, casting="unsafe")
 
-    names = ("cx", "cy", "cw", "cpw", "e", "L", "w1", "c", "r", "sp")
+    names = ("cx", "cy", "cw", "cpw", "e", "L", "w1", "c", "r", "sp", "h")
     _fused.run_blocks(len(tile_list), body, lambda: _Scratch(n_tile, cdt, names), nworkers,
                       x.size)
     if bad.any():
