@@ -57,6 +57,10 @@ SMALL_C = 64
 ONLINE_ROW_BYTES = 4 * 1024 * 1024
 
 
+# Added to the maxima (d == 0) before exp so that they drop out of t: exp(-1e30) = 0.
+_NEG_BIG = {"f": np.float32(-1e30), "d": np.float64(-1e30)}
+
+
 class _Invalid(ValueError):
     """A cheap check found a problem; the plain function's validation names it."""
 
@@ -146,6 +150,8 @@ def value_and_grad(logits, targets, axis, weight, ignore_index, label_smoothing,
                 cast_in, direct)
     rows = np.empty((pre, post), cdt)
     k.rows = rows
+    if T is not None and ls == 0 and k.layout != "online":
+        k.prepare_fast()
     k.run(nworkers)
     if k.bad.any():
         # A block saw NaN / +inf / an all -inf row in the logits, or a target outside
@@ -192,6 +198,28 @@ class _Kernel:
                 self.nblocks = pre * self.per_slice
         self.bad = np.zeros(self.nblocks, bool)
 
+    # ------------------------------------------------------------------ fast path setup
+    def prepare_fast(self):
+        """Per-row constants of the common case (index targets, no smoothing), once.
+
+        ``c_nll`` and ``total`` are _SoftmaxProblem's (here ``total == c_nll``);
+        ``f = total * scale`` (float64) is the numerator of the row factor
+        ``k = f / (1 + t)`` of the gradient ``g_c = exp(x_c - m) k``.
+        """
+        c_nll, _, total = self._coeffs(self.index.reshape(-1), self.keep.reshape(-1))
+        self.c_nll = c_nll
+        self.f = total.astype(np.float64)
+        self.f *= self.scale
+        # total == 1 on every row (no weights, nothing ignored): multiplying by it is
+        # exact, so the plain order ((p_y * total) - c) * scale can skip it bitwise.
+        self.unit_total = bool(np.all(total == 1))
+        self.total = None if self.unit_total else total
+        # mul0(c_nll, nll) differs from c_nll * nll only where c_nll == 0 and nll == inf
+        self.any_zero_c = not bool(np.all(c_nll != 0))
+        self.fast = True
+
+    fast = False
+
     # ------------------------------------------------------------------ driver
     def run(self, nworkers):
         cdt, B, C = self.cdt, self.B, self.C
@@ -205,11 +233,19 @@ class _Kernel:
             specs = {"xc": (shp, cdt), "g": (shp, cdt), "d": (shp, cdt), "A": (shp, cdt),
                      "mask": (shp, bool), "ar": ((B,), np.intp),
                      "l1": ((B,), cdt), "l2": ((B,), cdt), "l3": ((B,), cdt)}
-            body = self._rows if self.layout == "rows" else self._cols
+            specs.update({"fa": ((B,), np.intp), "fy": ((B,), np.intp), "mb": ((B,), cdt),
+                          "tb": ((B,), cdt), "dyb": ((B,), cdt), "eyb": ((B,), cdt),
+                          "s1": ((B,), cdt), "kb": ((B,), cdt), "T1": (shp, cdt)})
+            if self.layout == "rows":
+                body = self._rows_fast if self.fast else self._rows
+            else:
+                body = self._cols_fast if self.fast else self._cols
         if self.layout != "online":
             def make():
                 s = _Scratch(specs)
                 s.ar[...] = np.arange(B)
+                if self.layout == "rows":
+                    s.off = np.arange(B) * C                  # flat row offsets of a block
                 return s
         else:
             def make():
@@ -280,8 +316,45 @@ class _Kernel:
         if not self.direct:
             np.copyto(gdst, gb, casting="unsafe")
 
+    def _rows_fast(self, i, S):
+        """Rows layout, index targets, no smoothing: 5 passes over the block."""
+        C = self.C
+        r0 = i * self.B
+        r1 = min(self.pre, r0 + self.B)
+        b = r1 - r0
+        xb = self.x.reshape(self.pre, C)[r0:r1]
+        if self.cast_in:
+            np.copyto(S.xc[:b], xb, casting="unsafe")
+            xb = S.xc[:b]
+        fa, fy, m = S.fa[:b], S.fy[:b], S.mb[:b]
+        np.argmax(xb, axis=1, out=fa)                        # pass 1 (reads x from memory)
+        np.add(fa, S.off[:b], out=fa)                        # flat index of the arg-max
+        np.take(xb.reshape(-1), fa, out=m)                   # m = row maximum
+        if not math.isfinite(float(np.add.reduce(m))) and not np.isfinite(m).all():
+            self.bad[i] = True                               # NaN, +inf, all -inf: not written
+            return
+        gdst = self.grad.reshape(self.pre, C)[r0:r1]
+        gb = gdst if self.direct else S.g[:b]
+        gf = gb.reshape(-1)
+        np.subtract(xb, m[:, None], out=gb)                  # pass 2: d = x - m
+        np.add(self.index[r0:r1, 0], S.off[:b], out=fy)
+        dy = np.take(gf, fy, out=S.dyb[:b])                  # d_y
+        np.exp(gb, out=gb)                                   # pass 3: e = exp(d)
+        np.put(gf, fa, 0)
+        t = np.sum(gb, axis=1, out=S.tb[:b])                 # pass 4: t = sum_{c != a} e_c
+        np.put(gf, fa, 1)
+        ey = np.take(gf, fy, out=S.eyb[:b])
+        s1 = np.add(t, 1, out=S.s1[:b])
+        k = np.divide(self.f[r0:r1], s1, out=S.kb[:b], casting="same_kind")
+        np.multiply(gb, k[:, None], out=gb)                  # pass 5: g = e k
+        self._fast_tail(slice(r0, r1), S, b, t, s1, dy, ey)
+        np.put(gf, fy, S.eyb[:b])                            # target entries (plain order)
+        if not self.direct:
+            np.copyto(gdst, gb, casting="unsafe")
+
     # ------------------------------------------------------------------ cols layout
-    def _cols(self, i, S):
+    def _cols_load(self, i, S):
+        """Block ``i`` of the cols layout: source ``(C, b)``, its gradient block, targets."""
         cdt, C, B = self.cdt, self.C, self.B
         if self.post == 1:  # small C: rows r0:r1 of (pre, C), transposed into scratch
             p, j0 = 0, i * B
@@ -310,6 +383,11 @@ class _Kernel:
                 self.index[p, j0:j1], self.keep[p, j0:j1])
             tsrc = None if self.probs is None else self.probs.reshape(
                 self.pre, C, self.post)[p, :, j0:j1]
+        return p, j0, j1, b, src, gb, gdst, yb_all, kb_all, tsrc
+
+    def _cols(self, i, S):
+        cdt = self.cdt
+        p, j0, j1, b, src, gb, gdst, yb_all, kb_all, tsrc = self._cols_load(i, S)
         ar = S.ar[:b]
         A = None
         if tsrc is not None:
@@ -339,6 +417,63 @@ class _Kernel:
         self._finish(i, j0, j1, S, b, gb, d, A, t, dy, yb_all, 0, kb_all)
         if gdst is not gb:
             np.copyto(gdst, gb, casting="unsafe")
+
+    def _cols_fast(self, i, S):
+        """Cols layout, index targets, no smoothing."""
+        cdt = self.cdt
+        p, j0, j1, b, src, gb, gdst, yb, kb, _ = self._cols_load(i, S)
+        m = np.max(src, axis=0, out=S.mb[:b])
+        if not math.isfinite(float(np.add.reduce(m))) and not np.isfinite(m).all():
+            self.bad[i] = True
+            return
+        np.subtract(src, m, out=gb)                          # d = x - m
+        if self.post == 1:                                   # gb is the (C, B) scratch
+            ld = self.B
+            fy = np.multiply(yb, ld, out=S.fy[:b])
+            np.add(fy, S.ar[:b], out=fy)
+            gf = S.xc.reshape(-1)
+            dy = np.take(gf, fy, out=S.dyb[:b])
+        else:
+            dy = gb[yb, S.ar[:b]]
+        M = S.mask[:, :b]
+        np.equal(gb, 0, out=M)                               # the maxima (d == 0)
+        T1 = S.T1[:, :b]
+        # exp(d - BIG [d == 0]) excludes the maxima from t without a masked copy
+        np.multiply(M, _NEG_BIG[cdt.char], out=T1)
+        np.add(gb, T1, out=T1)
+        np.exp(T1, out=gb)
+        t = np.sum(gb, axis=0, out=S.tb[:b])
+        if np.count_nonzero(M) != b:                         # ties other than the first
+            t += (np.sum(M, axis=0) - 1).astype(cdt)         # arg-max count as exp(0) = 1
+        np.add(gb, M, out=gb)                                # e = exp(d), 1 at the maxima
+        ey = np.take(gf, fy, out=S.eyb[:b]) if self.post == 1 else gb[yb, S.ar[:b]]
+        s1 = np.add(t, 1, out=S.s1[:b])
+        rs = self._row_slice(i, j0, j1)
+        k = np.divide(self.f[rs], s1, out=S.kb[:b], casting="same_kind")
+        np.multiply(gb, k, out=gb)                           # g = e k
+        self._fast_tail(rs, S, b, t, s1, dy, ey)
+        if self.post == 1:
+            np.put(gf, fy, ey)
+        else:
+            gb[yb, S.ar[:b]] = ey
+        if gdst is not gb:
+            np.copyto(gdst, gb, casting="unsafe")
+
+    def _fast_tail(self, rs, S, b, t, s1, dy, ey):
+        """Per-row loss (into ``rows``) and target-entry gradient (into ``ey``), fast path."""
+        L = _fused.log1p_nonneg(t, S.mb[:b], S.l2[:b], S.l3[:b])       # log1p(t)
+        rows = self.rows.reshape(-1)[rs]
+        c = self.c_nll[rs]
+        np.subtract(L, dy, out=L)                            # nll = (m - x_y) + log1p(t)
+        np.multiply(c, L, out=rows)
+        if self.any_zero_c:
+            np.copyto(rows, 0, where=c == 0)                 # mul0: 0 * inf = 0
+        # g_y = ((p_y total) - c_nll) scale with p_y = e_y / (1 + t): the plain order
+        np.divide(ey, s1, out=ey)
+        if self.total is not None:
+            np.multiply(ey, self.total[rs], out=ey)
+        np.subtract(ey, c, out=ey)
+        np.multiply(ey, self.scale_c, out=ey)
 
     # ------------------------------------------------------------------ shared tail
     def _probs_ok(self, A):
