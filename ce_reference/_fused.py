@@ -130,7 +130,8 @@ def run_blocks(nblocks: int, body, make_scratch, workers: int, nelem: int) -> No
             f.result()  # re-raises a worker's exception
 
 
-def log1p_nonneg(u: np.ndarray, out: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
+def log1p_nonneg(u: np.ndarray, out: np.ndarray, w: np.ndarray, c: np.ndarray,
+                 have_w: bool = False) -> np.ndarray:
     r"""``log1p(u)`` for finite ``u >= 0``, into ``out`` (``w``, ``c``: scratch).
 
     Identity: with ``w = fl(1 + u)`` and ``c = u - (w - 1)`` (the rounding error
@@ -142,9 +143,11 @@ def log1p_nonneg(u: np.ndarray, out: np.ndarray, w: np.ndarray, c: np.ndarray) -
     ``w = 1`` and the result is ``0 + u / 1 = u`` exactly.  NumPy's own ``log1p``
     is a scalar libm loop, about six times slower than ``log`` here, and it is
     the one per-element transcendental besides ``exp`` in the BCE kernel.
-    ``u``, ``out``, ``w`` and ``c`` must be distinct arrays of one shape.
+    ``u``, ``out``, ``w`` and ``c`` must be distinct arrays of one shape; with
+    ``have_w=True`` the caller has already put ``fl(1 + u)`` in ``w``.
     """
-    np.add(u, 1, out=w)              # w = fl(1 + u)
+    if not have_w:
+        np.add(u, 1, out=w)          # w = fl(1 + u)
     np.log(w, out=out)               # log w
     np.subtract(w, 1, out=c)         # w - 1, exact
     np.subtract(u, c, out=c)         # c = u - (w - 1), exact

@@ -57,10 +57,6 @@ SMALL_C = 64
 ONLINE_ROW_BYTES = 4 * 1024 * 1024
 
 
-# Added to the maxima (d == 0) before exp so that they drop out of t: exp(-1e30) = 0.
-_NEG_BIG = {"f": np.float32(-1e30), "d": np.float64(-1e30)}
-
-
 class _Invalid(ValueError):
     """A cheap check found a problem; the plain function's validation names it."""
 
@@ -235,7 +231,7 @@ class _Kernel:
                      "l1": ((B,), cdt), "l2": ((B,), cdt), "l3": ((B,), cdt)}
             specs.update({"fa": ((B,), np.intp), "fy": ((B,), np.intp), "mb": ((B,), cdt),
                           "tb": ((B,), cdt), "dyb": ((B,), cdt), "eyb": ((B,), cdt),
-                          "s1": ((B,), cdt), "kb": ((B,), cdt), "T1": (shp, cdt)})
+                          "s1": ((B,), cdt), "kb": ((B,), cdt)})
             if self.layout == "rows":
                 body = self._rows_fast if self.fast else self._rows
             else:
@@ -437,15 +433,14 @@ class _Kernel:
             dy = gb[yb, S.ar[:b]]
         M = S.mask[:, :b]
         np.equal(gb, 0, out=M)                               # the maxima (d == 0)
-        T1 = S.T1[:, :b]
-        # exp(d - BIG [d == 0]) excludes the maxima from t without a masked copy
-        np.multiply(M, _NEG_BIG[cdt.char], out=T1)
-        np.add(gb, T1, out=T1)
-        np.exp(T1, out=gb)
+        # d = -inf at the maxima drops them from t (a masked copy is cheap here: about
+        # one entry in C is set, so the branch is well predicted)
+        np.copyto(gb, -np.inf, where=M)
+        np.exp(gb, out=gb)
         t = np.sum(gb, axis=0, out=S.tb[:b])
         if np.count_nonzero(M) != b:                         # ties other than the first
             t += (np.sum(M, axis=0) - 1).astype(cdt)         # arg-max count as exp(0) = 1
-        np.add(gb, M, out=gb)                                # e = exp(d), 1 at the maxima
+        np.copyto(gb, 1, where=M)                            # e = exp(d), 1 at the maxima
         ey = np.take(gf, fy, out=S.eyb[:b]) if self.post == 1 else gb[yb, S.ar[:b]]
         s1 = np.add(t, 1, out=S.s1[:b])
         rs = self._row_slice(i, j0, j1)
@@ -461,11 +456,15 @@ class _Kernel:
 
     def _fast_tail(self, rs, S, b, t, s1, dy, ey):
         """Per-row loss (into ``rows``) and target-entry gradient (into ``ey``), fast path."""
-        L = _fused.log1p_nonneg(t, S.mb[:b], S.l2[:b], S.l3[:b])       # log1p(t)
         rows = self.rows.reshape(-1)[rs]
         c = self.c_nll[rs]
-        np.subtract(L, dy, out=L)                            # nll = (m - x_y) + log1p(t)
-        np.multiply(c, L, out=rows)
+        if self.unit_total:                                  # c_nll = 1: rows = nll exactly
+            L = _fused.log1p_nonneg(t, S.mb[:b], s1, S.l3[:b], have_w=True)  # log1p(t)
+            np.subtract(L, dy, out=rows)                     # nll = (m - x_y) + log1p(t)
+        else:
+            L = _fused.log1p_nonneg(t, S.mb[:b], s1, S.l3[:b], have_w=True)
+            np.subtract(L, dy, out=L)
+            np.multiply(c, L, out=rows)
         if self.any_zero_c:
             np.copyto(rows, 0, where=c == 0)                 # mul0: 0 * inf = 0
         # g_y = ((p_y total) - c_nll) scale with p_y = e_y / (1 + t): the plain order
