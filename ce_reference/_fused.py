@@ -27,13 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Bytes of input per block.  Each block's input and its scratch/gradient must
-# stay in the per-core L2 cache (512 KiB on the machine of docs/_readme/
-# benchmarks.md, 1-2 MiB on recent x86); 128 KiB of input leaves room for the
-# gradient block and one scratch block.  The partition depends only on this
-# constant and the shapes, never on ``workers`` (that is what makes the results
-# independent of the thread count).
-BLOCK_BYTES = 128 * 1024
+# Bytes of input per block.  A block is read from memory once (first pass) and
+# then swept 4-5 more times, so it must stay in the per-core L2 cache (512 KiB on
+# the machine of docs/_readme/benchmarks.md, 1-2 MiB on recent x86); after the
+# first pass only the gradient block (the same size) is live.  256 KiB measured
+# best there (128 KiB: ~10% slower, NumPy's per-call overhead; 384 KiB: same).
+# The partition depends only on this constant and the shapes, never on
+# ``workers``: that is what makes the results independent of the thread count.
+BLOCK_BYTES = 256 * 1024
 
 # Below this many input elements a call runs in the calling thread: starting a
 # thread pool costs ~100 us, more than the whole computation.
