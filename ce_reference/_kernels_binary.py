@@ -14,7 +14,8 @@ which NumPy's own broadcasting applies.
 BCE with logits, per element (the identities of :func:`._special.softplus`):
 ``e = exp(-|x|)``, ``softplus(+-x) = max(+-x, 0) + log1p(e)``,
 ``loss = w [a softplus(-x) + b softplus(x)]`` with ``a = pw y``, ``b = 1 - y``
-(both terms non-negative: no cancellation), and
+(both terms non-negative: no cancellation); without ``pos_weight`` (``a + b = 1``)
+this is ``w [log1p(e) + x ([x >= 0] - y)]``, again a sum of non-negative terms; and
 ``d loss / dx = w [b sigma(x) - a sigma(-x)]``, computed as
 ``w (b P - a Q) / (1 + e)`` with ``P = max(e, [x >= 0])`` and
 ``Q = max(e, [x <= 0])`` (``sigma(x) = e / (1 + e)`` for ``x < 0`` and
@@ -222,20 +223,26 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
         np.exp(e, out=e)                             # e = exp(-|x|) in (0, 1]
         _fused.log1p_nonneg(e, L, w1, c)             # L = log1p(e); w1 = 1 + e (kept)
         np.greater_equal(xs, 0, out=h, casting="unsafe")  # h = [x >= 0] as 0.0 / 1.0
-        np.multiply(xs, h, out=r)                    # max(x, 0)   (masked selects are slow;
-        np.add(r, L, out=sp)                         # softplus(x)  a product by 0/1 is not)
-        np.subtract(r, xs, out=r)                    # max(-x, 0), exact
-        np.add(r, L, out=r)                          # softplus(-x)
+        # (masked where/copyto are slow on random masks; products by 0/1 and maxima are not)
         b = c
-        np.subtract(one, ys, out=b)                  # b = 1 - y
-        if pws is not None:
+        if pws is None:
+            # a = y, b = 1 - y: a max(-x, 0) + b max(x, 0) = x (h - y) exactly (one of the
+            # two terms is 0), and (a + b) log1p(e) = log1p(e); all terms >= 0.
+            a = ys
+            np.subtract(h, ys, out=r)
+            np.multiply(xs, r, out=r)
+            np.add(L, r, out=r)                      # loss
+        else:
+            np.multiply(xs, h, out=r)                # max(x, 0)
+            np.add(r, L, out=sp)                     # softplus(x)
+            np.subtract(r, xs, out=r)                # max(-x, 0), exact
+            np.add(r, L, out=r)                      # softplus(-x)
             a = L
             np.multiply(pws, ys, out=a)              # a = pw y
-        else:
-            a = ys
-        np.multiply(a, r, out=r)
-        np.multiply(b, sp, out=sp)
-        np.add(r, sp, out=r)                         # a softplus(-x) + b softplus(x)
+            np.subtract(one, ys, out=b)              # b = 1 - y
+            np.multiply(a, r, out=r)
+            np.multiply(b, sp, out=sp)
+            np.add(r, sp, out=r)                     # a softplus(-x) + b softplus(x)
         if ws is not None:
             np.multiply(ws, r, out=r)
         part = float(np.sum(r, dtype=np.float64))
@@ -248,6 +255,8 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
             np.copyto(LO[idx], r, casting="unsafe")
         # ---- gradient: b sigma(x) - a sigma(-x) = (b P - a Q) / (1 + e) with
         # P = max(e, [x >= 0]) (= 1 for x >= 0, e otherwise) and Q = max(e, [x <= 0]).
+        if pws is None:
+            np.subtract(one, ys, out=b)              # b = 1 - y
         np.maximum(e, h, out=sp)                     # P
         np.multiply(b, sp, out=sp)                   # b P
         np.subtract(one, h, out=h)                   # [x < 0]; Q differs only at x = 0,
