@@ -196,22 +196,16 @@ class _Kernel:
 
     # ------------------------------------------------------------------ fast path setup
     def prepare_fast(self):
-        """Per-row constants of the common case (index targets, no smoothing), once.
+        """Flags of the common case (index targets, no smoothing).
 
-        ``c_nll`` and ``total`` are _SoftmaxProblem's (here ``total == c_nll``);
-        ``f = total * scale`` (float64) is the numerator of the row factor
-        ``k = f / (1 + t)`` of the gradient ``g_c = exp(x_c - m) k``.
+        There ``c_nll = total = keep w_y`` (_SoftmaxProblem with ``ls = 0``); it is
+        recomputed per block (nothing O(N) is stored besides the targets and the
+        per-row losses), and skipped altogether when it is 1 on every row.
         """
-        c_nll, _, total = self._coeffs(self.index.reshape(-1), self.keep.reshape(-1))
-        self.c_nll = c_nll
-        self.f = total.astype(np.float64)
-        self.f *= self.scale
-        # total == 1 on every row (no weights, nothing ignored): multiplying by it is
-        # exact, so the plain order ((p_y * total) - c) * scale can skip it bitwise.
-        self.unit_total = bool(np.all(total == 1))
-        self.total = None if self.unit_total else total
+        self.unit_total = self.w is None and bool(self.keep.all())
         # mul0(c_nll, nll) differs from c_nll * nll only where c_nll == 0 and nll == inf
-        self.any_zero_c = not bool(np.all(c_nll != 0))
+        self.any_zero_c = not (bool(self.keep.all()) and
+                               (self.w is None or bool(np.all(self.w != 0))))
         self.fast = True
 
     fast = False
@@ -228,7 +222,7 @@ class _Kernel:
             shp = (B, C) if self.layout == "rows" else (C, B)
             specs = {"xc": (shp, cdt), "g": (shp, cdt), "d": (shp, cdt), "A": (shp, cdt),
                      "mask": (shp, bool), "ar": ((B,), np.intp),
-                     "l1": ((B,), cdt), "l2": ((B,), cdt), "l3": ((B,), cdt)}
+                     "l2": ((B,), cdt), "l3": ((B,), cdt)}
             specs.update({"fa": ((B,), np.intp), "fy": ((B,), np.intp), "mb": ((B,), cdt),
                           "tb": ((B,), cdt), "dyb": ((B,), cdt), "eyb": ((B,), cdt),
                           "s1": ((B,), cdt), "kb": ((B,), cdt)})
@@ -341,9 +335,10 @@ class _Kernel:
         np.put(gf, fa, 1)
         ey = np.take(gf, fy, out=S.eyb[:b])
         s1 = np.add(t, 1, out=S.s1[:b])
-        k = np.divide(self.f[r0:r1], s1, out=S.kb[:b], casting="same_kind")
+        c = self._fast_c(self.index[r0:r1, 0], self.keep[r0:r1, 0])
+        k = self._fast_k(c, s1, S.kb[:b])
         np.multiply(gb, k[:, None], out=gb)                  # pass 5: g = e k
-        self._fast_tail(slice(r0, r1), S, b, t, s1, dy, ey)
+        self._fast_tail(slice(r0, r1), S, b, t, s1, dy, ey, c)
         np.put(gf, fy, S.eyb[:b])                            # target entries (plain order)
         if not self.direct:
             np.copyto(gdst, gb, casting="unsafe")
@@ -444,9 +439,10 @@ class _Kernel:
         ey = np.take(gf, fy, out=S.eyb[:b]) if self.post == 1 else gb[yb, S.ar[:b]]
         s1 = np.add(t, 1, out=S.s1[:b])
         rs = self._row_slice(i, j0, j1)
-        k = np.divide(self.f[rs], s1, out=S.kb[:b], casting="same_kind")
+        c = self._fast_c(yb, kb)
+        k = self._fast_k(c, s1, S.kb[:b])
         np.multiply(gb, k, out=gb)                           # g = e k
-        self._fast_tail(rs, S, b, t, s1, dy, ey)
+        self._fast_tail(rs, S, b, t, s1, dy, ey, c)
         if self.post == 1:
             np.put(gf, fy, ey)
         else:
@@ -454,24 +450,40 @@ class _Kernel:
         if gdst is not gb:
             np.copyto(gdst, gb, casting="unsafe")
 
-    def _fast_tail(self, rs, S, b, t, s1, dy, ey):
+    def _fast_c(self, yb, kb):
+        """``c_nll = total`` of a block's rows, or None when it is 1 on every row."""
+        if self.unit_total:
+            return None
+        c = kb.astype(self.cdt)                              # keepf * (1 - 0) * w_y
+        if self.w is not None:
+            c *= self.w[yb]
+        return c
+
+    def _fast_k(self, c, s1, out):
+        """Row factor ``k = total scale / (1 + t)`` of ``g_c = exp(x_c - m) k``."""
+        if c is None:
+            return np.divide(self.scale_c, s1, out=out)
+        np.multiply(c, self.scale_c, out=out)
+        return np.divide(out, s1, out=out)
+
+    def _fast_tail(self, rs, S, b, t, s1, dy, ey, c):
         """Per-row loss (into ``rows``) and target-entry gradient (into ``ey``), fast path."""
         rows = self.rows.reshape(-1)[rs]
-        c = self.c_nll[rs]
-        if self.unit_total:                                  # c_nll = 1: rows = nll exactly
-            L = _fused.log1p_nonneg(t, S.mb[:b], s1, S.l3[:b], have_w=True)  # log1p(t)
+        L = _fused.log1p_nonneg(t, S.mb[:b], s1, S.l3[:b], have_w=True)   # log1p(t)
+        if c is None:                                        # c_nll = 1: rows = nll exactly
             np.subtract(L, dy, out=rows)                     # nll = (m - x_y) + log1p(t)
         else:
-            L = _fused.log1p_nonneg(t, S.mb[:b], s1, S.l3[:b], have_w=True)
             np.subtract(L, dy, out=L)
             np.multiply(c, L, out=rows)
-        if self.any_zero_c:
-            np.copyto(rows, 0, where=c == 0)                 # mul0: 0 * inf = 0
+            if self.any_zero_c:
+                np.copyto(rows, 0, where=c == 0)             # mul0: 0 * inf = 0
         # g_y = ((p_y total) - c_nll) scale with p_y = e_y / (1 + t): the plain order
         np.divide(ey, s1, out=ey)
-        if self.total is not None:
-            np.multiply(ey, self.total[rs], out=ey)
-        np.subtract(ey, c, out=ey)
+        if c is None:
+            np.subtract(ey, 1, out=ey)
+        else:
+            np.multiply(ey, c, out=ey)
+            np.subtract(ey, c, out=ey)
         np.multiply(ey, self.scale_c, out=ey)
 
     # ------------------------------------------------------------------ shared tail
@@ -518,39 +530,32 @@ class _Kernel:
             np.subtract(gb, A, out=gb)
             np.multiply(gb, self.scale_c, out=gb)
             return
+        # index targets with label smoothing (the case without smoothing takes the
+        # _rows_fast / _cols_fast paths)
         if kb is None:
             kb = self.keep[r0:r1, 0]
         c_nll, c_smooth, total = self._coeffs(yb, kb)
         nll = -dy + L
         loss = mul0(c_nll, nll)
-        if self.ls:
-            np.negative(d, out=d)
-            np.add(d, rv(L), out=d)                          # -log p_c
-            if self.w is not None:
-                with np.errstate(invalid="ignore"):
-                    np.multiply(d, self.w if cax == 1 else self.w[:, None], out=d)
-                if self.wzero is not None:
-                    np.copyto(d, 0, where=self.wzero if cax == 1 else self.wzero[:, None])
-            loss = loss + mul0(c_smooth, np.sum(d, axis=cax))
-            rows[...] = loss
-            # the plain function's operation order, for bitwise-equal smoothing terms
-            np.divide(gb, rv(s1), out=gb)                    # p
-            np.multiply(gb, rv(total), out=gb)
-            if self.w is None:
-                np.subtract(gb, rv(c_smooth), out=gb)
-            else:
-                np.multiply(rv(c_smooth), self.w if cax == 1 else self.w[:, None], out=d)
-                np.subtract(gb, d, out=gb)
-            idx = at(gb)
-            gb[idx] = gb[idx] - c_nll
-            np.multiply(gb, self.scale_c, out=gb)
-            return
-        rows[...] = loss
+        np.negative(d, out=d)
+        np.add(d, rv(L), out=d)                              # -log p_c
+        if self.w is not None:
+            with np.errstate(invalid="ignore"):
+                np.multiply(d, self.w if cax == 1 else self.w[:, None], out=d)
+            if self.wzero is not None:
+                np.copyto(d, 0, where=self.wzero if cax == 1 else self.wzero[:, None])
+        rows[...] = loss + mul0(c_smooth, np.sum(d, axis=cax))
+        # the plain function's operation order, for bitwise-equal smoothing terms
+        np.divide(gb, rv(s1), out=gb)                        # p
+        np.multiply(gb, rv(total), out=gb)
+        if self.w is None:
+            np.subtract(gb, rv(c_smooth), out=gb)
+        else:
+            np.multiply(rv(c_smooth), self.w if cax == 1 else self.w[:, None], out=d)
+            np.subtract(gb, d, out=gb)
         idx = at(gb)
-        ey = gb[idx]                                         # exp(x_y - m) (1 at the arg-max)
-        gy = ((ey / s1) * total - c_nll) * self.scale_c     # plain order: (p_y total - c) s
-        np.multiply(gb, rv(self._grad_k(total, s1)), out=gb)  # p_c total scale, one pass
-        gb[idx] = gy
+        gb[idx] = gb[idx] - c_nll
+        np.multiply(gb, self.scale_c, out=gb)
 
     def _row_slice(self, i, r0, r1):
         if self.layout == "cols" and self.post > 1:
