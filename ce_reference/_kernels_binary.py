@@ -162,7 +162,7 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
         raise
     nworkers = _fused.resolve_workers(workers)
     out, _ = _fused.check_out(out, x0.shape, rdt, x0, [(n, v[0]) for n, v in ops.items()])
-    x = np.ascontiguousarray(x0)
+    x = x0 if x0.flags.c_contiguous else x0.copy(order="C")  # 0-d stays 0-d
     grad = out if out is not None else np.empty(x.shape, rdt)
     loss_out = np.empty(x.shape, rdt) if reduction == "none" else None
 
@@ -349,7 +349,7 @@ def bce_probs_value_and_grad(probs, targets, weight, eps, reduction, out, worker
         raise
     nworkers = _fused.resolve_workers(workers)
     out, _ = _fused.check_out(out, p0.shape, rdt, p0, [(n, v[0]) for n, v in ops.items()])
-    p = np.ascontiguousarray(p0)
+    p = p0 if p0.flags.c_contiguous else p0.copy(order="C")
     grad = out if out is not None else np.empty(p.shape, rdt)
     loss_out = np.empty(p.shape, rdt) if reduction == "none" else None
     arrays = [p, np.broadcast_to(ops["targets"][0], p.shape),

@@ -339,3 +339,35 @@ def test_fused_losses_accurate_against_mpmath(dtype):
         s = mpmath.mpf(float(zi))
         exact = (mpmath.log1p(mpmath.exp(-s)) if yi else mpmath.log1p(mpmath.exp(s)))
         assert abs(float(vi) - float(exact)) <= 4 * _eps(dtype) * float(exact), (zi, yi)
+
+
+# --------------------------------------------------------------------------- layouts of the inputs
+
+def test_scalar_list_and_non_contiguous_inputs():
+    rng = np.random.default_rng(8)
+    # 0-d inputs keep their shape
+    for f, plain, plain_grad, args in (
+            (ce.binary_cross_entropy_with_logits_value_and_grad,
+             ce.binary_cross_entropy_with_logits, ce.binary_cross_entropy_with_logits_grad,
+             (2.0, 1.0)),
+            (ce.binary_cross_entropy_value_and_grad, ce.binary_cross_entropy,
+             ce.binary_cross_entropy_grad, (0.3, 1.0))):
+        for red in ("mean", "none"):
+            v, g = f(*args, reduction=red)
+            assert g.shape == () and np.shape(v) == ()
+            assert_loss_close(v, plain(*args, reduction=red))
+            np.testing.assert_allclose(g, plain_grad(*args, reduction=red), rtol=1e-15)
+    x = rng.standard_normal((30, 40))
+    y = rng.integers(0, 20, 30)
+    for xx in (x[:, ::2], np.asfortranarray(x[:, :20]), x[:, :20].tolist()):
+        _check_softmax(xx, y, -1, "mean")
+        _check_softmax(xx, y, -1, "none", label_smoothing=0.1)
+    q = rng.random((20, 30)).T          # non-contiguous probability targets
+    _check_softmax(x[:, :20], q / q.sum(axis=1, keepdims=True), -1, "sum")
+    z = rng.standard_normal((30, 20)).T
+    t = rng.random((20, 30))
+    v, g = ce.binary_cross_entropy_with_logits_value_and_grad(z, t[:, ::-1])
+    assert_loss_close(v, ce.binary_cross_entropy_with_logits(z, t[:, ::-1]))
+    assert_grad_close(g, ce.binary_cross_entropy_with_logits_grad(z, t[:, ::-1]),
+                      _bce_terms(z, t[:, ::-1], None, None, "mean"))
+    assert g.flags.c_contiguous
