@@ -27,14 +27,27 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Bytes of input per block.  A block is read from memory once (first pass) and
-# then swept 4-5 more times, so it must stay in the per-core L2 cache (512 KiB on
-# the machine of docs/_readme/benchmarks.md, 1-2 MiB on recent x86); after the
-# first pass only the gradient block (the same size) is live.  256 KiB measured
-# best there (128 KiB: ~10% slower, NumPy's per-call overhead; 384 KiB: same).
-# The partition depends only on this constant and the shapes, never on
-# ``workers``: that is what makes the results independent of the thread count.
-BLOCK_BYTES = 256 * 1024
+# Bytes of input per block of the softmax kernels.  After its first pass reads a
+# block from memory, the 4-5 further passes hit the cache (L2, or the shared L3
+# for blocks larger than L2).  The size is set by the threads more than by the
+# cache: between two big NumPy calls a thread runs a little Python and some tiny
+# NumPy calls that hold the GIL, and every hand-over of the GIL between threads
+# costs microseconds, so blocks must be large enough for the GIL-free calls to
+# dominate.  On the machine of docs/_readme/benchmarks.md (512 KiB L2 per core,
+# 32 MiB L3), two threads ran 1.3-2x faster with 1 MiB blocks than with 256 KiB
+# ones (which fit in L2 but did not scale past one thread).  The partition depends
+# only on this constant and the shapes, never on ``workers``: that is what makes
+# the results independent of the thread count.
+BLOCK_BYTES = 1024 * 1024
+
+# Bytes of input per tile of the elementwise (BCE) kernels, which keep ~7 scratch
+# arrays of a tile per thread.
+TILE_BYTES = 512 * 1024
+
+# Per-call cap on the per-thread scratch (all threads together): the issue's
+# memory bound is "the gradient + 32 MiB".  More workers than fit run fewer threads
+# (the results do not change, the partition being fixed).
+SCRATCH_BUDGET = 24 * 1024 * 1024
 
 # Below this many input elements a call runs in the calling thread: starting a
 # thread pool costs ~100 us, more than the whole computation.
@@ -100,17 +113,21 @@ def check_out(out, shape: tuple, dtype: np.dtype, x: np.ndarray, others=()):
     return out, in_place
 
 
-def run_blocks(nblocks: int, body, make_scratch, workers: int, nelem: int) -> None:
+def run_blocks(nblocks: int, body, make_scratch, workers: int, nelem: int,
+               scratch_bytes: int = 0) -> None:
     """Run ``body(i, scratch)`` for every block ``i`` in ``range(nblocks)``.
 
     With one worker (or a small input) the blocks run in order in the calling
-    thread.  Otherwise ``workers`` threads each allocate their own scratch once
+    thread.  ``scratch_bytes`` (per thread) caps the thread count so that all
+    scratch stays within :data:`SCRATCH_BUDGET`.  Otherwise ``workers`` threads each allocate their own scratch once
     and take block indices from a shared counter (dynamic scheduling; which
     thread runs a block never changes what the block computes).
     """
     if nblocks == 0:
         return
     nthreads = min(workers, nblocks)
+    if scratch_bytes:
+        nthreads = min(nthreads, max(1, SCRATCH_BUDGET // scratch_bytes))
     if nthreads <= 1 or nelem < SERIAL_ELEMENTS:
         scratch = make_scratch()
         for i in range(nblocks):

@@ -1,7 +1,7 @@
 r"""Fused, blocked, multithreaded binary cross-entropy (on logits and on probabilities).
 
 Elementwise losses: the arguments (broadcast to the input's shape) are cut into a
-fixed list of tiles of about :data:`._fused.BLOCK_BYTES`; each tile is computed
+fixed list of tiles of about :data:`._fused.TILE_BYTES`; each tile is computed
 with ``out=`` into per-thread scratch and its loss summed (float64) into its own
 slot, and the slots are summed in tile order at the end (the plain functions'
 :func:`._reduction.reduce_loss`), so the result does not depend on ``workers``.
@@ -176,7 +176,7 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
     LO = views[5] if loss_out is not None else None
     has_w, has_pw = weight is not None, pos_weight is not None
     full = {"y": ops["targets"][1], "w": ops["weight"][1], "pw": ops["pos_weight"][1]}
-    tile_list = tiles(shp, max(1, _fused.BLOCK_BYTES // cdt.itemsize))
+    tile_list = tiles(shp, max(1, _fused.TILE_BYTES // cdt.itemsize))
     n_tile = max(X[tile_list[0]].size, 1)  # the first tile is the largest
     partial = np.zeros(len(tile_list), np.float64)
     bad = np.zeros(len(tile_list), bool)
@@ -273,8 +273,9 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
             np.copyto(G[idx], sp, casting="unsafe")
 
     names = ("cx", "cy", "cw", "cpw", "e", "L", "w1", "c", "r", "sp", "h")
+    n_scratch = 7 + sum(a.dtype != cdt for a in (x, Y, Wv, PWv))   # buffers per thread
     _fused.run_blocks(len(tile_list), body, lambda: _Scratch(n_tile, cdt, names), nworkers,
-                      x.size)
+                      x.size, scratch_bytes=n_scratch * n_tile * cdt.itemsize + n_tile)
     if bad.any():
         reference_check()
         raise _Invalid()
@@ -359,7 +360,7 @@ def bce_probs_value_and_grad(probs, targets, weight, eps, reduction, out, worker
     shp, views = coalesce(p.shape, arrays)
     P, Y, Wv, G = views[:4]
     LO = views[4] if loss_out is not None else None
-    tile_list = tiles(shp, max(1, _fused.BLOCK_BYTES // cdt.itemsize))
+    tile_list = tiles(shp, max(1, _fused.TILE_BYTES // cdt.itemsize))
     partial = np.zeros(len(tile_list), np.float64)
     bad = np.zeros(len(tile_list), bool)
     scale = cdt.type(grad_scale(reduction, p.size))

@@ -240,7 +240,15 @@ class _Kernel:
         else:
             def make():
                 return _Scratch(specs)
-        _fused.run_blocks(self.nblocks, body, make, nworkers, self.x.size)
+        # per-thread scratch actually touched: the cast input and/or gradient blocks,
+        # plus the (d, A, mask) blocks of the smoothing / probability paths
+        blk = (B if self.layout != "online" else 1) * (C if self.layout != "online" else
+                                                        self.chunk) * self.s
+        nblk = int(self.cast_in) + int(not self.direct) + int(self.layout == "cols")
+        if not self.fast:
+            nblk += 3
+        _fused.run_blocks(self.nblocks, body, make, nworkers, self.x.size,
+                          scratch_bytes=max(1, nblk) * blk)
 
     # ------------------------------------------------------------------ per-row algebra
     def _coeffs(self, yb, kb):

@@ -222,6 +222,7 @@ def _bce_terms(x, y, weight, pos_weight, reduction):
 @pytest.mark.parametrize("block_bytes", [1 << 17, 512])
 def test_bce_logits_matches_plain(dtype, reduction, block_bytes, monkeypatch):
     monkeypatch.setattr(_fused, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_fused, "TILE_BYTES", block_bytes)
     rng = np.random.default_rng(1)
     shape = (23, 7, 9)
     x, y = _bce_case(shape, dtype)
@@ -261,6 +262,7 @@ def test_bce_logits_infinite_logits_and_empty():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_probability_losses_bitwise_or_nearly(dtype, reduction, monkeypatch):
     monkeypatch.setattr(_fused, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(_fused, "TILE_BYTES", 512)
     rng = np.random.default_rng(2)
     p = rng.random((40, 6))
     p[0, 0], p[1, 1], p[2, 2] = 0.0, 1.0, 1e-30
