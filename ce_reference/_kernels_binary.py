@@ -129,11 +129,14 @@ def _weight_ok(a):
 
 
 class _Scratch:
+    """Per-thread tile buffers, allocated on first use (the cast buffers only if needed)."""
+
     def __init__(self, n, dtype, names):
-        self.bufs = {name: np.empty(n, dtype) for name in names}
-        self.mask = np.empty(n, bool)
+        self.n, self.dtype, self.bufs = n, dtype, {}
 
     def get(self, name, ts):
+        if name not in self.bufs:
+            self.bufs[name] = np.empty(self.n, self.dtype)
         return self.bufs[name][:math.prod(ts)].reshape(ts)
 
 
@@ -275,7 +278,7 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
     names = ("cx", "cy", "cw", "cpw", "e", "L", "w1", "c", "r", "sp", "h")
     n_scratch = 7 + sum(a.dtype != cdt for a in (x, Y, Wv, PWv))   # buffers per thread
     _fused.run_blocks(len(tile_list), body, lambda: _Scratch(n_tile, cdt, names), nworkers,
-                      x.size, scratch_bytes=n_scratch * n_tile * cdt.itemsize + n_tile)
+                      x.size, scratch_bytes=n_scratch * n_tile * cdt.itemsize)
     if bad.any():
         reference_check()
         raise _Invalid()

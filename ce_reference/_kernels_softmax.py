@@ -247,8 +247,9 @@ class _Kernel:
         nblk = int(self.cast_in) + int(not self.direct) + int(self.layout == "cols")
         if not self.fast:
             nblk += 3
+        vectors = 16 * (B if self.layout != "online" else 1) * 8   # per-row scratch vectors
         _fused.run_blocks(self.nblocks, body, make, nworkers, self.x.size,
-                          scratch_bytes=max(1, nblk) * blk)
+                          scratch_bytes=(nblk + 1) * blk + vectors)
 
     # ------------------------------------------------------------------ per-row algebra
     def _coeffs(self, yb, kb):
