@@ -207,9 +207,10 @@ def print_report(results, targets, info):
     for case in results:
         title = (f"{case['kind']} {tuple(case['shape'])} {case['dtype']}  "
                  f"({case['input_bytes'] / MiB:.0f} MiB input)")
-        cols = ["implementation", "median ms", "GB/s", "× floor", "time / fused",
+        cols = ["implementation", "median ms", "min ms", "GB/s", "× floor", "time / fused",
                 "peak extra MiB"]
         lines = [[r["implementation"], _fmt(r["median_s"] * 1e3, ".1f"),
+                  _fmt(r["min_s"] * 1e3, ".1f"),
                   _fmt(r["gb_per_s"], ".2f"), _fmt(r["x_floor"], ".2f"),
                   _fmt(r["peer_over_fused"], ".2f"),
                   _fmt(None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] / MiB,
@@ -249,10 +250,12 @@ def markdown_tables(results, targets):
     out = []
     for case in results:
         out.append(f"**{case['kind']} {tuple(case['shape'])} {case['dtype']}**\n")
-        out.append("| implementation | median ms | GB/s | × floor | time / fused | peak extra MiB |")
-        out.append("|---|---:|---:|---:|---:|---:|")
+        out.append("| implementation | median ms | min ms | GB/s | × floor | time / fused "
+                   "| peak extra MiB |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
         for r in case["rows"]:
             out.append(f"| {r['implementation']} | {r['median_s'] * 1e3:.1f} | "
+                       f"{r['min_s'] * 1e3:.1f} | "
                        f"{r['gb_per_s']:.2f} | {_fmt(r['x_floor'], '.2f')} | "
                        f"{_fmt(r['peer_over_fused'], '.2f')} | "
                        f"{_fmt(None if r['peak_extra_bytes'] is None else r['peak_extra_bytes'] / MiB, '.1f')} |")

@@ -39,7 +39,8 @@ def test_run_case_reports_every_field(kind, shape):
 
 def test_targets_and_markdown_from_synthetic_results():
     def case(kind, shape, times):
-        rows = [{"implementation": n, "median_s": t, "gb_per_s": 1.0, "x_floor": t / times[impls.FLOOR],
+        rows = [{"implementation": n, "median_s": t, "min_s": t, "gb_per_s": 1.0,
+                 "x_floor": t / times[impls.FLOOR],
                  "peer_over_fused": t / times[impls.FUSED], "peak_extra_bytes": 0}
                 for n, t in times.items()]
         return {"kind": kind, "shape": list(shape), "dtype": "float32", "input_bytes": 1,
@@ -52,7 +53,7 @@ def test_targets_and_markdown_from_synthetic_results():
     assert got[("torch eager / fused time", ">= 5.0")] == (6.0, True)
     assert got[("jax.jit + optax / fused time", ">= 2.5")] == (2.0, False)
     md = cli.markdown_tables(results, cli.check_targets(results))
-    assert "| ce_reference fused | 1500.0 |" in md and "**not met**" in md
+    assert "| ce_reference fused | 1500.0 | 1500.0 |" in md and "**not met**" in md
 
 
 def test_command_line_help_and_json(tmp_path):
