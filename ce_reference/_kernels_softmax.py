@@ -6,7 +6,7 @@ operations wherever that is affordable), in one sweep over the logits:
 
 * the logits are cut into a fixed partition of blocks of about
   :data:`._fused.BLOCK_BYTES` (several rows, or a slab of columns), so that all
-  the passes over a block after the first one hit the L2 cache;
+  the passes over a block after the first one hit the cache;
 * every block-sized operation writes with ``out=`` into the gradient itself or
   into per-thread scratch; there is no one-hot matrix and no temporary the size
   of the input (per-row vectors -- targets, weights, losses -- are O(N));
@@ -25,7 +25,9 @@ Three layouts, chosen from the shape only:
            overhead per reduced row).
 ``online`` one row larger than :data:`ONLINE_ROW_BYTES`: the row is swept in column
            chunks; the chunks' maxima and sums are merged with the online-softmax
-           rule (Milakov & Gimelshein 2018) and a second sweep writes the gradient.
+           rule (Milakov & Gimelshein 2018) and a second sweep recomputes
+           ``exp(x - M)`` from the logits (bitwise the plain function's
+           exponentials) and writes the gradient.
 
 Stability identity (the one of :func:`._special.log_softmax_parts`): with ``m``
 the row maximum at the first arg-max ``a`` and ``t = sum_{c != a} exp(x_c - m)``,
