@@ -293,10 +293,11 @@ class _Kernel:
         A = None
         if self.probs is not None:
             A = S.A[:b]
-            np.copyto(A, self.probs.reshape(self.pre, C)[r0:r1], casting="unsafe")
-            if not self._probs_ok(A):
+            raw = self.probs.reshape(self.pre, C)[r0:r1]
+            if not self._probs_ok(raw):
                 self.bad[i] = True
                 return
+            np.copyto(A, raw, casting="unsafe")
         a = np.argmax(xb, axis=1)
         m = xb[ar, a]
         if not np.isfinite(m).all():
@@ -398,10 +399,10 @@ class _Kernel:
         A = None
         if tsrc is not None:
             A = S.A[:, :b]
-            np.copyto(A, tsrc, casting="unsafe")
-            if not self._probs_ok(A):
+            if not self._probs_ok(tsrc):
                 self.bad[i] = True
                 return
+            np.copyto(A, tsrc, casting="unsafe")
         m = np.max(src, axis=0)
         if not np.isfinite(m).all():
             self.bad[i] = True
@@ -504,9 +505,10 @@ class _Kernel:
         np.multiply(ey, self.scale_c, out=ey)
 
     # ------------------------------------------------------------------ shared tail
-    def _probs_ok(self, A):
-        # check_unit_interval's condition (NaN, inf, outside [0, 1]) on the cast block
-        lo, hi = np.min(A), np.max(A)
+    def _probs_ok(self, raw):
+        # check_unit_interval's condition (NaN, inf, outside [0, 1]), on the targets as
+        # given: class_targets checks them before casting to the compute dtype
+        lo, hi = np.min(raw), np.max(raw)
         return bool(lo >= 0) and bool(hi <= 1)
 
     def _finish(self, i, r0, r1, S, b, gb, d, A, t, dy, yb, cax, kb=None):
@@ -705,9 +707,9 @@ class _Kernel:
 
     def _online_A(self, tr, c0, c1, S):
         A = S.A[:c1 - c0]
-        np.copyto(A, tr[c0:c1], casting="unsafe")
-        if not self._probs_ok(A):
+        if not self._probs_ok(tr[c0:c1]):
             return None
+        np.copyto(A, tr[c0:c1], casting="unsafe")
         if self.ls:
             np.multiply(A, self.one_m_ls, out=A)
             np.add(A, self.ls_over_C, out=A)

@@ -214,6 +214,12 @@ def test_softmax_errors_match_plain(monkeypatch):
         ((x.astype(complex), y), {}), ((xs, ys + 7), {}),
         ((np.moveaxis(x, 0, 1), y), dict(axis=0, reduction="none", weight=np.ones(4))),
     ]
+    # targets are checked in their own dtype, before the cast to the logits' float32
+    q64 = q / q.sum(axis=1, keepdims=True)
+    q_hi, q_lo = q64.copy(), q64.copy()
+    q_hi[10, 3] = 1 + 1e-12
+    q_lo[44, 0] = -1e-50
+    cases += [((x.astype(np.float32), q_hi), {}), ((x.astype(np.float32), q_lo), {})]
     allneg_s = xs.copy()
     allneg_s[37] = -np.inf
     cases.append(((allneg_s, ys), {}))
