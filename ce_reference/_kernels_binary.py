@@ -222,7 +222,8 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
         r, sp, h = S.get("r", ts), S.get("sp", ts), S.get("h", ts)
         # ---- loss
         np.abs(xs, out=e)
-        np.negative(e, out=e)                        # -|x|
+        np.subtract(0, e, out=e)                     # -|x| (not np.negative: see
+                                                     # _kernels_softmax's module docstring)
         np.exp(e, out=e)                             # e = exp(-|x|) in (0, 1]
         _fused.log1p_nonneg(e, L, w1, c)             # L = log1p(e); w1 = 1 + e (kept)
         np.greater_equal(xs, 0, out=h, casting="unsafe")  # h = [x >= 0] as 0.0 / 1.0

@@ -29,6 +29,11 @@ Three layouts, chosen from the shape only:
            ``exp(x - M)`` from the logits (bitwise the plain function's
            exponentials) and writes the gradient.
 
+``-d + L`` is computed as ``L - d`` (the same rounding): NumPy 2.4.6's
+``np.negative`` returns wrong values when input and output are the same strided
+single column (e.g. ``D[:, :1]`` of a ``(n, 4)`` float32 array), which a ``(C, b)``
+block with ``b = 1`` is.
+
 Stability identity (the one of :func:`._special.log_softmax_parts`): with ``m``
 the row maximum at the first arg-max ``a`` and ``t = sum_{c != a} exp(x_c - m)``,
 ``-log p_c = (m - x_c) + log1p(t)`` (two non-negative terms, no cancellation,
@@ -535,8 +540,7 @@ class _Kernel:
                 np.add(A, self.ls_over_C, out=A)
             if self.w is not None:
                 np.multiply(A, self.w if cax == 1 else self.w[:, None], out=A)
-            np.negative(d, out=d)
-            np.add(d, rv(L), out=d)                          # -log p = (m - x) + log1p(t)
+            np.subtract(rv(L), d, out=d)                     # -log p = (m - x) + log1p(t)
             with np.errstate(invalid="ignore"):              # 0 * inf, set to 0 below
                 np.multiply(A, d, out=d)
             M = S.mask[:b] if cax == 1 else S.mask[:, :b]
@@ -556,8 +560,7 @@ class _Kernel:
         c_nll, c_smooth, total = self._coeffs(yb, kb)
         nll = -dy + L
         loss = mul0(c_nll, nll)
-        np.negative(d, out=d)
-        np.add(d, rv(L), out=d)                              # -log p_c
+        np.subtract(rv(L), d, out=d)                         # -log p_c = -d + log1p(t)
         if self.w is not None:
             with np.errstate(invalid="ignore"):
                 np.multiply(d, self.w if cax == 1 else self.w[:, None], out=d)
@@ -656,8 +659,7 @@ class _Kernel:
                 np.multiply(g, self.scale_c, out=g)
                 if not self.direct:
                     np.copyto(gr[c0:c1], g, casting="unsafe")
-                np.negative(d, out=d)
-                np.add(d, L, out=d)
+                np.subtract(L, d, out=d)
                 with np.errstate(invalid="ignore"):
                     np.multiply(A, d, out=d)
                 np.copyto(d, 0, where=np.equal(A, 0, out=S.mask[:c1 - c0]))
@@ -683,8 +685,7 @@ class _Kernel:
                 np.multiply(g, total, out=g)
                 np.subtract(g, c_smooth if self.w is None else c_smooth * self.w[c0:c1], out=g)
                 np.multiply(g, self.scale_c, out=g)
-                np.negative(d, out=d)
-                np.add(d, L, out=d)
+                np.subtract(L, d, out=d)
                 if self.w is not None:
                     with np.errstate(invalid="ignore"):
                         np.multiply(d, self.w[c0:c1], out=d)
