@@ -169,7 +169,6 @@ def bce_logits_value_and_grad(logits, targets, weight, pos_weight, reduction, ou
     grad = out if out is not None else np.empty(x.shape, rdt)
     loss_out = np.empty(x.shape, rdt) if reduction == "none" else None
 
-    names = ["x", "y", "w", "pw"]
     arrays = [x] + [np.broadcast_to(ops[n][0], x.shape) if ops[n][0] is not None else x
                     for n in ("targets", "weight", "pos_weight")] + [grad]
     if loss_out is not None:
