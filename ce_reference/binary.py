@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special as _sp
 
+from . import _kernels_binary
 from . import _validation as V
 from ._reduction import grad_scale, reduce_loss, to_result
 from ._special import mul0, sigmoid, softplus
@@ -143,9 +144,25 @@ def binary_cross_entropy_grad(probs, targets, *, weight=None, eps=None, reductio
 
 
 def binary_cross_entropy_value_and_grad(probs, targets, *, weight=None, eps=None,
-                                        reduction="mean"):
-    """``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one call."""
-    return _bce_probs(probs, targets, weight, eps, reduction, True, True)
+                                        reduction="mean", out=None, workers=None):
+    """``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one blocked sweep.
+
+    Same numbers (bitwise) and errors as the two plain functions, computed tile
+    by tile on ``workers`` threads (:mod:`ce_reference._kernels_binary`).
+    ``out``: a C-contiguous, writeable buffer of ``probs``' shape and the
+    gradient's dtype that receives the gradient (it may be ``probs`` itself).
+    ``workers``: threads, default all available cores; the results do not
+    depend on it.
+
+    Examples
+    --------
+    >>> import ce_reference as ce
+    >>> loss, g = ce.binary_cross_entropy_value_and_grad([0.9, 0.1, 0.8, 0.2], [1, 0, 1, 0])
+    >>> float(loss), g.round(6).tolist()
+    (0.16425203348601802, [-0.277778, 0.277778, -0.3125, 0.3125])
+    """
+    return _kernels_binary.bce_probs_value_and_grad(probs, targets, weight, eps, reduction,
+                                                    out, workers)
 
 
 # --------------------------------------------------------------------------- logits
@@ -268,6 +285,33 @@ def binary_cross_entropy_with_logits_grad(logits, targets, *, weight=None, pos_w
 
 
 def binary_cross_entropy_with_logits_value_and_grad(logits, targets, *, weight=None,
-                                                    pos_weight=None, reduction="mean"):
-    """Loss and gradient of :func:`binary_cross_entropy_with_logits` in one call."""
-    return _bce_logits(logits, targets, weight, pos_weight, reduction, True, True)
+                                                    pos_weight=None, reduction="mean",
+                                                    out=None, workers=None):
+    r"""Loss and gradient of :func:`binary_cross_entropy_with_logits` in one fused sweep.
+
+    Same arguments, numbers (to a few ULP) and errors as the loss and its
+    gradient, computed tile by tile on ``workers`` threads with every operation
+    into per-thread scratch (:mod:`ce_reference._kernels_binary`): with
+    ``e = exp(-|x|)``, ``softplus(+-x) = max(+-x, 0) + log1p(e)`` and
+    ``sigma(x) = e / (1 + e)`` (``x < 0``) or ``1 / (1 + e)`` (``x >= 0``), one
+    exponential and one logarithm per element.
+
+    Parameters
+    ----------
+    out : ndarray, optional
+        C-contiguous, writeable buffer of the logits' shape and the gradient's
+        dtype that receives the gradient (and is returned); it may be the logits
+        array itself (if an error is raised, the logits may be partly overwritten).
+    workers : int, optional
+        Threads; default all available cores.  The results are bitwise identical
+        for every value.
+
+    Examples
+    --------
+    >>> import ce_reference as ce
+    >>> loss, g = ce.binary_cross_entropy_with_logits_value_and_grad([0.0, 0.0], [1.0, 0.0])
+    >>> float(loss), g.tolist()
+    (0.6931471805599453, [-0.25, 0.25])
+    """
+    return _kernels_binary.bce_logits_value_and_grad(logits, targets, weight, pos_weight,
+                                                     reduction, out, workers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special as _sp
 
+from . import _kernels_categorical, _kernels_softmax
 from . import _validation as V
 from ._reduction import grad_scale, reduce_loss, to_result
 from ._special import log_softmax_parts, mul0
@@ -170,9 +171,26 @@ def categorical_cross_entropy_grad(probs, targets, *, axis=-1, weight=None, eps=
 
 
 def categorical_cross_entropy_value_and_grad(probs, targets, *, axis=-1, weight=None,
-                                             eps=None, reduction="mean"):
-    """Loss and gradient of :func:`categorical_cross_entropy` in one call."""
-    return _cce(probs, targets, axis, weight, eps, reduction, True, True)
+                                             eps=None, reduction="mean", out=None,
+                                             workers=None):
+    """Loss and gradient of :func:`categorical_cross_entropy` in one blocked sweep.
+
+    Same arguments, numbers (bitwise) and errors as the loss and its gradient,
+    computed block by block on ``workers`` threads
+    (:mod:`ce_reference._kernels_categorical`).  ``out``: a C-contiguous,
+    writeable buffer of ``probs``' shape and the gradient's dtype that receives
+    the gradient (it may be ``probs`` itself).  ``workers``: threads, default
+    all available cores; the results do not depend on it.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_reference as ce
+    >>> loss, g = ce.categorical_cross_entropy_value_and_grad([[0.5, 0.5]], np.array([1]))
+    >>> float(loss), g.tolist()
+    (0.6931471805599453, [[0.0, -2.0]])
+    """
+    return _kernels_categorical.cce_value_and_grad(probs, targets, axis, weight, eps,
+                                                   reduction, out, workers)
 
 
 # --------------------------------------------------------------------------- logits
@@ -352,7 +370,39 @@ def softmax_cross_entropy_grad(logits, targets, *, axis=-1, weight=None, ignore_
 
 def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=None,
                                          ignore_index=None, label_smoothing=0.0,
-                                         reduction="mean"):
-    """Loss and gradient of :func:`softmax_cross_entropy` in one call."""
-    return _softmax_ce(logits, targets, axis, weight, ignore_index, label_smoothing, reduction,
-                       True, True)
+                                         reduction="mean", out=None, workers=None):
+    r"""Loss and gradient of :func:`softmax_cross_entropy` in one fused sweep.
+
+    Same arguments, numbers and errors as :func:`softmax_cross_entropy` and
+    :func:`softmax_cross_entropy_grad` (to a few ULP; see
+    ``docs/_readme/benchmarks.md``), computed by a blocked, multithreaded
+    kernel (:mod:`ce_reference._kernels_softmax`) that reads the logits once
+    and allocates nothing the size of the input but the gradient.
+
+    Parameters
+    ----------
+    out : ndarray, optional
+        C-contiguous, writeable buffer of the logits' shape and the gradient's
+        dtype that receives the gradient (and is returned).  It may be the
+        logits array itself: the gradient then overwrites the logits in place
+        (if an error is raised, the logits may be partly overwritten).
+    workers : int, optional
+        Threads to use; default: the cores available to this process.  The
+        results are bitwise identical for every value.
+
+    Returns
+    -------
+    (loss, grad)
+
+    Examples
+    --------
+    >>> import numpy as np, ce_reference as ce
+    >>> z = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> loss, g = ce.softmax_cross_entropy_value_and_grad(z, np.array([0, 1]))
+    >>> float(loss)
+    0.3185397696491856
+    >>> bool(np.allclose(g, ce.softmax_cross_entropy_grad(z, np.array([0, 1])), rtol=1e-15))
+    True
+    """
+    return _kernels_softmax.value_and_grad(logits, targets, axis, weight, ignore_index,
+                                           label_smoothing, reduction, out, workers)

@@ -1,0 +1,371 @@
+"""Command line of the benchmark suite (``python -m benchmarks --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+
+from . import impls
+
+MiB = 1 << 20
+
+# (kind, shape): the issue's shapes.  Softmax: integer targets, mean; BCE: float
+# targets of the logits' shape, mean.
+CASES = [
+    ("softmax", (4096, 8192)),
+    ("softmax", (256, 131072)),
+    ("softmax", (1_000_000, 10)),
+    ("bce", (10_000_000,)),
+]
+
+# Targets of issue 4 (float32, all cores): (kind, shape, quantity, goal, comparison).
+# "floor" = fused time / np.copyto time; a peer name = peer time / fused time.
+TARGETS = [
+    ("softmax", (4096, 8192), "floor", 2.0, "<="),
+    ("softmax", (4096, 8192), "torch eager", 5.0, ">="),
+    ("softmax", (4096, 8192), "jax.jit + optax", 2.5, ">="),
+    ("softmax", (256, 131072), "floor", 2.0, "<="),
+    ("softmax", (256, 131072), "torch eager", 5.0, ">="),
+    ("softmax", (256, 131072), "jax.jit + optax", 2.5, ">="),
+    ("softmax", (1_000_000, 10), "floor", 4.0, "<="),
+    ("softmax", (1_000_000, 10), "jax.jit + optax", 2.0, ">="),
+    ("bce", (10_000_000,), "torch eager", 3.0, ">="),
+    ("bce", (10_000_000,), "jax.jit + optax", 1.0, ">"),
+]
+
+
+def _inputs(kind, shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape, dtype=np.float64) * 3).astype(dtype)
+    if kind == "softmax":
+        return x, rng.integers(0, shape[-1], shape[0])
+    return x, (rng.random(shape) < 0.5).astype(dtype)
+
+
+def _min_bytes(kind, x):
+    """Least DRAM traffic of a fused forward+backward: read the inputs, write the gradient."""
+    return (2 if kind == "softmax" else 3) * x.nbytes
+
+
+def _peak_bytes(f):
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        f()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def run_case(kind, shape, dtype, repeat, workers, only=None, log=print):
+    """Time every implementation of one case, interleaved round by round."""
+    x, t = _inputs(kind, shape, dtype)
+    table = impls.SOFTMAX if kind == "softmax" else impls.BCE
+    fns, mem_ok = {}, {}
+    for name, (factory, traced) in table.items():
+        if only and name not in only:
+            continue
+        f = factory(x, t, workers)
+        if f is None:
+            log(f"  {name}: not installed, skipped")
+            continue
+        t0 = time.perf_counter()
+        f()                                    # warm-up: JIT compile, first touch
+        log(f"  {name}: warm-up {time.perf_counter() - t0:.2f} s")
+        fns[name], mem_ok[name] = f, traced
+    times = {name: [] for name in fns}
+    for _ in range(repeat):                    # interleaved: load drifts hit all alike
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    floor = statistics.median(times[impls.FLOOR]) if impls.FLOOR in times else None
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        nbytes = 2 * x.nbytes if name == impls.FLOOR else _min_bytes(kind, x)
+        peak = _peak_bytes(fns[name]) if mem_ok[name] else None
+        rows.append({
+            "implementation": name, "median_s": med, "min_s": min(ts), "times_s": ts,
+            "gb_per_s": nbytes / med / 1e9,
+            "x_floor": med / floor if floor else None,
+            "peak_extra_bytes": peak,
+        })
+    fused = next((r["median_s"] for r in rows if r["implementation"] == impls.FUSED), None)
+    for r in rows:
+        r["peer_over_fused"] = r["median_s"] / fused if fused else None
+    return {"kind": kind, "shape": list(shape), "dtype": np.dtype(dtype).name,
+            "input_bytes": x.nbytes, "grad_bytes": x.nbytes, "rows": rows}
+
+
+def check_targets(results):
+    out = []
+    by_key = {(r["kind"], tuple(r["shape"]), r["dtype"]): r for r in results}
+    for kind, shape, what, goal, cmp in TARGETS:
+        case = by_key.get((kind, shape, "float32"))
+        if case is None:
+            continue
+        rows = {r["implementation"]: r for r in case["rows"]}
+        fused = rows.get(impls.FUSED)
+        if fused is None:
+            continue
+        if what == "floor":
+            value, label = fused["x_floor"], "fused / np.copyto time"
+        elif what in rows:
+            value, label = rows[what]["median_s"] / fused["median_s"], f"{what} / fused time"
+        else:
+            continue
+        met = {"<=": value <= goal, ">=": value >= goal, ">": value > goal}[cmp]
+        out.append({"kind": kind, "shape": list(shape), "quantity": label, "goal": f"{cmp} {goal}",
+                    "measured": value, "met": bool(met)})
+    for case in results:  # memory targets, every case measured
+        rows = {r["implementation"]: r for r in case["rows"]}
+        for name, limit, label in (
+                (impls.FUSED, case["grad_bytes"] + 32 * MiB, "peak extra <= grad + 32 MiB"),
+                (impls.FUSED + ", out=", 32 * MiB, "peak extra with out= <= 32 MiB")):
+            if name in rows and rows[name]["peak_extra_bytes"] is not None:
+                peak = rows[name]["peak_extra_bytes"]
+                out.append({"kind": case["kind"], "shape": case["shape"],
+                            "dtype": case["dtype"], "quantity": label,
+                            "goal": f"<= {limit / MiB:.0f} MiB", "measured": peak / MiB,
+                            "met": bool(peak <= limit)})
+    return out
+
+
+def machine_info(workers):
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cores_available": workers, "loadavg_start": os.getloadavg()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        keep = ("Model name", "CPU(s)", "Thread(s) per core", "L1d cache", "L2 cache",
+                "L3 cache", "Hypervisor vendor")
+        info["lscpu"] = {k.strip(): v.strip() for k, _, v in
+                         (line.partition(":") for line in lscpu.splitlines())
+                         if k.strip() in keep}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for mod in ("ce_reference", "numpy", "scipy", "jax", "jaxlib", "optax", "torch"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    info["versions"] = versions
+    threads = {"ce_reference workers": workers}
+    try:
+        import torch
+        threads["torch.get_num_threads()"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        import jax
+        threads["jax devices"] = [str(d) for d in jax.devices()]
+        threads["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+        threads["blas/openmp pools"] = [
+            {k: p.get(k) for k in ("internal_api", "num_threads", "version")}
+            for p in threadpool_info()]
+    except ImportError:
+        pass
+    threads["OPENBLAS env"] = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
+    info["threads"] = threads
+    try:
+        from numpy.lib.introspect import opt_func_info
+        info["numpy exp/log SIMD"] = {
+            f: v.get("ff", v.get("dd", {})).get("current")
+            for f, v in opt_func_info(func_name="^exp$|^log$|log1p").items()}
+    except (ImportError, AttributeError):
+        pass
+    return info
+
+
+def _fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def print_report(results, targets, info):
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text fallback
+        Console = None
+    console = Console() if Console else None
+    for case in results:
+        title = (f"{case['kind']} {tuple(case['shape'])} {case['dtype']}  "
+                 f"({case['input_bytes'] / MiB:.0f} MiB input)")
+        cols = ["implementation", "median ms", "min ms", "GB/s", "× floor", "time / fused",
+                "peak extra MiB"]
+        lines = [[r["implementation"], _fmt(r["median_s"] * 1e3, ".1f"),
+                  _fmt(r["min_s"] * 1e3, ".1f"),
+                  _fmt(r["gb_per_s"], ".2f"), _fmt(r["x_floor"], ".2f"),
+                  _fmt(r["peer_over_fused"], ".2f"),
+                  _fmt(None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] / MiB,
+                       ".1f")] for r in case["rows"]]
+        if console:
+            table = Table(title=title)
+            for c in cols:
+                table.add_column(c, justify="left" if c == "implementation" else "right")
+            for line in lines:
+                table.add_row(*line)
+            console.print(table)
+        else:
+            print(title)
+            for line in [cols] + lines:
+                print("  " + " | ".join(line))
+    lines = [[f"{t['kind']} {tuple(t['shape'])} {t.get('dtype', 'float32')}", t["quantity"],
+              t["goal"], f"{t['measured']:.2f}", "met" if t["met"] else "NOT met"]
+             for t in targets]
+    cols = ["case", "quantity", "goal", "measured", ""]
+    if console:
+        table = Table(title="issue 4 targets")
+        for c in cols:
+            table.add_column(c)
+        for line in lines:
+            table.add_row(*line)
+        console.print(table)
+    else:
+        for line in [cols] + lines:
+            print("  " + " | ".join(line))
+    print(f"load average start {info['loadavg_start']}, end {info.get('loadavg_end')}; "
+          f"threads {info['threads'].get('ce_reference workers')}; "
+          f"versions {info['versions']}")
+
+
+def markdown_tables(results, targets):
+    """The tables in Markdown (for docs/_readme/benchmarks.md)."""
+    out = []
+    for case in results:
+        out.append(f"**{case['kind']} {tuple(case['shape'])} {case['dtype']}**\n")
+        out.append("| implementation | median ms | min ms | GB/s | × floor | time / fused "
+                   "| peak extra MiB |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for r in case["rows"]:
+            out.append(f"| {r['implementation']} | {r['median_s'] * 1e3:.1f} | "
+                       f"{r['min_s'] * 1e3:.1f} | "
+                       f"{r['gb_per_s']:.2f} | {_fmt(r['x_floor'], '.2f')} | "
+                       f"{_fmt(r['peer_over_fused'], '.2f')} | "
+                       f"{_fmt(None if r['peak_extra_bytes'] is None else r['peak_extra_bytes'] / MiB, '.1f')} |")
+        out.append("")
+    out.append("| case | quantity | goal | measured | |")
+    out.append("|---|---|---|---:|---|")
+    for t in targets:
+        out.append(f"| {t['kind']} {tuple(t['shape'])} {t.get('dtype', 'float32')} | "
+                   f"{t['quantity']} | {t['goal']} | {t['measured']:.2f} | "
+                   f"{'met' if t['met'] else '**not met**'} |")
+    return "\n".join(out)
+
+
+def size_sweep(dtype, repeat, workers, log):
+    """Softmax CE at C = 8192 over growing N, for the throughput plot."""
+    sweep = []
+    for n in (16, 64, 256, 1024, 4096):
+        log(f"sweep softmax ({n}, 8192) {np.dtype(dtype).name}")
+        sweep.append(run_case("softmax", (n, 8192), dtype, repeat, workers,
+                              only={impls.FLOOR, impls.FUSED, "jax.jit + optax", "torch eager",
+                                    "scipy.special"}, log=log))
+    return sweep
+
+
+def plot(sweep, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install 'ce_reference[bench]'); no plot drawn",
+              file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [r["implementation"] for r in sweep[0]["rows"]]
+    for name in names:
+        xs = [c["input_bytes"] / MiB for c in sweep]
+        ys = [next(r["gb_per_s"] for r in c["rows"] if r["implementation"] == name)
+              for c in sweep]
+        if name == impls.FLOOR:
+            ax.plot(xs, ys, "k--", lw=2, label="np.copyto (floor: read + write)")
+        else:
+            ax.plot(xs, ys, "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("logits size (MiB), C = 8192, float32")
+    ax.set_ylabel("GB/s (read logits + write gradient)")
+    ax.set_title("softmax cross-entropy forward + backward")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv=None):
+    from ce_reference import _fused
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--quick", action="store_true",
+                    help="float32 only, 3 interleaved rounds (< 2 minutes)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed rounds per implementation (default 7, --quick 3)")
+    ap.add_argument("--dtype", choices=["float32", "float64", "both"], default=None,
+                    help="default: both (float32 with --quick)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="threads for ce_reference and torch (default: available cores)")
+    ap.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw GB/s against size (softmax, C = 8192) with the floor as a line")
+    ap.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    ap.add_argument("--case", action="append", choices=["softmax-4096x8192", "softmax-256x131072",
+                                                        "softmax-1000000x10", "bce-10000000"],
+                    help="run only these cases (repeatable)")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", module="jax")
+    workers = _fused.resolve_workers(args.workers)
+    repeat = args.repeat or (3 if args.quick else 7)
+    dtype = args.dtype or ("float32" if args.quick else "both")
+    dtypes = [np.float32, np.float64] if dtype == "both" else [np.dtype(dtype).type]
+    info = machine_info(workers)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    t_start = time.perf_counter()
+    results = []
+    for dt in dtypes:
+        for kind, shape in CASES:
+            key = f"{kind}-{'x'.join(map(str, shape))}"
+            if args.case and key not in args.case:
+                continue
+            log(f"{kind} {shape} {np.dtype(dt).name}")
+            results.append(run_case(kind, shape, dt, repeat, workers, log=log))
+    sweep = None
+    if args.plot:
+        sweep = size_sweep(np.float32, repeat, workers, log)
+    info["loadavg_end"] = os.getloadavg()
+    info["wall_s"] = time.perf_counter() - t_start
+    targets = check_targets(results)
+    print_report(results, targets, info)
+    if args.plot and sweep:
+        if plot(sweep, args.plot):
+            log(f"plot written to {args.plot}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "repeat": repeat, "results": results,
+                       "targets": targets, "sweep": sweep}, fh, indent=1, default=str)
+        log(f"results written to {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown_tables(results, targets) + "\n")
+    log(f"wall time {info['wall_s']:.0f} s")
+    return 0
