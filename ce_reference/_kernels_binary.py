@@ -345,7 +345,7 @@ def bce_probs_value_and_grad(probs, targets, weight, eps, reduction, out, worker
         ops = _prepare_operands(p0, cdt, (("targets", targets, "unit"),
                                           ("weight", weight, "weight")))
         reduction = V.check_reduction(reduction)
-        eps_c = V.check_eps(eps, cdt)
+        eps_c = V.check_eps(eps, rdt, cdt)
     except _Empty:
         return _empty(reference, out, workers, p0, rdt)
     except (TypeError, ValueError):
@@ -376,12 +376,11 @@ def bce_probs_value_and_grad(probs, targets, weight, eps, reduction, out, worker
         if not _unit_ok(pt) or not _unit_ok(yt) or (wt is not None and not _weight_ok(wt)):
             bad[i] = True
             return
-        # the plain function on the tile, reduction "none": its gradient is unscaled
-        loss, g = _bin._bce_probs(pt, yt, wt, eps_c, "none", True, True)
+        # the plain function on the tile, reduction "none", with the whole array's scale
+        loss, g = _bin._bce_probs(pt, yt, wt, eps_c, "none", True, True, scale=scale)
         partial[i] = float(np.sum(loss, dtype=np.float64))
         if LO is not None:
             np.copyto(LO[idx], loss, casting="unsafe")
-        np.multiply(g, scale, out=g)
         np.copyto(G[idx], g, casting="unsafe")
 
     _fused.run_blocks(len(tile_list), body, lambda: None, nworkers, p.size)

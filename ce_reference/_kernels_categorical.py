@@ -44,7 +44,7 @@ def cce_value_and_grad(probs, targets, axis, weight, eps, reduction, out, worker
         C = p0.shape[ax]
         w = V.class_weight(weight, C, cdt)
         reduction = V.check_reduction(reduction)
-        V.check_eps(eps, cdt)
+        V.check_eps(eps, rdt, cdt)
     except _Empty:
         return _empty(lambda: reference(True, True), out, workers, p0, rdt)
     except (TypeError, ValueError):
@@ -81,12 +81,11 @@ def cce_value_and_grad(probs, targets, axis, weight, eps, reduction, out, worker
         pb = p3[sr, :, sq].astype(cdt, copy=False)
         tb = tgt[sr, sq] if T is not None else tgt[sr, :, sq]
         try:
-            loss, g = _cat._cce(pb, tb, 1, w, eps, "none", True, True)
+            loss, g = _cat._cce(pb, tb, 1, w, eps, "none", True, True, scale=scale)
         except (TypeError, ValueError):
             bad[i] = True
             return
         rows[sr, sq] = loss
-        np.multiply(g, scale, out=g)
         np.copyto(g3[sr, :, sq], g, casting="unsafe")
 
     _fused.run_blocks(len(blocks), body, lambda: None, nworkers, p3.size)

@@ -26,7 +26,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- probabilities
 
-def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad):
+def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad, scale=None):
+    """Loss and/or gradient; ``scale`` overrides the reduction's gradient scale (the
+    fused kernel passes the whole array's ``1/n`` when it calls this on a tile)."""
     p, cdt, rdt = V.as_input("probs", probs)
     V.check_unit_interval("probs", p, "probabilities")
     y = V.broadcast_to_input("targets", targets, p.shape, cdt)
@@ -53,7 +55,7 @@ def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad):
         # s w y and s w (1-y) are formed first and divided last, so nothing overflows
         # unless the result does (w y / p alone can, e.g. float32 p = 1e-37, w = 1e3).
         # Each term is 0 where its numerator is 0 (0 * log 0 = 0 in the derivative too).
-        scale = cdt.type(grad_scale(reduction, p.size))
+        scale = cdt.type(grad_scale(reduction, p.size) if scale is None else scale)
         a, b = y * scale, one_minus_y * scale
         if w is not None:
             a, b = w * a, w * b

@@ -41,7 +41,9 @@ def _finish_grad(g, ax, scale, rdt):
 
 # --------------------------------------------------------------------------- probabilities
 
-def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad):
+def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad, scale=None):
+    """Loss and/or gradient; ``scale`` overrides the reduction's gradient scale (the
+    fused kernel passes the whole batch's ``1/denominator`` when it calls this on a block)."""
     p, cdt, rdt = V.as_input("probs", probs)
     ax = _class_axis("probs", p, axis)
     V.check_unit_interval("probs", p, "probabilities")
@@ -73,7 +75,7 @@ def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad):
     if want_grad:
         # -s w_c q_c / p_c, s the reduction scale: the numerator is scaled first and
         # divided last, so nothing overflows unless the result does.
-        scale = cdt.type(grad_scale(reduction, denom))
+        scale = cdt.type(grad_scale(reduction, denom) if scale is None else scale)
         with np.errstate(divide="ignore"):
             if T.index is not None:
                 g = np.zeros_like(pc)
