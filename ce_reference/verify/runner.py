@@ -6,6 +6,7 @@ Oracles per case (see :mod:`.oracles`, :mod:`.mp`):
 column          what is compared                                       dtypes
 ==============  =====================================================  ===========
 mpmath          value and gradient vs the exact (mpmath) ones          both
+fused           the same for ``NAME_value_and_grad`` (fused kernels)     both
 grad ULP        the same gradient error in plain ULP (information)     both
 jax             value and gradient vs the JAX twin + ``jax.grad``      both
 check_grad      gradient vs forward differences of the value (norm)    float64
@@ -16,7 +17,9 @@ hvp jax         ``NAME_hvp`` vs ``jax.jvp(jax.grad)`` (elementwise) and    both
 ==============  =====================================================  ===========
 
 Besides the oracles, every case checks the API contract: ``value_and_grad``
-returns exactly ``(value, grad)``, results have the input's dtype and the
+(the fused kernels) returns ``(value, grad)`` of the same shapes, dtypes and
+NaN/inf pattern as ``NAME`` and ``NAME_grad`` (its numbers are gated by the
+``fused`` column against mpmath), results have the input's dtype and the
 right shapes, and no warning is emitted.
 """
 
@@ -34,9 +37,10 @@ from ..registry import LOSSES
 from . import errors, inputs, mp, oracles
 from . import tolerances as T
 
-MEASURES = ("mpmath", "grad ULP", "jax", "check_grad", "complex step", "hvp", "hvp jax")
+MEASURES = ("mpmath", "fused", "grad ULP", "jax", "check_grad", "complex step", "hvp", "hvp jax")
 GATES = {
     "mpmath": T.TOL_MP,
+    "fused": T.TOL_MP,
     "jax": T.TOL_JAX,
     "check_grad": {d: T.TOL_FD for d in T.FD_DTYPES},
     "complex step": T.TOL_COMPLEX_STEP,
@@ -120,6 +124,7 @@ class Report:
 def _measure_doc(m):
     return {
         "mpmath": "max over value and gradient elements of min(ULP, error/(eps*operand)) vs mpmath",
+        "fused": "as mpmath, for the fused kernels of NAME_value_and_grad",
         "grad ULP": "max gradient error in ULP vs mpmath (information: large where p - y cancels)",
         "jax": "as mpmath, against the JAX twin and jax.grad in float64",
         "check_grad": "||g - fd|| / ||g|| (forward differences, float64 only)",
@@ -257,6 +262,15 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
                                  else _detail("grad", grad64, exact.grad, kg))
         if exact.disagreement:
             res.problems.append(f"mpmath oracle disagreement: {exact.disagreement}")
+        # The fused kernels (NAME_value_and_grad) evaluate the same formulas in another
+        # order, so they are held to the same exact oracle and gate, not to bitwise
+        # equality with NAME / NAME_grad.
+        fvalue64, fgrad64 = (np.asarray(a, np.float64) for a in both)
+        fv, _, kfv = errors.combined(fvalue64, exact.value, v_op, dtype)
+        fg, _, kfg = errors.combined(fgrad64, exact.grad, g_op, dtype)
+        res.errors["fused"] = max(fv, fg)
+        res.details["fused"] = (_detail("value", fvalue64, exact.value, kfv) if fv >= fg
+                                else _detail("grad", fgrad64, exact.grad, kfg))
 
     # ---- JAX twin
     out = oracles.jax_oracle(case, want_hvp=hvp_fn is not None)
@@ -345,9 +359,13 @@ def _check_api(case, value, grad, both, res):
         if np.asarray(a).dtype != case.dtype:
             res.problems.append(f"{name} has dtype {np.asarray(a).dtype}, expected {case.dtype}")
     if not (isinstance(both, tuple) and len(both) == 2
-            and np.array_equal(both[0], value, equal_nan=True)
-            and np.array_equal(both[1], grad, equal_nan=True)):
-        res.problems.append("value_and_grad differs from (value, grad)")
+            and np.shape(both[0]) == np.shape(value) and np.shape(both[1]) == np.shape(grad)
+            and np.asarray(both[0]).dtype == np.asarray(value).dtype
+            and np.asarray(both[1]).dtype == np.asarray(grad).dtype):
+        res.problems.append("value_and_grad differs from (value, grad) in shape or dtype")
+    elif not (np.array_equal(np.isnan(both[0]), np.isnan(value))
+              and np.array_equal(np.isinf(both[1]), np.isinf(grad))):
+        res.problems.append("value_and_grad differs from (value, grad) in NaN/inf pattern")
 
 
 def _batch_shape(case):
