@@ -9,5 +9,5 @@ Times ``softmax_cross_entropy_value_and_grad`` (integer targets, mean) and
 ``np.copyto`` floor, textbook NumPy, ``scipy.special``, ``jax.jit`` of optax's
 losses on CPU and PyTorch CPU eager (each optional: skipped when not
 installed), and reports median time, effective GB/s, ratios and peak memory.
-See ``docs/_readme/benchmarks.md``.
+See ``docs/benchmarks.md``.
 """

@@ -246,7 +246,7 @@ def print_report(results, targets, info):
 
 
 def markdown_tables(results, targets):
-    """The tables in Markdown (for docs/_readme/benchmarks.md)."""
+    """The tables in Markdown (for docs/benchmarks.md)."""
     out = []
     for case in results:
         out.append(f"**{case['kind']} {tuple(case['shape'])} {case['dtype']}**\n")

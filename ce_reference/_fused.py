@@ -33,7 +33,7 @@ import numpy as np
 # cache: between two big NumPy calls a thread runs a little Python and some tiny
 # NumPy calls that hold the GIL, and every hand-over of the GIL between threads
 # costs microseconds, so blocks must be large enough for the GIL-free calls to
-# dominate.  On the machine of docs/_readme/benchmarks.md (512 KiB L2 per core,
+# dominate.  On the machine of docs/benchmarks.md (512 KiB L2 per core,
 # 32 MiB L3), two threads ran 1.3-2x faster with 1 MiB blocks than with 256 KiB
 # ones (which fit in L2 but did not scale past one thread).  The partition depends
 # only on this constant and the shapes, never on ``workers``: that is what makes

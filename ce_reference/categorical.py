@@ -377,7 +377,7 @@ def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=Non
 
     Same arguments, numbers and errors as :func:`softmax_cross_entropy` and
     :func:`softmax_cross_entropy_grad` (to a few ULP; see
-    ``docs/_readme/benchmarks.md``), computed by a blocked, multithreaded
+    ``docs/benchmarks.md``), computed by a blocked, multithreaded
     kernel (:mod:`ce_reference._kernels_softmax`) that reads the logits once
     and allocates nothing the size of the input but the gradient.
 

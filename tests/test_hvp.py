@@ -15,7 +15,7 @@ are proportional to); for the three diagonal losses this is just ``|H v|_k``,
 i.e. plain relative error.
 
 ``PYTHONPATH=. python tests/test_hvp.py`` prints the measured worst errors
-quoted in docs/_readme/hvp.md.
+quoted in docs/hvp.md.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ EPS32 = float(np.finfo(np.float32).eps)
 # NumPy vs jax (float64), in units of eps64 * (|H||v|)_k.  Both sides round O(10) operations per
 # term (softmax, products, the reduction scale) and jax's own Hessian of log_softmax forms
 # 1 - p_k by subtraction, so a confident class costs it ~1/(1 - p_k) ULP; measured worst over
-# the case sweep is below 8 (see docs/_readme/hvp.md), 32 leaves room without hiding a
+# the case sweep is below 8 (see docs/hvp.md), 32 leaves room without hiding a
 # formula bug (those are O(1) relative errors).
 JAX_ULPS = 32
 # float32 HVP vs the float64 HVP at the same (float32-representable) inputs, in units of
@@ -754,7 +754,7 @@ def test_bce_logits_matches_mpmath(x, data):
         assert abs(oi - ref) <= tol, (xi, oi, ref)
 
 
-# --- the measurement quoted in docs/_readme/hvp.md --------------------------------------------
+# --- the measurement quoted in docs/hvp.md --------------------------------------------
 
 def _mpmath_sweeps(seed=SEED):
     """Worst errors against mpmath: binary-logits Hessian entries over [-745, 745] and the

@@ -49,7 +49,7 @@ GATES = {
 }
 # Default sweep: total cases, spread evenly over the rows (each row gets at
 # least one case per layout).  Chosen so the default run stays well under two
-# minutes on two cores; see docs/_readme/verification.md for the measurement.
+# minutes on two cores; see docs/verification.md for the measurement.
 DEFAULT_CASES = 600
 WORST_SHOWN = 3
 

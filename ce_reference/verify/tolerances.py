@@ -72,7 +72,7 @@ TOL_HVP_JAX = {np.dtype(np.float64): 256.0, np.dtype(np.float32): 16.0}
 # oracles.fd_steps) the forward-difference truncation error is
 # ~ h f''/(2 f') <= 1e-7 relative, and the cancellation error is
 # ~ eps |f| / h ~ 1e-8 |f|; measured worst over 10,000 correct cases: see
-# docs/_readme/verification.md.  1e-5 is 10x above that floor and 10x below
+# docs/verification.md.  1e-5 is 10x above that floor and 10x below
 # the smallest gradient error (1e-4 relative) that we want finite differences
 # alone to see; smaller planted errors are the exact oracles' job.
 TOL_FD = 1e-5
