@@ -38,13 +38,13 @@ def test_gradient_does_not_overflow_before_the_mean_scale(dtype, p0):
     p = np.array([[p0, 1.0]], dtype)
     g = ce.categorical_cross_entropy_grad(p, np.array([0]), weight=np.array([1000, 1], dtype))
     # mean denominator = the target weight 1000, so the gradient is -1000 / 1000 / p0
-    assert g[0, 0] == pytest.approx(-1 / p0, rel=4 * np.finfo(dtype).eps)
+    assert g[0, 0] == pytest.approx(-1 / p0, rel=4 * float(np.finfo(dtype).eps))
     pb = np.full(100, 0.5, dtype)
     pb[0] = p0
     w = np.ones(100, dtype)
     w[0] = 1000
     gb = ce.binary_cross_entropy_grad(pb, np.ones(100), weight=w)
-    assert gb[0] == pytest.approx(-10 / p0, rel=4 * np.finfo(dtype).eps)  # -1000 / 100 / p0
+    assert gb[0] == pytest.approx(-10 / p0, rel=4 * float(np.finfo(dtype).eps))  # -1000 / 100 / p0
 
 
 def test_second_order_oracle_catches_a_wrong_hvp():
