@@ -141,11 +141,9 @@ def _bce_probs(case, v):
     p = case.x.astype(np.float64)
     y = np.broadcast_to(case.targets.astype(np.float64), p.shape)
     w = np.broadcast_to(np.asarray(case.kwargs.get("weight", 1.0), np.float64), p.shape)
-    eps = case.kwargs.get("eps")
     inside = np.ones(p.shape, bool)
-    if eps is not None:
-        lo = float(case.dtype.type(eps))
-        hi = float(case.dtype.type(1) - case.dtype.type(eps))
+    if case.clip_bounds is not None:
+        lo, hi = case.clip_bounds
         inside = (p >= lo) & (p <= hi)
         p = np.clip(p, lo, hi)
     with np.errstate(all="ignore"):   # infinite operands only where the result overflows
@@ -193,11 +191,9 @@ def _cce(case, v):
     ax, p = _class_last(case)
     C = p.shape[-1]
     A, denom = _coefficients(case, ax, C)
-    eps = case.kwargs.get("eps")
     inside = np.ones(p.shape, bool)
-    if eps is not None:
-        lo = float(case.dtype.type(eps))
-        hi = float(case.dtype.type(1) - case.dtype.type(eps))
+    if case.clip_bounds is not None:
+        lo, hi = case.clip_bounds
         inside = (p >= lo) & (p <= hi)
         p = np.clip(p, lo, hi)
     s = _scale(case, denom)

@@ -149,6 +149,15 @@ class Case:
     layout: Layout | None = field(default=None, repr=False)
 
     @property
+    def clip_bounds(self) -> tuple[float, float] | None:
+        """``(eps, 1 - eps)`` as the reference forms them (in the case's dtype), or None."""
+        eps = self.kwargs.get("eps")
+        if eps is None:
+            return None
+        lo = self.dtype.type(eps)
+        return float(lo), float(self.dtype.type(1) - lo)
+
+    @property
     def row_key(self) -> tuple:
         return (self.loss, self.option_set, self.dtype.name, self.region)
 

@@ -118,14 +118,6 @@ def _bcast(case, name, dtype=np.float64):
     return np.broadcast_to(np.asarray(v, dtype=dtype), case.x.shape).reshape(-1)
 
 
-def _clip_bounds(case):
-    eps = case.kwargs.get("eps")
-    if eps is None:
-        return None
-    lo = case.dtype.type(eps)               # as the reference: eps and 1 - eps in the dtype
-    return float(lo), float(case.dtype.type(1) - lo)
-
-
 # --------------------------------------------------------------------------- binary
 
 def _bce_logits(mp, case):
@@ -152,7 +144,7 @@ def _bce_probs(mp, case):
     p = _values(case.x).reshape(-1)
     y = np.broadcast_to(case.targets.astype(np.float64), case.x.shape).reshape(-1)
     w = _bcast(case, "weight")
-    bounds = _clip_bounds(case)
+    bounds = case.clip_bounds
     losses, grads = [], []
     for i in range(p.size):
         pi, yi = p[i], mp.mpf(y[i])
@@ -210,7 +202,7 @@ def _cce(mp, case):
     idx, Q = _target_rows(case, ax, C)
     w = case.kwargs.get("weight")
     w = None if w is None else np.asarray(w, np.float64)
-    bounds = _clip_bounds(case)
+    bounds = case.clip_bounds
     losses, grads = [], []
     denom = mp.mpf(0) if idx is not None else R
     for r in range(R):
@@ -341,7 +333,7 @@ def _hvp_bce_probs(mp, case):
     y = np.broadcast_to(case.targets.astype(np.float64), case.x.shape).reshape(-1)
     v = case.v.astype(np.float64).reshape(-1)
     w = _bcast(case, "weight")
-    bounds = _clip_bounds(case)
+    bounds = case.clip_bounds
     s = _scale_exact(mp, case, p.size)
     out = []
     for i in range(p.size):
@@ -363,7 +355,7 @@ def _hvp_cce(mp, case):
     V = np.moveaxis(case.v.astype(np.float64), ax, -1).reshape(R, C)
     w = case.kwargs.get("weight")
     w = None if w is None else np.asarray(w, np.float64)
-    bounds = _clip_bounds(case)
+    bounds = case.clip_bounds
     rows, denom = [], (mp.mpf(0) if idx is not None else R)
     for r in range(R):
         if idx is not None:

@@ -116,11 +116,9 @@ def fd_steps(case, x, frow):
     """
     h = np.cbrt(np.finfo(np.float64).eps * np.maximum(1.0, np.abs(frow)))
     if case.loss in ("binary_cross_entropy", "categorical_cross_entropy"):
-        eps = case.kwargs.get("eps")
         pc = x
-        if eps is not None:
-            lo = float(case.dtype.type(eps))
-            hi = float(case.dtype.type(1) - case.dtype.type(eps))
+        if case.clip_bounds is not None:
+            lo, hi = case.clip_bounds
             pc = np.clip(x, lo, hi)
             dist = np.minimum(np.abs(x - lo), np.abs(x - hi))
             h = np.minimum(h, 0.1 * np.where(dist > 0, dist, np.inf))
