@@ -286,7 +286,7 @@ class _Kernel:
 
     # ------------------------------------------------------------------ rows layout
     def _rows(self, i, S):
-        cdt, C = self.cdt, self.C
+        C = self.C
         r0 = i * self.B
         r1 = min(self.pre, r0 + self.B)
         b = r1 - r0
@@ -367,7 +367,7 @@ class _Kernel:
     # ------------------------------------------------------------------ cols layout
     def _cols_load(self, i, S):
         """Block ``i`` of the cols layout: source ``(C, b)``, its gradient block, targets."""
-        cdt, C, B = self.cdt, self.C, self.B
+        C, B = self.C, self.B
         if self.post == 1:  # small C: rows r0:r1 of (pre, C), transposed into scratch
             p, j0 = 0, i * B
             j1 = min(self.pre, j0 + B)
@@ -521,7 +521,6 @@ class _Kernel:
 
         ``cax`` is the class axis of the block (1: ``(b, C)``, 0: ``(C, b)``).
         """
-        cdt = self.cdt
         ar = S.ar[:b]
 
         def rv(v):  # a per-row vector broadcast against the block

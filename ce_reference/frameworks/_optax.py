@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import conventions as conv
 from . import _cases
-from ._core import Case, Known, Result, Target, nan_with_neginf, operand_scales
+from ._core import Case, Known, Result, Target, operand_scales
 
 NAME = "optax"
 _optax = _jax = _jnp = None
