@@ -26,9 +26,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- probabilities
 
-def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad, scale=None):
-    """Loss and/or gradient; ``scale`` overrides the reduction's gradient scale (the
-    fused kernel passes the whole array's ``1/n`` when it calls this on a tile)."""
+def _bce_probs_prepare(probs, targets, weight, eps, reduction):
+    """Validate the arguments of :func:`binary_cross_entropy`; return them converted:
+    ``(p, y, w, eps, reduction, cdt, rdt)`` (shared with the Hessian-vector product)."""
     p, cdt, rdt = V.as_input("probs", probs)
     V.check_unit_interval("probs", p, "probabilities")
     y = V.broadcast_to_input("targets", targets, p.shape, cdt)
@@ -39,7 +39,14 @@ def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad, sc
         V.check_nonnegative_finite("weight", w)
     reduction = V.check_reduction(reduction)
     eps = V.check_eps(eps, rdt, cdt)
+    return p, y, w, eps, reduction, cdt, rdt
 
+
+def _bce_probs(probs, targets, weight, eps, reduction, want_value, want_grad, scale=None):
+    """Loss and/or gradient; ``scale`` overrides the reduction's gradient scale (the
+    fused kernel passes the whole array's ``1/n`` when it calls this on a tile)."""
+    p, y, w, eps, reduction, cdt, rdt = _bce_probs_prepare(probs, targets, weight, eps,
+                                                           reduction)
     pc = p if eps is None else np.clip(p, eps, 1 - eps)
     one_minus_y = 1 - y
     value = grad = None

@@ -41,19 +41,25 @@ def _finish_grad(g, ax, scale, rdt):
 
 # --------------------------------------------------------------------------- probabilities
 
-def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad, scale=None):
-    """Loss and/or gradient; ``scale`` overrides the reduction's gradient scale (the
-    fused kernel passes the whole batch's ``1/denominator`` when it calls this on a block)."""
+def _cce_prepare(probs, targets, axis, weight, eps, reduction):
+    """Validate the arguments of :func:`categorical_cross_entropy`; return them
+    converted: ``(pm, ax, T, w, eps, reduction, cdt, rdt)`` with ``pm`` class-last
+    (shared with the Hessian-vector product)."""
     p, cdt, rdt = V.as_input("probs", probs)
     ax = _class_axis("probs", p, axis)
     V.check_unit_interval("probs", p, "probabilities")
     T = V.class_targets(targets, p.shape, ax, cdt)
-    C = p.shape[ax]
-    w = V.class_weight(weight, C, cdt)
+    w = V.class_weight(weight, p.shape[ax], cdt)
     reduction = V.check_reduction(reduction)
     eps = V.check_eps(eps, rdt, cdt)
+    return np.moveaxis(p, ax, -1), ax, T, w, eps, reduction, cdt, rdt
 
-    pm = np.moveaxis(p, ax, -1)
+
+def _cce(probs, targets, axis, weight, eps, reduction, want_value, want_grad, scale=None):
+    """Loss and/or gradient; ``scale`` overrides the reduction's gradient scale (the
+    fused kernel passes the whole batch's ``1/denominator`` when it calls this on a block)."""
+    pm, ax, T, w, eps, reduction, cdt, rdt = _cce_prepare(probs, targets, axis, weight, eps,
+                                                          reduction)
     pc = pm if eps is None else np.clip(pm, eps, 1 - eps)
     if T.index is not None:
         idx = T.index[..., None]

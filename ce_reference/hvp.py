@@ -92,22 +92,6 @@ def _diag_term(c, v, den):
 
 # --------------------------------------------------------------------------- BCE on probabilities
 
-def _bce_probs_args(probs, targets, weight, eps, reduction):
-    """Validated, converted arguments of :func:`binary_cross_entropy`.
-
-    The loss's own kernel runs first with nothing requested: it performs every
-    argument check of the loss (so the errors are identical) and computes
-    nothing.  The calls below then only convert; they cannot fail any more.
-    (``binary.py`` has no ``_bce_probs_prepare`` like ``_bce_logits_prepare``;
-    once it does, this function reduces to a call of it.)
-    """
-    _binary._bce_probs(probs, targets, weight, eps, reduction, False, False)
-    p, cdt, rdt = V.as_input("probs", probs)
-    y = V.broadcast_to_input("targets", targets, p.shape, cdt)
-    w = None if weight is None else V.broadcast_to_input("weight", weight, p.shape, cdt)
-    return p, y, w, V.check_eps(eps, cdt), reduction, cdt, rdt
-
-
 def binary_cross_entropy_hvp(probs, targets, v, *, weight=None, eps=None, reduction="mean"):
     r"""Hessian-vector product of :func:`binary_cross_entropy` with respect to ``probs``.
 
@@ -153,7 +137,8 @@ def binary_cross_entropy_hvp(probs, targets, v, *, weight=None, eps=None, reduct
     ...                             reduction="sum").tolist()
     [4.0, 5.333333333333333]
     """
-    p, y, w, eps, reduction, cdt, rdt = _bce_probs_args(probs, targets, weight, eps, reduction)
+    p, y, w, eps, reduction, cdt, rdt = _binary._bce_probs_prepare(probs, targets, weight, eps,
+                                                                    reduction)
     vv = _direction(v, p.shape, cdt, "probs")
     s = cdt.type(grad_scale(reduction, p.size))
     pc = p if eps is None else np.clip(p, eps, 1 - eps)
@@ -250,17 +235,12 @@ def binary_cross_entropy_with_logits_hvp(logits, targets, v, *, weight=None, pos
 def _cce_args(probs, targets, axis, weight, eps, reduction):
     """Validated, converted arguments of :func:`categorical_cross_entropy`.
 
-    As :func:`_bce_probs_args`: the loss's kernel performs every check (same
-    errors), the calls below only convert.  Returns the class-last
+    By the loss's own validation (same errors).  Returns the class-last
     probabilities, the coefficient array ``A = w_c q_c`` (index targets: ``w_y``
     at the target class, 0 elsewhere), the mean denominator, and the rest.
     """
-    _categorical._cce(probs, targets, axis, weight, eps, reduction, False, False)
-    p, cdt, rdt = V.as_input("probs", probs)
-    ax = V.normalize_axis(axis, p.ndim)
-    T = V.class_targets(targets, p.shape, ax, cdt)
-    w = V.class_weight(weight, p.shape[ax], cdt)
-    pm = np.moveaxis(p, ax, -1)
+    pm, ax, T, w, eps, reduction, cdt, rdt = _categorical._cce_prepare(
+        probs, targets, axis, weight, eps, reduction)
     if T.index is not None:
         wy = np.ones(T.index.shape, cdt) if w is None else w[T.index]
         A = np.zeros_like(pm)
@@ -269,7 +249,7 @@ def _cce_args(probs, targets, axis, weight, eps, reduction):
     else:
         A = T.probs if w is None else T.probs * w
         denom = float(pm[..., 0].size)                        # number of rows
-    return pm, ax, A, denom, V.check_eps(eps, cdt), reduction, cdt, rdt
+    return pm, ax, A, denom, eps, reduction, cdt, rdt
 
 
 def categorical_cross_entropy_hvp(probs, targets, v, *, axis=-1, weight=None, eps=None,
