@@ -311,7 +311,7 @@ def plot(sweep, path):
 
 
 def main(argv=None):
-    from ce_reference import _fused
+    from ce_reference.kernels import _blocks as _fused
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--quick", action="store_true",

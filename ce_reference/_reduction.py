@@ -37,6 +37,24 @@ def reduce_loss(per_example: np.ndarray, reduction: str, denominator: float, res
     return to_result(value, result_dtype)[()]
 
 
+def weighted_count(keep, weights=None) -> float:
+    """``sum_n k_n s_n`` in float64: the ``mean`` denominator of every weighted loss.
+
+    ``keep`` is a boolean mask (or None: every example kept) and ``weights``
+    the per-example weights ``s_n`` (None: 1, so the result is the count of
+    kept examples).  PyTorch's rule for class-index targets is this with
+    ``s_n = w_{y_n}``; its rule for probability targets and the elementwise
+    losses is the plain count.  Written once; every loss, kernel, HVP and
+    convention calls it.
+    """
+    if weights is None:
+        return float(np.count_nonzero(keep))
+    w = np.asarray(weights)
+    if keep is not None:
+        w = w * keep
+    return float(np.sum(w, dtype=np.float64))
+
+
 def grad_scale(reduction: str, denominator: float) -> float:
     """Factor that turns d(sum of losses) into d(reduced loss)."""
     if reduction != "mean":

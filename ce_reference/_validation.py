@@ -17,9 +17,8 @@ Dtype policy (one rule for all losses)
 
 from __future__ import annotations
 
+import math
 import operator
-from dataclasses import dataclass
-
 import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -104,6 +103,36 @@ def check_unit_interval(name: str, x: np.ndarray, what: str) -> None:
         )
 
 
+def check_logits(name: str, x: np.ndarray, axis: int | None = None) -> None:
+    """Logits: no NaN, no ``+inf``; with a class ``axis``, no row that is all ``-inf``.
+
+    ``-inf`` marks a masked class (probability 0); a row without any finite
+    logit has no probability to give to any class.
+    """
+    check_no_nan(name, x)
+    if np.isposinf(x).any():
+        raise ValueError(f"{name} contains +inf; expected finite values or -inf (a masked class)")
+    if axis is not None and x.size and np.isneginf(np.max(x, axis=axis)).any():
+        raise ValueError(f"{name} has a row whose entries are all -inf; no class has probability")
+
+
+def unit_interval_ok(a: np.ndarray) -> bool:
+    """The condition of :func:`check_unit_interval` as a cheap predicate (min and max only):
+    False for NaN, inf or any value outside [0, 1]."""
+    if a.size == 0:
+        return True
+    lo, hi = np.min(a), np.max(a)
+    return bool(lo >= 0) and bool(hi <= 1)
+
+
+def nonnegative_finite_ok(a: np.ndarray) -> bool:
+    """The condition of :func:`check_nonnegative_finite` as a cheap predicate."""
+    if a.size == 0:
+        return True
+    lo, hi = np.min(a), np.max(a)
+    return bool(lo >= 0) and bool(hi < math.inf)
+
+
 def broadcast_to_input(name: str, value, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """Broadcast ``value`` to the input's ``shape`` without changing that shape."""
     arr = as_numeric_array(name, value)
@@ -159,57 +188,52 @@ def check_label_smoothing(label_smoothing) -> float:
     return ls
 
 
-@dataclass(frozen=True)
-class ClassTargets:
-    """Canonical form of categorical targets, with the class axis moved last.
+def check_ignore_index(ignore_index):
+    """``None`` or an int (not a bool); returned as a Python int."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}")
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}") from None
 
-    Exactly one of ``index`` / ``probs`` is set.
 
-    index : int64 array of shape ``batch`` (class ids; ignored rows hold 0)
-    keep  : bool array of shape ``batch`` (False where ``target == ignore_index``)
-    probs : float array of shape ``batch + (C,)``
+def index_targets(t: np.ndarray, x_shape: tuple, axis: int, ignore_index=None):
+    """Validate class-index targets (integer dtype) against an input of ``x_shape``.
+
+    Returns ``(index, keep)``: int64 class ids with ignored rows set to 0, and
+    the boolean mask of kept rows (False where ``target == ignore_index``),
+    both of the batch shape (``x_shape`` without ``axis``).
     """
-
-    index: np.ndarray | None
-    keep: np.ndarray | None
-    probs: np.ndarray | None
-
-
-def class_targets(targets, x_shape: tuple, axis: int, dtype: np.dtype,
-                  ignore_index=None, probs_what: str = "probabilities") -> ClassTargets:
-    """Validate categorical targets against an input of ``x_shape`` (class axis ``axis``).
-
-    Integer targets are class indices of shape ``x_shape`` without ``axis``;
-    anything else (float, bool) is a probability / one-hot array of ``x_shape``.
-    """
-    t = as_numeric_array("targets", targets)
     C = x_shape[axis]
     batch = x_shape[:axis] + x_shape[axis + 1:]
-    if ignore_index is not None:
-        if isinstance(ignore_index, bool):
-            raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}")
-        try:
-            ignore_index = operator.index(ignore_index)
-        except TypeError:
-            raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}") from None
-    if t.dtype.kind in "iu":
-        if t.shape != batch:
-            raise ValueError(
-                f"targets holds class indices (integer dtype) so its shape must be the input's "
-                f"shape {x_shape} without the class axis {axis}, i.e. {batch}; got {t.shape}"
-            )
-        t64 = t.astype(np.int64)
-        keep = np.ones(batch, bool) if ignore_index is None else (t64 != ignore_index)
-        kept = t64[keep]
-        if kept.size and (kept.min() < 0 or kept.max() >= C):
-            bad = kept[(kept < 0) | (kept >= C)][0]
-            extra = "" if ignore_index is None else f" (other than ignore_index={ignore_index})"
-            raise ValueError(
-                f"targets holds class index {bad}{extra}, expected indices in [0, {C - 1}] "
-                f"for {C} classes"
-            )
-        index = np.where(keep, t64, 0)
-        return ClassTargets(index, keep, None)
+    if t.shape != batch:
+        raise ValueError(
+            f"targets holds class indices (integer dtype) so its shape must be the input's "
+            f"shape {x_shape} without the class axis {axis}, i.e. {batch}; got {t.shape}"
+        )
+    t64 = t.astype(np.int64)
+    keep = np.ones(batch, bool) if ignore_index is None else (t64 != ignore_index)
+    kept = t64[keep]
+    if kept.size and (kept.min() < 0 or kept.max() >= C):
+        bad = kept[(kept < 0) | (kept >= C)][0]
+        extra = "" if ignore_index is None else f" (other than ignore_index={ignore_index})"
+        raise ValueError(
+            f"targets holds class index {bad}{extra}, expected indices in [0, {C - 1}] "
+            f"for {C} classes"
+        )
+    return np.where(keep, t64, 0), keep
+
+
+def probability_targets(t: np.ndarray, x_shape: tuple, ignore_index=None,
+                        probs_what: str = "probabilities", check_values: bool = True):
+    """Validate probability / one-hot targets (any non-integer dtype): the input's shape.
+
+    Values are checked (finite, in [0, 1], in the dtype as given) unless
+    ``check_values`` is False (a fused kernel checks them block by block).
+    """
     if ignore_index is not None:
         raise ValueError(
             "ignore_index applies only to class-index targets (integer dtype); "
@@ -220,8 +244,9 @@ def class_targets(targets, x_shape: tuple, axis: int, dtype: np.dtype,
             f"targets holds {probs_what} (non-integer dtype) so its shape must equal the "
             f"input's shape {tuple(x_shape)}; got {t.shape}"
         )
-    check_unit_interval("targets", t, probs_what)
-    return ClassTargets(None, None, np.moveaxis(t.astype(dtype, copy=False), axis, -1))
+    if check_values:
+        check_unit_interval("targets", t, probs_what)
+    return t
 
 
 def class_weight(weight, C: int, dtype: np.dtype):

@@ -43,11 +43,18 @@ Building blocks
     scikit-learn's ``HalfBinomialLoss`` / ``HalfMultinomialLoss``: loss, gradient
     and diagonal Hessian with respect to the raw prediction.
 
-Every gradient here is hand-derived (the formula is in the docstring) and is
-tested against ``jax.grad`` of a twin written from the definition
-(``tests/test_conventions.py``).  Computation is in the input's float dtype
-(float32 stays float32; anything else is float64), sums accumulate in
-float64; inputs are never modified.
+Every function is built from the core pieces -- the losses' own validation
+(their problem objects), per-element and per-row formulas, and the one
+``mean``-denominator rule (:func:`ce_reference._reduction.weighted_count`) --
+so a gradient formula or a validator is never written twice; only what
+differs (PyTorch's log clamp, Keras' renormalisation, the reductions'
+knobs) is written here.  Every gradient is hand-derived (the formula is in
+the docstring) and is tested against ``jax.grad`` of a twin written from the
+definition (``tests/test_conventions.py``).  Dtypes follow the package's one
+policy (:func:`ce_reference._validation.compute_dtypes`: float64 and float32
+are computed as such, float16 in float32, integers and bools in float64);
+results are in the compute dtype, sums accumulate in float64; inputs are
+never modified.
 """
 
 from __future__ import annotations
@@ -58,7 +65,12 @@ import numpy as np
 from scipy import special as _sp
 
 from . import _validation as V
-from ._special import log_softmax_parts, mul0, sigmoid, softplus
+from ._problem import ClassProblem, check_input_values
+from ._reduction import weighted_count
+from ._special import log_softmax_parts, mul0
+from .losses import binary_cross_entropy as _bce
+from .losses import binary_cross_entropy_with_logits as _bce_logits
+from .losses import softmax_cross_entropy as _softmax
 
 __all__ = [
     "CONVENTIONS",
@@ -89,10 +101,9 @@ KERAS_EPSILON = 1e-7
 
 
 def _float(name, a):
-    """``a`` as float32 (if float32) or float64, never modified in place."""
+    """``a`` in its compute dtype (the package's dtype policy), never modified in place."""
     arr = V.as_numeric_array(name, a)
-    dt = np.float32 if arr.dtype == np.float32 else np.float64
-    return arr.astype(dt, copy=False)
+    return arr.astype(V.compute_dtypes(arr.dtype)[0], copy=False)
 
 
 # --------------------------------------------------------------------------- targets
@@ -259,7 +270,7 @@ def weighted_reduction(rows, row_grads, *, sample_weight=None, keep=None, reduct
         raise ValueError(f"keep must have shape ({n},), got {k.shape}")
     c = np.where(k, s, 0).astype(np.float64)                 # s_n k_n
     if reduction == "mean":
-        D = float(np.sum(c)) if denominator == "weights" else float(np.sum(k))
+        D = weighted_count(k, s if denominator == "weights" else None)
         scale = 0.0 if D == 0 else 1.0 / D
     else:
         D, scale = None, 1.0
@@ -322,16 +333,12 @@ def softmax_cross_entropy_rows(logits, targets):
     x = _float("logits", logits)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"logits must have shape (N, C) with C >= 1, got {x.shape}")
-    V.check_no_nan("logits", x)
-    if np.isposinf(x).any():
-        raise ValueError("logits contains +inf")
-    if x.shape[0] and np.isneginf(x.max(axis=1)).any():
-        raise ValueError("logits has a row whose entries are all -inf")
+    V.check_logits("logits", x, axis=1)
     q = _index_or_probs("targets", targets, x)
-    neg_logp, p = log_softmax_parts(x)                     # lse - x_c, softmax
-    rows = np.sum(mul0(q, neg_logp), axis=-1)
-    grad = p * np.sum(q, axis=-1, keepdims=True) - q
-    return rows, grad
+    # The core softmax cross-entropy's row formulas with A = q (its targets are only
+    # required to be non-negative here, so its problem skips the [0, 1] check).
+    P = _softmax._problem(x, q, -1, None, None, 0.0, "none", check_values=False)
+    return P.reduce(_softmax._rows(P, P.x)), P.finish_grad(_softmax._row_grad(P), scaled=True)
 
 
 def _index_or_probs(name, targets, x):
@@ -387,16 +394,14 @@ def nll_loss(log_probs, targets, *, weight=None, ignore_index=None, reduction="m
     z = _float("log_probs", log_probs)
     if z.ndim != 2:
         raise ValueError(f"log_probs must have shape (N, C), got {z.shape}")
-    T = V.class_targets(targets, z.shape, 1, z.dtype, ignore_index)
-    if T.index is None:
-        raise TypeError("targets must hold integer class indices")
-    w = V.class_weight(weight, z.shape[1], z.dtype)
-    wy = np.ones(T.index.shape) if w is None else w[T.index].astype(np.float64)
-    zy = np.take_along_axis(z, T.index[:, None], axis=1)[:, 0]
-    rows = -zy.astype(np.float64)
+    P = ClassProblem(z, targets, input_name="log_probs", input_kind=None, axis=1, weight=weight,
+                     ignore_index=ignore_index, reduction=reduction, index_only=True)
+    index, keep = P.index[:, 0], P.keep[:, 0]
+    wy = np.ones(index.shape) if P.weight is None else P.weight[index].astype(np.float64)
+    rows = -np.take_along_axis(z, index[:, None], axis=1)[:, 0].astype(np.float64)
     G = np.zeros(z.shape)
-    np.put_along_axis(G, T.index[:, None], -1.0, axis=1)
-    return weighted_reduction(rows, G, sample_weight=wy, keep=T.keep, reduction=reduction,
+    np.put_along_axis(G, index[:, None], -1.0, axis=1)
+    return weighted_reduction(rows, G, sample_weight=wy, keep=keep, reduction=reduction,
                               denominator="weights")
 
 
@@ -424,14 +429,12 @@ def sigmoid_cross_entropy_elements(logits, targets, *, pos_weight=None):
     (0.693147, [-0.5])
     """
     x = _float("logits", logits)
-    V.check_no_nan("logits", x)
-    y = V.broadcast_to_input("targets", targets, x.shape, x.dtype)
-    a = y if pos_weight is None else V.broadcast_to_input("pos_weight", pos_weight, x.shape,
-                                                          x.dtype) * y
-    b = 1 - y
-    loss = mul0(a, softplus(-x)) + mul0(b, softplus(x))
-    grad = b * sigmoid(x) - a * sigmoid(-x)
-    return loss, grad
+    check_input_values("logits", "logits", x)
+    # BCE with logits' own problem (shapes) and elementwise formulas; any real target
+    # is evaluated by the same formula (optax and Keras do not check them).
+    P = _bce_logits._problem(x, targets, None, pos_weight, "none", check_values=False)
+    a, b = _bce_logits.coefficients(P.operand("targets"), P.operand("pos_weight"))
+    return _bce_logits.elementwise_loss(x, a, b), _bce_logits.elementwise_grad(x, a, b)
 
 
 # --------------------------------------------------------------------------- probability paths
@@ -468,15 +471,8 @@ def clamped_binary_cross_entropy(probs, targets, *, weight=None, log_min=TORCH_L
     >>> v.round(6).tolist(), g.tolist()
     ([100.0, 0.693147], [0.0, -2.0])
     """
-    p = _float("probs", probs)
-    V.check_unit_interval("probs", p, "probabilities")
-    y = V.broadcast_to_input("targets", targets, p.shape, p.dtype)
-    V.check_unit_interval("targets", y, "binary targets")
-    w = None
-    if weight is not None:
-        w = V.broadcast_to_input("weight", weight, p.shape, p.dtype)
-        V.check_nonnegative_finite("weight", w)
-    V.check_reduction(reduction)
+    P = _bce._problem(_float("probs", probs), targets, weight, None, reduction)  # its checks
+    p, y, w = P.x, P.operand("targets"), P.operand("weight")
     L = float(log_min)
     with np.errstate(divide="ignore"):
         lp, lq = np.log(p), np.log1p(-p)
@@ -519,14 +515,13 @@ def clipped_binary_cross_entropy_elements(probs, targets, *, eps=KERAS_EPSILON):
     (16.1181, [0.0])
     """
     p = _float("probs", probs)
-    V.check_unit_interval("probs", p, "probabilities")
-    y = V.broadcast_to_input("targets", targets, p.shape, p.dtype)
-    e = float(eps)
-    c = np.clip(p, p.dtype.type(e), p.dtype.type(1 - e))
-    loss = -(_sp.xlogy(y, c) + _sp.xlog1py(1 - y, -c))
-    g = (1 - y) / (1 - c) - y / c
-    g = np.where((p >= p.dtype.type(e)) & (p <= p.dtype.type(1 - e)), g, 0)
-    return loss, g
+    # BCE's own problem (probabilities checked, targets any real: Keras does not check
+    # them) and formulas, with its clip of p to [eps, 1 - eps] and the clip's derivative.
+    check_input_values("probabilities", "probs", p)
+    P = _bce._problem(p, targets, None, None, "none", check_values=False)
+    P.eps = p.dtype.type(eps)
+    y = P.operand("targets")
+    return _bce._loss(P, p, y, None), _bce._grad(P, p, y, None)
 
 
 def clipped_categorical_cross_entropy_rows(probs, targets, *, eps, renormalize):
@@ -624,7 +619,7 @@ def half_binomial(raw_prediction, y_true):
     """
     x = _float("raw_prediction", raw_prediction)
     loss, grad = sigmoid_cross_entropy_elements(x, y_true)
-    return loss, grad, sigmoid(x) * sigmoid(-x)
+    return loss, grad, _bce_logits._sigmoid_prime(x)
 
 
 def half_multinomial(raw_prediction, y_true):

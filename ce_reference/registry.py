@@ -1,83 +1,61 @@
-"""The one registry of losses.
+"""The one registry of losses: the verifier, tests, audits and benchmarks iterate :data:`LOSSES`.
 
-Tests, the verifier, the audit and the benchmarks all iterate :data:`LOSSES`,
-so adding a loss means adding one :class:`LossSpec` here.
+A loss is one unit (see ``docs/adding-a-loss.md``): its module defines a
+:class:`~ce_reference.spec.LossSpec` and this registry makes it known.
+Built-in losses are registered from :data:`ce_reference.losses.BUILTIN`; any
+other loss (yours, defined anywhere) joins with :func:`register`, the public
+extension point, and is then verified, audited, contract-tested and
+benchmarked like the built-in ones.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import Callable
+from .losses import BUILTIN
+from .spec import LossSpec, Option, Oracle, OptionSet, load, option_set
 
-from . import binary, categorical
+__all__ = ["LOSSES", "LossSpec", "Option", "OptionSet", "Oracle", "get", "load",
+           "option_set", "register", "unregister"]
+
+#: name -> spec of every registered loss.
+LOSSES: dict[str, LossSpec] = {}
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    """Everything the rest of the package needs to know about one loss.
+def register(spec: LossSpec, *, replace: bool = False) -> LossSpec:
+    """Make ``spec`` known to the verifier, the audit, the tests and the benchmarks.
 
-    Attributes
-    ----------
-    name : str
-        Public name (``ce_reference.<name>``; also the JAX twin's name).
-    input : {"probs", "logits"}
-        What the first argument is.
-    kind : {"binary", "categorical"}
-        Elementwise binary loss, or a loss over a class axis.
-    options : tuple of str
-        The keyword options the loss accepts, besides ``reduction``.
-    value, grad, value_and_grad : callable
-        The NumPy functions.
+    Raises ``ValueError`` if a different loss of that name is registered
+    (``replace=True`` overrides) and ``TypeError`` for anything but a
+    :class:`LossSpec`.  Returns the spec, so it can decorate an assignment.
     """
-
-    name: str
-    input: str
-    kind: str
-    options: tuple[str, ...]
-    value: Callable
-    grad: Callable
-    value_and_grad: Callable
-
-    @property
-    def jax(self) -> Callable:
-        """The JAX twin (imports JAX on first use)."""
-        return getattr(importlib.import_module("ce_reference.jax"), self.name)
-
-    @property
-    def hvp(self) -> Callable | None:
-        """The hand-derived Hessian-vector product ``ce_reference.hvp.<name>_hvp``.
-
-        ``None`` when the module (or the function) does not exist, so that the
-        verifier can report its second-order oracle as not available.
-        """
-        try:
-            module = importlib.import_module("ce_reference.hvp")
-        except ModuleNotFoundError as exc:
-            if exc.name != "ce_reference.hvp":
-                raise                       # a broken import inside the module is an error
-            return None
-        return getattr(module, self.name + "_hvp", None)
+    if not isinstance(spec, LossSpec):
+        raise TypeError(f"spec must be a LossSpec, got {type(spec).__name__}")
+    old = LOSSES.get(spec.name)
+    if old is not None and old is not spec and not replace:
+        raise ValueError(f"a loss named {spec.name!r} is already registered; "
+                         "pass replace=True to override it")
+    LOSSES[spec.name] = spec
+    return spec
 
 
-def _spec(module, name, input, kind, options):
-    return LossSpec(
-        name=name, input=input, kind=kind, options=options,
-        value=getattr(module, name),
-        grad=getattr(module, name + "_grad"),
-        value_and_grad=getattr(module, name + "_value_and_grad"),
-    )
+def unregister(name: str) -> None:
+    """Remove a registered loss (``KeyError`` if unknown)."""
+    del LOSSES[name]
 
 
-LOSSES: dict[str, LossSpec] = {
-    s.name: s
-    for s in (
-        _spec(binary, "binary_cross_entropy", "probs", "binary", ("weight", "eps")),
-        _spec(binary, "binary_cross_entropy_with_logits", "logits", "binary",
-              ("weight", "pos_weight")),
-        _spec(categorical, "categorical_cross_entropy", "probs", "categorical",
-              ("axis", "weight", "eps")),
-        _spec(categorical, "softmax_cross_entropy", "logits", "categorical",
-              ("axis", "weight", "ignore_index", "label_smoothing")),
-    )
-}
+def get(name_or_spec) -> LossSpec:
+    """The spec of a registered loss, by name (or a spec itself, or ``"module:attr"``)."""
+    if isinstance(name_or_spec, LossSpec):
+        return name_or_spec
+    if isinstance(name_or_spec, str) and name_or_spec in LOSSES:
+        return LOSSES[name_or_spec]
+    if isinstance(name_or_spec, str) and ":" in name_or_spec:
+        spec = load(name_or_spec)
+        if not isinstance(spec, LossSpec):
+            raise TypeError(f"{name_or_spec!r} is a {type(spec).__name__}, not a LossSpec")
+        return spec
+    raise ValueError(f"unknown loss {name_or_spec!r}; expected one of {sorted(LOSSES)}")
+
+
+for _spec in BUILTIN:
+    register(_spec)
+del _spec

@@ -19,7 +19,7 @@ def make_case(spec, rng, *, shape=(6, 5), axis=-1, target_kind="index", dtype=np
     kw = {}
     if axis != -1 and len(shape) < 3:
         shape = (4, shape[-1], 3)  # a class axis that is not the last one
-    if spec.kind == "binary":
+    if spec.structure == "elementwise":
         if spec.input == "logits":
             x = rng.normal(size=shape) * scale
         else:
@@ -59,7 +59,7 @@ def make_case(spec, rng, *, shape=(6, 5), axis=-1, target_kind="index", dtype=np
 
 def option_grid(spec):
     """Every combination of the options ``spec`` accepts (small values of each)."""
-    o = spec.options
+    o = spec.option_names
     grid = {
         "reduction": ["mean", "sum", "none"],
         "weight": [False, True] if "weight" in o else [False],
@@ -67,7 +67,7 @@ def option_grid(spec):
         "ignore_index": [None, -100, 1] if "ignore_index" in o else [None],
         "label_smoothing": [0.0, 0.1, 1.0] if "label_smoothing" in o else [0.0],
         "eps": [None, 1e-7] if "eps" in o else [None],
-        "target_kind": (["index", "probs"] if spec.kind == "categorical" else ["hard", "soft"]),
+        "target_kind": (["index", "probs"] if spec.structure == "classes" else ["hard", "soft"]),
         "axis": [-1, 1] if "axis" in o else [-1],
     }
     keys = list(grid)

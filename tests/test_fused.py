@@ -16,7 +16,7 @@ import pytest
 from scipy import special as sp
 
 import ce_reference as ce
-from ce_reference import _fused, _kernels_softmax
+from ce_reference.kernels import _blocks, softmax as softmax_kernel
 
 # Loss (each element for reduction="none", else the reduced value), relative to
 # its magnitude, in ULP of the result dtype.  Sources of difference: log1p(t) is
@@ -84,7 +84,7 @@ LAYOUTS = {
 def layout(request, monkeypatch):
     shape, axis, patches = LAYOUTS[request.param]
     for name, value in patches.items():
-        target = _kernels_softmax if name == "ONLINE_ROW_BYTES" else _fused
+        target = softmax_kernel if name == "ONLINE_ROW_BYTES" else _blocks
         monkeypatch.setattr(target, name, value)
     return shape, axis
 
@@ -228,8 +228,8 @@ def _bce_terms(x, y, weight, pos_weight, reduction):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("block_bytes", [1 << 17, 512])
 def test_bce_logits_matches_plain(dtype, reduction, block_bytes, monkeypatch):
-    monkeypatch.setattr(_fused, "BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(_fused, "TILE_BYTES", block_bytes)
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_blocks, "TILE_BYTES", block_bytes)
     rng = np.random.default_rng(1)
     shape = (23, 7, 9)
     x, y = _bce_case(shape, dtype)
@@ -268,8 +268,8 @@ def test_bce_logits_infinite_logits_and_empty():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_probability_losses_bitwise_or_nearly(dtype, reduction, monkeypatch):
-    monkeypatch.setattr(_fused, "BLOCK_BYTES", 512)
-    monkeypatch.setattr(_fused, "TILE_BYTES", 512)
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(_blocks, "TILE_BYTES", 512)
     rng = np.random.default_rng(2)
     p = rng.random((40, 6))
     p[0, 0], p[1, 1], p[2, 2] = 0.0, 1.0, 1e-30
@@ -310,11 +310,11 @@ def test_log1p_nonneg_accuracy():
         lo = np.log10(np.finfo(dtype).tiny)
         u = (10.0 ** rng.uniform(lo, 5, 100_000)).astype(dtype)
         out, w, c = (np.empty_like(u) for _ in range(3))
-        _fused.log1p_nonneg(u, out, w, c)
+        _blocks.log1p_nonneg(u, out, w, c)
         exact = np.log1p(u.astype(np.longdouble))
         ulp = np.abs(out - exact) / np.spacing(np.abs(exact).astype(dtype)).astype(np.longdouble)
         assert ulp.max() <= bound, float(ulp.max())
-        np.testing.assert_array_equal(_fused.log1p_nonneg(np.zeros(1, dtype), *(
+        np.testing.assert_array_equal(_blocks.log1p_nonneg(np.zeros(1, dtype), *(
             np.empty(1, dtype) for _ in range(3))), [0.0])
 
 

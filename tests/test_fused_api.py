@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ce_reference as ce
-from ce_reference import _fused
+from ce_reference.kernels import _blocks
 
 MiB = 1 << 20
 # Extra memory allowed besides the gradient (issue 4): per-thread scratch, the
@@ -50,9 +50,9 @@ def _cases(rng):
 
 def test_results_bitwise_identical_for_any_workers(monkeypatch):
     # small blocks and no serial cut-off, so that several threads really share the work
-    monkeypatch.setattr(_fused, "BLOCK_BYTES", 2048)
-    monkeypatch.setattr(_fused, "TILE_BYTES", 2048)
-    monkeypatch.setattr(_fused, "SERIAL_ELEMENTS", 0)
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(_blocks, "TILE_BYTES", 2048)
+    monkeypatch.setattr(_blocks, "SERIAL_ELEMENTS", 0)
     for f, args, kw in _cases(np.random.default_rng(0)):
         v1, g1 = f(*args, workers=1, **kw)
         for workers in (2, 3):
@@ -62,7 +62,7 @@ def test_results_bitwise_identical_for_any_workers(monkeypatch):
 
 
 def test_workers_default_and_validation():
-    assert _fused.resolve_workers(None) == _fused.available_cores() >= 1
+    assert _blocks.resolve_workers(None) == _blocks.available_cores() >= 1
     x, y = _softmax_args(np.random.default_rng(1))
     for bad, exc in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError),
                      ("2", TypeError)):
@@ -71,8 +71,8 @@ def test_workers_default_and_validation():
 
 
 def test_out_receives_gradient_and_inputs_are_untouched(monkeypatch):
-    monkeypatch.setattr(_fused, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(_fused, "TILE_BYTES", 4096)
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(_blocks, "TILE_BYTES", 4096)
     for f, args, kw in _cases(np.random.default_rng(2)):
         copies = [np.copy(a) for a in args]
         v_ref, g_ref = f(*args, **kw)
@@ -148,7 +148,7 @@ def test_peak_memory(workers):
     """Peak extra memory <= gradient + 32 MiB, and <= 32 MiB with out= (tracemalloc).
 
     With 16 workers the per-thread scratch would exceed the budget: the kernels run
-    fewer threads (``_fused.SCRATCH_BUDGET``).
+    fewer threads (``_blocks.SCRATCH_BUDGET``).
     """
     rng = np.random.default_rng(5)
     cases = [
@@ -186,8 +186,8 @@ def _same_error(plain, fused, *args, **kw):
 
 
 def test_softmax_errors_match_plain(monkeypatch):
-    monkeypatch.setattr(_fused, "BLOCK_BYTES", 1024)   # errors found inside later blocks too
-    monkeypatch.setattr(_fused, "TILE_BYTES", 1024)
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 1024)   # errors found inside later blocks too
+    monkeypatch.setattr(_blocks, "TILE_BYTES", 1024)
     rng = np.random.default_rng(6)
     x, y = _softmax_args(rng, (50, 30))
     xs, ys = _softmax_args(rng, (50, 5))
@@ -233,8 +233,8 @@ def test_softmax_errors_match_plain(monkeypatch):
 
 
 def test_binary_errors_match_plain(monkeypatch):
-    monkeypatch.setattr(_fused, "BLOCK_BYTES", 512)
-    monkeypatch.setattr(_fused, "TILE_BYTES", 512)
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(_blocks, "TILE_BYTES", 512)
     rng = np.random.default_rng(7)
     z = rng.standard_normal((40, 9))
     t = rng.random((40, 9))

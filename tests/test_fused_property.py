@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import ce_reference as ce
-from ce_reference import _fused, _kernels_softmax
+from ce_reference.kernels import _blocks, softmax as softmax_kernel
 
 try:  # tests/ as a plain directory (pytest's default "prepend" import mode) ...
     from test_fused import _bce_terms, _check_softmax, assert_grad_close, assert_loss_close
@@ -20,14 +20,14 @@ except ImportError:  # ... or as a package
 
 
 @contextlib.contextmanager
-def _blocks(block_bytes, online_row_bytes):
-    old = (_fused.BLOCK_BYTES, _fused.TILE_BYTES, _kernels_softmax.ONLINE_ROW_BYTES)
-    _fused.BLOCK_BYTES = _fused.TILE_BYTES = block_bytes
-    _kernels_softmax.ONLINE_ROW_BYTES = online_row_bytes
+def _block_sizes(block_bytes, online_row_bytes):
+    old = (_blocks.BLOCK_BYTES, _blocks.TILE_BYTES, softmax_kernel.ONLINE_ROW_BYTES)
+    _blocks.BLOCK_BYTES = _blocks.TILE_BYTES = block_bytes
+    softmax_kernel.ONLINE_ROW_BYTES = online_row_bytes
     try:
         yield
     finally:
-        _fused.BLOCK_BYTES, _fused.TILE_BYTES, _kernels_softmax.ONLINE_ROW_BYTES = old
+        _blocks.BLOCK_BYTES, _blocks.TILE_BYTES, softmax_kernel.ONLINE_ROW_BYTES = old
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -68,7 +68,7 @@ def test_softmax_random(seed, batch, C, axis_pos, dtype, kind, weighted, ls, ign
     else:
         t = rng.random(shape)
         t /= t.sum(axis=axis_pos, keepdims=True)
-    with _blocks(block_bytes, 64 if online else 4 << 20):
+    with _block_sizes(block_bytes, 64 if online else 4 << 20):
         _check_softmax(x, t, axis_pos, reduction, **kw)
         v, g = ce.softmax_cross_entropy_value_and_grad(x, t, axis=axis_pos, reduction=reduction,
                                                        workers=workers, **kw)
@@ -103,7 +103,7 @@ def test_bce_logits_random(seed, shape, dtype, wshape, pw, reduction, block_byte
         kw["weight"] = 0.5
     if pw:
         kw["pos_weight"] = rng.random(last) * 3
-    with _blocks(block_bytes, 4 << 20):
+    with _block_sizes(block_bytes, 4 << 20):
         v, g = ce.binary_cross_entropy_with_logits_value_and_grad(x, y, reduction=reduction, **kw)
     assert_loss_close(v, ce.binary_cross_entropy_with_logits(x, y, reduction=reduction, **kw))
     assert_grad_close(g, ce.binary_cross_entropy_with_logits_grad(x, y, reduction=reduction, **kw),

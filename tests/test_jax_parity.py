@@ -26,7 +26,7 @@ GRAD_ATOL_UNITS = 32
 
 
 def _jax_value_and_grad(spec, x, t, kw):
-    f = lambda z: spec.jax(z, t, **kw)  # noqa: E731
+    f = lambda z: spec.twin(z, t, **kw)  # noqa: E731
     if kw.get("reduction") == "none":
         val = f(jnp.asarray(x))
         g = jax.grad(lambda z: jnp.sum(f(z)))(jnp.asarray(x))
@@ -74,7 +74,7 @@ def test_numpy_matches_jax_twin_float64(name, combo, rng):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_float32_is_computed_in_float32_and_matches_float64(name, reduction, rng):
     spec = LOSSES[name]
-    kind = "index" if spec.kind == "categorical" else "soft"
+    kind = "index" if spec.structure == "classes" else "soft"
     x, t, kw = make_case(spec, rng, shape=(16, 7), target_kind=kind, reduction=reduction)
     x32 = x.astype(np.float32)
     v32, g32 = spec.value_and_grad(x32, t, **kw)
@@ -89,5 +89,5 @@ def test_float32_is_computed_in_float32_and_matches_float64(name, reduction, rng
 def test_twins_are_jit_compatible(name, rng):
     spec = LOSSES[name]
     x, t, kw = make_case(spec, rng, weight=True)
-    f = jax.jit(lambda z, tt: spec.jax(z, tt, **kw))
+    f = jax.jit(lambda z, tt: spec.twin(z, tt, **kw))
     np.testing.assert_allclose(f(x, t), spec.value(x, t, **kw), rtol=VALUE_RTOL[np.float64])

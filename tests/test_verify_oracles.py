@@ -24,14 +24,16 @@ def test_sigma_700_trap_naive_form_is_wrong_and_oracle_is_right():
     with mpmath.workdps(1000):
         truth = float(-1 / (1 + mpmath.exp(700)))
     assert truth == pytest.approx(-9.85967654375977e-305, rel=1e-14)
-    res = mp.oracle(_case("binary_cross_entropy_with_logits", [700.0], [1.0]))
+    res = mp.oracle(LOSSES["binary_cross_entropy_with_logits"],
+                    _case("binary_cross_entropy_with_logits", [700.0], [1.0]))
     assert res.disagreement is None
     assert res.grad[0] == pytest.approx(truth, rel=1e-15)
 
 
 def test_softmax_oracle_keeps_p_minus_1_below_epsilon():
     # p_0 - 1 = -(e^-40 + e^-50) / (1 + ...): invisible to 1 - p at any float precision.
-    res = mp.oracle(_case("softmax_cross_entropy", [[40.0, 0.0, -10.0]], np.array([0])))
+    res = mp.oracle(LOSSES["softmax_cross_entropy"],
+                    _case("softmax_cross_entropy", [[40.0, 0.0, -10.0]], np.array([0])))
     with mpmath.workdps(200):
         e1, e2 = mpmath.exp(-40), mpmath.exp(-50)
         truth = float(-(e1 + e2) / (1 + e1 + e2))
@@ -44,12 +46,12 @@ def test_softmax_oracle_keeps_p_minus_1_below_epsilon():
 def test_mp_gradient_formulas_match_mpmath_diff(loss):
     """Each gradient formula of the oracle, cross-checked once by mpmath.diff of its value."""
     spec = LOSSES[loss]
-    opt = inputs.OPTION_SETS[loss][-1]                       # the richest option set
-    layout = inputs.Layout((7,), None, "none") if spec.kind == "binary" else \
+    opt = spec.option_sets[-1]                               # the richest option set
+    layout = inputs.Layout((7,), None, "none") if spec.structure == "elementwise" else \
         inputs.Layout((3, 4), -1, "none")
     case = inputs.make_case(spec, opt, np.float64, "random", 1, seed=3, layout=layout)
-    _, grads = mp.exact_parts(case)
-    flat_grads = [g for row in grads for g in (row if isinstance(row, list) else [row])]
+    _, grads = mp.exact_parts(spec, case)
+    flat_grads = list(np.asarray(grads, dtype=object).reshape(-1))
     x = case.x.reshape(-1)
     for i in range(x.size):
         def f(t, i=i):
@@ -57,7 +59,7 @@ def test_mp_gradient_formulas_match_mpmath_diff(loss):
             z[i] = t
             c = inputs.Case(loss, "", case.dtype, "", 0, 0, z.reshape(case.x.shape),
                             case.targets, case.kwargs, case.v)
-            return mpmath.fsum(mp.exact_parts(c, 300)[0])
+            return mpmath.fsum(mp.exact_parts(spec, c, 300)[0])
         with mpmath.workdps(60):
             d = mpmath.diff(f, mpmath.mpf(float(x[i])))
             assert abs(d - flat_grads[i]) <= mpmath.mpf(10) ** -30 * (1 + abs(d))
@@ -81,7 +83,7 @@ def test_error_measures_ulp_and_operand():
 
 def test_inputs_are_reproducible_and_cover_the_ranges():
     spec = LOSSES["softmax_cross_entropy"]
-    opt = inputs.OPTION_SETS[spec.name][4]
+    opt = spec.option_sets[4]
     a = inputs.make_case(spec, opt, np.float32, "extreme", 5, seed=11)
     b = inputs.make_case(spec, opt, np.float32, "extreme", 5, seed=11)
     c = inputs.make_case(spec, opt, np.float32, "extreme", 5, seed=12)
@@ -94,7 +96,7 @@ def test_inputs_are_reproducible_and_cover_the_ranges():
                          for i in range(30)])
     assert np.abs(xs).max() >= 1e4
     bce = LOSSES["binary_cross_entropy"]
-    clip = [o for o in inputs.OPTION_SETS[bce.name] if "eps" in o.options][0]
+    clip = [o for o in bce.option_sets if "eps" in o.options][0]
     cases = [inputs.make_case(bce, clip, np.float64, "clip", i) for i in range(10)]
     assert any(c.kink is not None and c.kink.any() for c in cases)
     assert any((c.x == 0).any() or (c.x == 1).any() for c in cases)
@@ -106,21 +108,22 @@ def test_finite_differences_skip_kinks_and_check_them_one_sided():
     case = _case("binary_cross_entropy", [lo, 1 - lo, 0.3, 0.5e-7], [1.0, 0.0, 1.0, 1.0],
                  eps=lo)
     case.kink = np.array([True, True, False, False])
-    err, info = oracles.fd_check(case, bce.value, bce.grad)
+    err, info = oracles.fd_check(bce, case, bce.value, bce.grad)
     assert err < T.TOL_FD and info["kinks"] == 2
 
     def wrong_at_kink(x, t, **kw):
         g = bce.grad(x, t, **kw)
         return np.where(np.asarray(x) == lo, 5 * g, g)      # convention outside [left, right]
 
-    err, _ = oracles.fd_check(case, bce.value, wrong_at_kink)
+    err, _ = oracles.fd_check(bce, case, bce.value, wrong_at_kink)
     assert err > 0.5 > T.TOL_FD
 
 
 def test_complex_step_matches_on_logits_and_is_absent_on_probs():
     case = _case("softmax_cross_entropy", [[3.0, -1.0, 0.5]], np.array([2]),
                  label_smoothing=0.2, reduction="mean")
-    cs = oracles.complex_step(case)
+    cs = oracles.complex_step(LOSSES["softmax_cross_entropy"], case)
     g = LOSSES["softmax_cross_entropy"].grad(case.x, case.targets, **case.kwargs)
     np.testing.assert_allclose(cs, g, rtol=1e-14)
-    assert oracles.complex_step(_case("binary_cross_entropy", [0.3], [1.0])) is None
+    assert oracles.complex_step(LOSSES["binary_cross_entropy"],
+                                _case("binary_cross_entropy", [0.3], [1.0])) is None

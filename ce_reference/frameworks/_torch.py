@@ -13,8 +13,10 @@ import itertools
 
 import numpy as np
 
-from .. import binary as _bin
-from .. import categorical as _cat
+from ..losses.binary_cross_entropy import binary_cross_entropy_value_and_grad
+from ..losses.binary_cross_entropy_with_logits import (
+    binary_cross_entropy_with_logits_value_and_grad)
+from ..losses.softmax_cross_entropy import softmax_cross_entropy_value_and_grad
 from .. import conventions as conv
 from . import _cases
 from ._core import Case, Known, Result, Target, nan_with_neginf, operand_scales
@@ -71,7 +73,7 @@ def _ce_run(case):
 def _ce_ref(case):
     kw = {k: case.opts[k] for k in ("weight", "ignore_index", "label_smoothing", "reduction")
           if k in case.opts}
-    return _vg(*_cat.softmax_cross_entropy_value_and_grad(case.x, case.y, **kw))
+    return _vg(*softmax_cross_entropy_value_and_grad(case.x, case.y, **kw))
 
 
 def _nll_run(case):
@@ -99,7 +101,7 @@ def _bcel_run(case):
 
 def _bcel_ref(case):
     kw = {k: case.opts[k] for k in ("weight", "pos_weight", "reduction") if k in case.opts}
-    return _vg(*_bin.binary_cross_entropy_with_logits_value_and_grad(case.x, case.y, **kw))
+    return _vg(*binary_cross_entropy_with_logits_value_and_grad(case.x, case.y, **kw))
 
 
 CE_INDEX = "F.cross_entropy (class indices)"
@@ -241,7 +243,7 @@ def known() -> list[Known]:
               "binary_cross_entropy clamps each log at -100: a certain wrong prediction "
               "costs 100, not inf", BCE, "documented in the BCELoss docs",
               probe=_c(np.array([0.0, 0.5]), np.array([1.0, 1.0])), fields=("value",),
-              exact=lambda c: _vg(*_bin.binary_cross_entropy_value_and_grad(c.x, c.y))),
+              exact=lambda c: _vg(*binary_cross_entropy_value_and_grad(c.x, c.y))),
         Known("torch-smoothing-uniform", "convention",
               "label_smoothing spreads eps/C over all classes (true class 1-eps+eps/C), not "
               "eps/(C-1) over the other classes (Megatron-LM, t5x)", CE_INDEX, "",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..registry import LOSSES
+from .. import registry
 from . import errors, inputs
 
 # Elementwise tolerance, relative to the operand magnitude.  float64: 1e-9 is
@@ -199,16 +199,14 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
     >>> audit(my_bce, loss="binary_cross_entropy_with_logits", cases=40).ok
     True
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
+    spec = registry.get(loss)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if grad is not None and not callable(grad):
         raise TypeError(f"grad must be callable or None, got {type(grad).__name__}")
     if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
         raise ValueError(f"cases must be a positive int, got {cases!r}")
-    spec = LOSSES[loss]
-    names = spec.options + ("reduction",)
+    names = spec.option_names + ("reduction",)
     acc = _accepted(fn, names)
     if grad is not None:
         acc &= _accepted(grad, names)
@@ -218,7 +216,7 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
                           (rtol or AUDIT_RTOL)[np.dtype(d)]) for d in dtypes}
 
     work = []
-    for opt in inputs.OPTION_SETS[loss]:
+    for opt in spec.option_sets:
         if not opt.options <= acc:
             continue
         if targets is not None and opt.targets not in targets:
@@ -231,7 +229,7 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
     groups: dict = {}
     n = 0
     for opt, dtype, region in work:
-        layouts = [lay for lay in inputs._layouts(spec, region) if _layout_ok(lay, acc)]
+        layouts = [lay for lay in inputs.layouts(spec, region) if _layout_ok(lay, acc)]
         if not layouts:
             continue
         for i in range(per_row):
@@ -255,7 +253,7 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
         if shrink:
             case, got, exp, msg = _shrink(ctx, case, q, (got, exp, msg))
         mismatches.append(Mismatch(q, optname, g["count"], g["worst"], case, got, exp, msg))
-    return AuditResult(loss, _name(fn), n, exercised, not_exercised, mismatches,
+    return AuditResult(spec.name, _name(fn), n, exercised, not_exercised, mismatches,
                        checked_grad=grad is not None)
 
 
@@ -290,7 +288,7 @@ class _Ctx:
             ref_g = self.spec.grad(x64.x, case.targets, **x64.kwargs)
         if not np.all(np.isfinite(ref_v)):
             return [("invalid", 0.0, None, None, "")]
-        ops = errors.operands(x64)
+        ops = errors.operands(self.spec, x64)
         tol = self.tols[case.dtype]
         todo = [("value", self.fn, ref_v, ops.value_jax)]
         if self.grad is not None:
@@ -362,7 +360,7 @@ def _shrink(ctx, case, quantity, first):
 def _candidates(spec, case):
     """Simpler variants of ``case``, most aggressive first."""
     yield from _fewer_rows(spec, case)
-    if spec.kind == "categorical":
+    if spec.structure == "classes":
         yield from _fewer_classes(case)
     yield from _fewer_options(case)
     yield from _simpler_values(spec, case)
@@ -378,7 +376,7 @@ def _class_axis(case):
 
 def _fewer_rows(spec, case):
     x, t, kw = case.x, np.asarray(case.targets), case.kwargs
-    ax = _class_axis(case) if spec.kind == "categorical" else None
+    ax = _class_axis(case) if spec.structure == "classes" else None
     index_targets = t.dtype.kind in "iu"
     for k in range(x.ndim):
         if k == ax or x.shape[k] <= 1:
@@ -399,7 +397,7 @@ def _fewer_rows(spec, case):
             nkw = dict(kw)
             for name in ("weight", "pos_weight"):
                 w = kw.get(name)
-                if w is None or spec.kind == "categorical":
+                if w is None or spec.structure == "classes":
                     continue
                 w = np.asarray(w)
                 off = x.ndim - w.ndim                       # right-aligned broadcasting
@@ -446,7 +444,7 @@ def _fewer_options(case):
 def _simpler_values(spec, case):
     dt = case.dtype
     x = case.x
-    logits = spec.input == "logits"
+    logits = spec.input != "probs"
     # whole-array simplifications
     if logits:
         yield _with(case, x=np.round(x).astype(dt))

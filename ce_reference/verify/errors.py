@@ -10,9 +10,10 @@ and an element passes when ``min(ulp, opnd) <= tolerance``.  ``operand`` is
 the magnitude of the terms that the exact result is a combination of, times
 the first-order condition of the only inexact step that every
 implementation has to take on exact inputs (rounding ``x - max(x)`` before
-``exp``: relative error ``|x - m| eps`` in ``exp(x - m)``).  It is computed
-here in float64 straight from the definitions (SciPy's ``softmax`` and
-``expit``), independently of the code under test:
+``exp``: relative error ``|x - m| eps`` in ``exp(x - m)``).  Each loss's
+oracle module (``ce_reference.oracles.<loss>``) computes it in float64 straight
+from the definitions (SciPy's ``softmax`` and ``expit``), independently of the
+code under test; for the classic losses:
 
 =====================  =========================================================
 loss                   gradient operand (times the reduction scale ``s``)
@@ -38,14 +39,10 @@ the complex step.
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import numpy as np
-from scipy import special as sp
 
+from ..oracles._operands import Operands
 from . import tolerances as T
-
-Operands = namedtuple("Operands", "value grad hvp value_jax grad_jax hvp_jax")
 
 
 def elementwise(got, exact, operand, dtype, floor=None):
@@ -96,146 +93,7 @@ def combined(got, exact, operand, dtype, mask=None, floor=None):
 
 # --------------------------------------------------------------------------- operands
 
-def operands(case, v=None) -> "Operands":
-    """The :data:`Operands` of a case (float64 arrays); ``hvp`` is None when ``v`` is."""
-    out = _OPERANDS[case.loss](case, v)
-    return out if isinstance(out, Operands) else Operands(*out, out[0], out[1], out[2])
-
-
-def _scale_binary(case):
-    return 1.0 / case.x.size if case.kwargs["reduction"] == "mean" and case.x.size else 1.0
-
-
-def _reduce_operand(case, per, denom):
-    red = case.kwargs["reduction"]
-    if red == "none":
-        return per
-    total = np.sum(per)
-    return np.asarray(total / denom if red == "mean" and denom else total)
-
-
-def _bce_logits(case, v):
-    x = case.x.astype(np.float64)
-    y = np.broadcast_to(case.targets.astype(np.float64), x.shape)
-    w = np.broadcast_to(np.asarray(case.kwargs.get("weight", 1.0), np.float64), x.shape)
-    pw = np.broadcast_to(np.asarray(case.kwargs.get("pos_weight", 1.0), np.float64), x.shape)
-    a, b = pw * y, 1 - y
-    s = _scale_binary(case)
-    loss = w * (a * np.logaddexp(0, -x) + b * np.logaddexp(0, x))
-    val = _reduce_operand(case, loss, x.size)
-    sig, sign = sp.expit(x), sp.expit(-x)
-    g = s * w * (b * sig + a * sign)
-    h = h_jax = None
-    if v is not None:
-        h = s * w * (a + b) * sig * sign * np.abs(v.astype(np.float64))
-        # JAX differentiates sigma(x) - 1 style expressions: ~eps absolute of the
-        # largest curvature 1/4, not of sigma(x) sigma(-x) (0 at x = 40, exact 4e-18).
-        h_jax = h + s * w * (a + b) * 0.25 * np.abs(v.astype(np.float64))
-    # Implementations of the form w [(pw y + 1 - y) sigma(x) - pw y] (JAX, PyTorch,
-    # textbook sigma(x) - y) cancel when confident: operands max(sigma, y), as p - y.
-    g_loose = g + s * w * ((a + b) * sig + a)
-    return Operands(val, g, h, val, g_loose, h_jax)
-
-
-def _bce_probs(case, v):
-    p = case.x.astype(np.float64)
-    y = np.broadcast_to(case.targets.astype(np.float64), p.shape)
-    w = np.broadcast_to(np.asarray(case.kwargs.get("weight", 1.0), np.float64), p.shape)
-    inside = np.ones(p.shape, bool)
-    if case.clip_bounds is not None:
-        lo, hi = case.clip_bounds
-        inside = (p >= lo) & (p <= hi)
-        p = np.clip(p, lo, hi)
-    with np.errstate(all="ignore"):   # infinite operands only where the result overflows
-        t1 = np.where(y == 0, 0.0, y / p)
-        t0 = np.where(y == 1, 0.0, (1 - y) / (1 - p))
-        loss = -w * (sp.xlogy(y, p) + sp.xlog1py(1 - y, -p))
-        s = _scale_binary(case)
-        g = np.where(inside, s * w * (t0 + t1), 0.0)
-        h = None
-        if v is not None:
-            h = np.where(inside, s * w * (t0 / (1 - p) + t1 / p) * np.abs(v.astype(np.float64)), 0)
-    return _reduce_operand(case, loss, p.size), g, h
-
-
-def _class_last(case):
-    ax = case.kwargs.get("axis", -1) % case.x.ndim
-    return ax, np.moveaxis(case.x.astype(np.float64), ax, -1)
-
-
-def _coefficients(case, ax, C):
-    """``A = w q'`` (class axis last) and the ``mean`` denominator, from the definitions."""
-    t = np.asarray(case.targets)
-    w = case.kwargs.get("weight")
-    w = np.ones(C) if w is None else np.asarray(w, np.float64)
-    ls = float(case.kwargs.get("label_smoothing", 0.0))
-    if t.dtype.kind in "iu":
-        ignore = case.kwargs.get("ignore_index")
-        keep = np.ones(t.shape, bool) if ignore is None else t != ignore
-        idx = np.where(keep, t, 0)
-        q = (np.arange(C) == idx[..., None]).astype(np.float64)
-        A = keep[..., None] * ((1 - ls) * q * w + ls / C * w)
-        denom = float(np.sum(np.where(keep, w[idx], 0.0)))
-    else:
-        q = np.moveaxis(t.astype(np.float64), ax, -1)
-        A = ((1 - ls) * q + ls / C) * w
-        denom = float(q[..., 0].size)
-    return A, denom
-
-
-def _scale(case, denom):
-    return 1.0 / denom if case.kwargs["reduction"] == "mean" and denom else 1.0
-
-
-def _cce(case, v):
-    ax, p = _class_last(case)
-    C = p.shape[-1]
-    A, denom = _coefficients(case, ax, C)
-    inside = np.ones(p.shape, bool)
-    if case.clip_bounds is not None:
-        lo, hi = case.clip_bounds
-        inside = (p >= lo) & (p <= hi)
-        p = np.clip(p, lo, hi)
-    s = _scale(case, denom)
-    with np.errstate(all="ignore"):   # infinite operands only where the result overflows
-        rows = -np.sum(sp.xlogy(A, p), axis=-1)
-        g = np.where(inside & (A != 0), s * A / p, 0.0)
-        h = None
-        if v is not None:
-            vm = np.abs(np.moveaxis(v.astype(np.float64), ax, -1))
-            h = np.moveaxis(np.where(inside & (A != 0), s * A / p ** 2 * vm, 0.0), -1, ax)
-    return _reduce_operand(case, rows, denom), np.moveaxis(g, -1, ax), h
-
-
-def _softmax(case, v):
-    ax, x = _class_last(case)
-    C = x.shape[-1]
-    A, denom = _coefficients(case, ax, C)
-    S = np.sum(A, axis=-1, keepdims=True)
-    m = np.max(x, axis=-1, keepdims=True)
-    d = np.abs(x - m)
-    p = sp.softmax(x, axis=-1)
-    lse = sp.logsumexp(x - m, axis=-1, keepdims=True)
-    base = np.sum(A * ((m - x) + lse), axis=-1)
-    loose = np.abs(x) + np.abs(m)                      # JAX: x - (m + log sum), see module doc
-    s = _scale(case, denom)
-    value = _reduce_operand(case, base + S[..., 0] * np.sum(p * d, axis=-1), denom)
-    value_jax = _reduce_operand(case, base + S[..., 0] * (1 + np.sum(p * loose, axis=-1)), denom)
-    g = np.moveaxis(s * (p * S * (1 + d) + A), -1, ax)
-    g_jax = np.moveaxis(s * (p * S * (1 + loose) + A), -1, ax)
-    h = h_jax = None
-    if v is not None:
-        vm = np.abs(np.moveaxis(v.astype(np.float64), ax, -1))
-        pv = np.sum(p * vm * (1 + d), axis=-1, keepdims=True)
-        h = np.moveaxis(s * S * (1 + d) * p * (vm + pv), -1, ax)
-        pv = np.sum(p * vm * (1 + loose), axis=-1, keepdims=True)
-        h_jax = np.moveaxis(s * S * (1 + loose) * p * (vm + pv), -1, ax)
-    return Operands(value, g, h, value_jax, g_jax, h_jax)
-
-
-_OPERANDS = {
-    "binary_cross_entropy": _bce_probs,
-    "binary_cross_entropy_with_logits": _bce_logits,
-    "categorical_cross_entropy": _cce,
-    "softmax_cross_entropy": _softmax,
-}
+def operands(spec, case, v=None) -> Operands:
+    """The :class:`Operands` of a case (float64 arrays), from the loss's own oracle module;
+    ``hvp`` is None when ``v`` is."""
+    return spec.resolve_oracle().operands(case, v)

@@ -3,10 +3,16 @@
 A *row* of the report is ``loss x option set x dtype x region``; case ``i`` of
 a row is drawn from ``numpy.random.default_rng([seed, crc32(row key), i])``,
 so any single case can be regenerated from its row and number alone
-(:func:`make_case`).
+(:func:`make_case`).  Nothing here knows a loss by name: a case is built from
+the loss's spec -- its structure (elementwise or over a class axis), the
+domain of its input (logits, probabilities, log-probabilities), the target
+kind of the option set, and the samplers of its options
+(:mod:`ce_reference.options`) -- in a fixed order: targets (and the options
+that mark them, ``ignore_index``), the input, the other options in signature
+order, the direction ``v``.
 
 Shapes come from a small fixed list of :class:`Layout` s (shape, class axis,
-reduction) per loss kind: scalars to ``(N, C)`` and ``(N, C, d)`` with a
+reduction) per loss structure: scalars to ``(N, C)`` and ``(N, C, d)`` with a
 non-last class axis, ``C`` from 1 to 1000.  Keeping the list short keeps the
 number of distinct JAX compilations (about 0.3 s each) small.  Values:
 
@@ -17,7 +23,9 @@ number of distinct JAX compilations (about 0.3 s each) small.  Values:
 * probabilities, ``random``: uniform / Dirichlet rows;
 * probabilities, ``near 0/1``: 1e-300 .. nextafter(1, 0) (per dtype);
 * probabilities, ``clip``: exactly at, just inside and outside ``[eps, 1-eps]``,
-  and 0 and 1 (option sets with ``eps`` only).  Points on a clip boundary
+  and 0 and 1 (option sets with ``eps`` only);
+* log-probabilities: the logs of the probability rows, and ``log_softmax`` of
+  the extreme logit rows (``-inf`` for a masked class).  Points on a clip boundary
   are flagged in :attr:`Case.kink`: finite differences check them one-sided.
 
 Targets: hard 0/1 or soft (binary); class indices, one-hot or Dirichlet soft
@@ -34,97 +42,42 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..registry import LOSSES, LossSpec
+from ..options import CLIP_EPS, Draw
+from ..spec import LossSpec, OptionSet
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 LOGIT_SCALES = (1.0, 3.0, 10.0, 30.0)
 # Dominant-logit magnitudes: sigma saturates in float64 near 36.7, exp overflows
 # at 88.72 (float32) and 709.78 (float64); 745 underflows exp(-x) to 0; 1e4 is far out.
 DOMINANT = (20.0, 30.0, 36.7, 40.0, 88.7, 100.0, 709.78, 745.0, 1e4)
-BINARY_EXTREME = (0.0, 1e-8, 1.0, 5.0, 20.0, 30.0, 36.7, 40.0, 88.7, 100.0, 709.78, 745.0, 1e4)
-LABEL_SMOOTHING = (0.1, 0.5, 1.0)
-CLIP_EPS = 1e-7          # valid in float32 and float64 (1 - 1e-7 != 1 in both)
-IGNORE_SENTINEL = -100   # PyTorch's default ignore_index
+ELEMENT_EXTREME = (0.0, 1e-8, 1.0, 5.0, 20.0, 30.0, 36.7, 40.0, 88.7, 100.0, 709.78, 745.0, 1e4)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Shape of the first argument, its class axis (categorical) and the reduction."""
+    """Shape of the first argument, its class axis (class-axis losses) and the reduction."""
 
     shape: tuple
     axis: int | None
     reduction: str
 
 
-@dataclass(frozen=True)
-class OptionSet:
-    """One row family: which targets and which keyword options a case uses."""
-
-    name: str
-    targets: str                  # binary: "hard" | "soft"; categorical: "index" | "onehot" | "soft"
-    options: frozenset = frozenset()
-    regions: tuple = ()
-
-
-def _opt(name, targets, options=(), regions=()):
-    return OptionSet(name, targets, frozenset(options), tuple(regions))
-
-
-_LOGITS = ("random", "extreme")
-_PROBS = ("random", "near 0/1")
-_CLIP = ("random", "near 0/1", "clip")
-
-OPTION_SETS: dict[str, tuple[OptionSet, ...]] = {
-    "binary_cross_entropy": (
-        _opt("hard targets", "hard", (), _PROBS),
-        _opt("soft targets", "soft", (), _PROBS),
-        _opt("weight", "soft", ("weight",), _PROBS),
-        _opt("eps clip", "hard", ("eps",), _CLIP),
-        _opt("eps + weight, soft", "soft", ("eps", "weight"), _CLIP),
-    ),
-    "binary_cross_entropy_with_logits": (
-        _opt("hard targets", "hard", (), _LOGITS),
-        _opt("soft targets", "soft", (), _LOGITS),
-        _opt("weight", "soft", ("weight",), _LOGITS),
-        _opt("pos_weight", "hard", ("pos_weight",), _LOGITS),
-        _opt("weight + pos_weight, soft", "soft", ("weight", "pos_weight"), _LOGITS),
-    ),
-    "categorical_cross_entropy": (
-        _opt("index", "index", (), _PROBS),
-        _opt("index + weight", "index", ("weight",), _PROBS),
-        _opt("soft (Dirichlet)", "soft", (), _PROBS),
-        _opt("one-hot + weight", "onehot", ("weight",), _PROBS),
-        _opt("index + eps clip", "index", ("eps",), _CLIP),
-        _opt("soft + eps + weight", "soft", ("eps", "weight"), _CLIP),
-    ),
-    "softmax_cross_entropy": (
-        _opt("index", "index", (), _LOGITS),
-        _opt("index + weight", "index", ("weight",), _LOGITS),
-        _opt("index + ignore_index", "index", ("ignore_index",), _LOGITS),
-        _opt("index + label_smoothing", "index", ("label_smoothing",), _LOGITS),
-        _opt("index + weight + ignore + smoothing", "index",
-             ("weight", "ignore_index", "label_smoothing"), _LOGITS),
-        _opt("soft (Dirichlet)", "soft", (), _LOGITS),
-        _opt("one-hot + weight + smoothing", "onehot", ("weight", "label_smoothing"), _LOGITS),
-    ),
+_L = Layout
+ELEMENTWISE_LAYOUTS = {
+    "random": (_L((), None, "sum"), _L((7,), None, "mean"), _L((4, 3), None, "none"),
+               _L((2, 3, 4), None, "mean"), _L((300,), None, "sum")),
+    "extreme": (_L((7,), None, "mean"), _L((4, 3), None, "none"), _L((2, 3, 4), None, "mean")),
 }
+ELEMENTWISE_LAYOUTS["near 0/1"] = ELEMENTWISE_LAYOUTS["extreme"]
+ELEMENTWISE_LAYOUTS["clip"] = ELEMENTWISE_LAYOUTS["extreme"]
 
-_B = Layout
-BINARY_LAYOUTS = {
-    "random": (_B((), None, "sum"), _B((7,), None, "mean"), _B((4, 3), None, "none"),
-               _B((2, 3, 4), None, "mean"), _B((300,), None, "sum")),
-    "extreme": (_B((7,), None, "mean"), _B((4, 3), None, "none"), _B((2, 3, 4), None, "mean")),
+CLASS_LAYOUTS = {
+    "random": (_L((5,), -1, "sum"), _L((6, 4), -1, "mean"), _L((3, 4, 2), 1, "none"),
+               _L((4, 6), 0, "mean"), _L((2, 1000), -1, "mean"), _L((5, 1), -1, "sum")),
+    "extreme": (_L((6, 4), -1, "mean"), _L((3, 4, 2), 1, "none"), _L((5,), -1, "sum")),
 }
-BINARY_LAYOUTS["near 0/1"] = BINARY_LAYOUTS["extreme"]
-BINARY_LAYOUTS["clip"] = BINARY_LAYOUTS["extreme"]
-
-CATEGORICAL_LAYOUTS = {
-    "random": (_B((5,), -1, "sum"), _B((6, 4), -1, "mean"), _B((3, 4, 2), 1, "none"),
-               _B((4, 6), 0, "mean"), _B((2, 1000), -1, "mean"), _B((5, 1), -1, "sum")),
-    "extreme": (_B((6, 4), -1, "mean"), _B((3, 4, 2), 1, "none"), _B((5,), -1, "sum")),
-}
-CATEGORICAL_LAYOUTS["near 0/1"] = CATEGORICAL_LAYOUTS["extreme"]
-CATEGORICAL_LAYOUTS["clip"] = CATEGORICAL_LAYOUTS["extreme"]
+CLASS_LAYOUTS["near 0/1"] = CLASS_LAYOUTS["extreme"]
+CLASS_LAYOUTS["clip"] = CLASS_LAYOUTS["extreme"]
 
 
 @dataclass
@@ -175,15 +128,19 @@ class Case:
                 f"seed {self.seed}]")
 
 
-def option_sets(loss: str) -> tuple[OptionSet, ...]:
-    return OPTION_SETS[loss]
+def batch_shape(spec: LossSpec, case: Case) -> tuple:
+    """Shape of the per-example losses of ``case``."""
+    if spec.structure == "elementwise":
+        return case.x.shape
+    ax = case.kwargs.get("axis", -1) % case.x.ndim
+    return case.x.shape[:ax] + case.x.shape[ax + 1:]
 
 
 def rows(specs, dtypes=DTYPES):
     """All ``(spec, option_set, dtype, region)`` rows of the given losses."""
     out = []
     for spec in specs:
-        for opt in OPTION_SETS[spec.name]:
+        for opt in spec.option_sets:
             for dtype in dtypes:
                 for region in opt.regions:
                     out.append((spec, opt, np.dtype(dtype), region))
@@ -194,8 +151,8 @@ def _rng(seed, key, i):
     return np.random.default_rng([seed, zlib.crc32("|".join(map(str, key)).encode()), i])
 
 
-def _layouts(spec: LossSpec, region: str):
-    table = BINARY_LAYOUTS if spec.kind == "binary" else CATEGORICAL_LAYOUTS
+def layouts(spec: LossSpec, region: str):
+    table = ELEMENTWISE_LAYOUTS if spec.structure == "elementwise" else CLASS_LAYOUTS
     return table[region]
 
 
@@ -205,17 +162,29 @@ def make_case(spec: LossSpec, opt: OptionSet, dtype, region: str, i: int, seed: 
     dtype = np.dtype(dtype)
     key = (spec.name, opt.name, dtype.name, region)
     rng = _rng(seed, key, i)
-    layouts = _layouts(spec, region)
-    k = i % len(layouts)
+    choices = layouts(spec, region)
+    k = i % len(choices)
     if layout is None:
-        layout = layouts[k]
-    if spec.kind == "binary":
-        x, t, kw, kink = _binary(spec, opt, dtype, region, layout, rng, i)
-    else:
-        x, t, kw, kink = _categorical(spec, opt, dtype, region, layout, rng, i, k)
-    kw["reduction"] = layout.reduction
+        layout = choices[k]
+    build = _elementwise if spec.structure == "elementwise" else _classes
+    x, t, kw, kink = build(spec, opt, dtype, region, layout, rng, i, k)
+    kw["reduction"] = layout.reduction if layout.reduction in spec.reductions else \
+        spec.reductions[0]
     v = rng.standard_normal(x.shape).astype(dtype)
     return Case(spec.name, opt.name, dtype, region, i, seed, x, t, kw, v, kink, layout)
+
+
+def _sample_options(spec, opt, rng, draw, kw, targets_stage):
+    """Draw the options of the set in signature order (``targets_stage``: only those
+    marking the targets, else only the others) into ``kw``."""
+    for o in spec.options:
+        if o.name in opt.options and o.sample is not None and o.targets == targets_stage:
+            kw[o.name] = o.sample(rng, draw)
+
+
+def _ordered(spec, kw):
+    """kwargs in the loss's signature order."""
+    return {name: kw[name] for name in spec.option_names if name in kw}
 
 
 # --------------------------------------------------------------------------- values
@@ -270,18 +239,21 @@ def _clip_open(p, dtype):
     return np.clip(p, lo, hi).astype(dtype)
 
 
-def _weights(rng, shape, dtype):
-    choice = rng.integers(0, 8, shape)
-    w = rng.uniform(0.5, 2.0, shape)
-    w = np.where(choice == 0, 0.0, w)
-    w = np.where(choice == 1, 1e-3, w)
-    w = np.where(choice == 2, 1e3, w)
-    return w.astype(dtype)
+def _log(p):
+    with np.errstate(divide="ignore"):
+        return np.log(p)
 
 
-# --------------------------------------------------------------------------- binary
+def _log_softmax(z):
+    m = np.max(z, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        d = z - m
+    return d - np.log(np.sum(np.exp(d), axis=-1, keepdims=True))
 
-def _binary(spec, opt, dtype, region, layout, rng, i):
+
+# --------------------------------------------------------------------------- elementwise
+
+def _elementwise(spec, opt, dtype, region, layout, rng, i, k):
     shape = layout.shape
     if opt.targets == "hard":
         t = rng.integers(0, 2, shape).astype(dtype)
@@ -290,12 +262,11 @@ def _binary(spec, opt, dtype, region, layout, rng, i):
         pick = rng.integers(0, 5, shape)
         t = np.where(pick == 0, 0.0, np.where(pick == 1, 1.0, np.where(pick == 2, 0.5, t)))
         t = t.astype(dtype)
-    kink = None
     if spec.input == "logits":
         if region == "random":
             x = rng.normal(0.0, LOGIT_SCALES[i % len(LOGIT_SCALES)], shape)
         else:
-            x = rng.choice(BINARY_EXTREME, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+            x = rng.choice(ELEMENT_EXTREME, size=shape) * rng.choice([-1.0, 1.0], size=shape)
             noise = rng.integers(0, 4, shape) == 0
             x = np.where(noise, rng.normal(0, 3, shape), x)
         x = np.asarray(x, dtype=dtype)
@@ -310,22 +281,18 @@ def _binary(spec, opt, dtype, region, layout, rng, i):
         x = np.asarray(x, dtype=dtype)
         if "eps" not in opt.options:
             x = _clip_open(x, dtype)
+        if spec.input == "log_probs":
+            x = _log(x).astype(dtype)
     kw = {}
-    if "weight" in opt.options:
-        kw["weight"] = _weights(rng, shape, dtype)
-    if "pos_weight" in opt.options:
-        pshape = shape[-1:] if len(shape) else ()
-        pw = rng.choice([0.5, 1.0, 2.0, 3.0, 1e-3, 1e3], size=pshape)
-        kw["pos_weight"] = np.asarray(pw, dtype=dtype)
-    if "eps" in opt.options:
-        kw["eps"] = CLIP_EPS
-        kink = _kink_mask(x, dtype)
-    return x, t, kw, kink
+    draw = Draw(dtype, shape, shape, None, k, i, opt.targets, kwargs=kw)
+    _sample_options(spec, opt, rng, draw, kw, targets_stage=False)
+    kink = _kink_mask(x, dtype) if "eps" in kw else None
+    return x, t, _ordered(spec, kw), kink
 
 
-# --------------------------------------------------------------------------- categorical
+# --------------------------------------------------------------------------- class axis
 
-def _categorical(spec, opt, dtype, region, layout, rng, i, k):
+def _classes(spec, opt, dtype, region, layout, rng, i, k):
     shape, axis = layout.shape, layout.axis
     ax = axis % len(shape)
     C = shape[ax]
@@ -333,86 +300,68 @@ def _categorical(spec, opt, dtype, region, layout, rng, i, k):
     mshape = shape[:ax] + shape[ax + 1:] + (C,)
     batch = mshape[:-1]
     nrows = int(np.prod(batch, dtype=np.int64))
-    kw = {"axis": axis}
-
-    # ---- targets (class axis last)
-    idx = rng.integers(0, C, batch)
-    ignore = None
-    if "ignore_index" in opt.options:
-        ignore = IGNORE_SENTINEL if (C == 1 or k % 2 == 0) else 0
-        drop = rng.uniform(size=batch) < 0.3
-        if ignore == 0:
-            idx = np.where(drop, 0, idx)
-        else:
-            idx = np.where(drop, ignore, idx)
-        flat = idx.reshape(-1)
-        if not (flat != ignore).any():      # keep at least one row
-            flat[0] = 1 if ignore == 0 else 0
-            idx = flat.reshape(batch)
-        kw["ignore_index"] = ignore
-    if opt.targets == "index":
-        t = np.asarray(idx, dtype=np.int64)
-        right = np.where(t == (ignore if ignore is not None else -10**9), 0, t)
-    elif opt.targets == "onehot":
-        q = np.zeros(mshape)
-        np.put_along_axis(q, idx[..., None], 1.0, axis=-1)
-        t = q.astype(dtype)
-        right = idx
-    else:
-        alpha = (0.1, 1.0, 10.0)[i % 3]
-        q = rng.dirichlet(np.full(C, alpha), size=nrows).reshape(mshape) if C > 1 else \
-            np.ones(mshape)
-        zero_rows = rng.uniform(size=batch) < 0.1
-        q = np.where(zero_rows[..., None], 0.0, q)
-        t = q.astype(dtype)
-        right = np.argmax(q, axis=-1)
-
-    # ---- first argument
-    kink = None
-    if spec.input == "logits":
-        if region == "random":
-            x = rng.normal(0.0, LOGIT_SCALES[i % len(LOGIT_SCALES)], mshape)
-        else:
-            x = _extreme_logit_rows(rng, mshape, right)
-        x = x.astype(dtype)
-    else:
-        if region == "random":
-            alpha = (0.3, 1.0, 3.0)[i % 3]
-            x = rng.dirichlet(np.full(C, alpha), size=nrows).reshape(mshape) if C > 1 else \
-                rng.uniform(0.1, 1.0, mshape)
-        elif region == "near 0/1":
-            x = rng.choice(_near_01_pool(dtype), size=mshape).astype(np.float64)
-        else:
-            x = rng.choice(_clip_pool(dtype), size=mshape).astype(np.float64)
-        x = x.astype(dtype)
-        if "eps" not in opt.options:
-            x = _clip_open(x, dtype)
-        else:
-            kw["eps"] = CLIP_EPS
-            kink = _kink_mask(x, dtype)
-
-    # ---- options
-    if "weight" in opt.options:
-        w = _weights(rng, (C,), dtype)
-        if opt.targets == "index":
-            kept = t.reshape(-1)
-            if ignore is not None:
-                kept = kept[kept != ignore]
-            if not (w[kept] > 0).any():       # a mean needs a positive denominator
-                w[kept[0]] = 1
-        kw["weight"] = w
-    if "label_smoothing" in opt.options:
-        kw["label_smoothing"] = LABEL_SMOOTHING[k % len(LABEL_SMOOTHING)]
-
+    kw = {"axis": axis} if "axis" in spec.option_names else {}
+    draw = Draw(dtype, shape, batch, C, k, i, opt.targets, index=rng.integers(0, C, batch),
+                kwargs=kw)
+    _sample_options(spec, opt, rng, draw, kw, targets_stage=True)
+    t, right = _class_targets(opt.targets, draw.index, kw.get("ignore_index"), rng, mshape,
+                              nrows, C, i, dtype)
+    x, kink = _class_input(spec, opt, region, rng, mshape, nrows, C, i, right, dtype)
+    _sample_options(spec, opt, rng, draw, kw, targets_stage=False)
+    if "eps" in kw:
+        kink = _kink_mask(x, dtype)
     x = np.ascontiguousarray(np.moveaxis(x, -1, ax))
     if opt.targets != "index":
         t = np.ascontiguousarray(np.moveaxis(t, -1, ax))
     if kink is not None:
         kink = np.moveaxis(kink, -1, ax)
-    # kwargs in the loss's signature order
-    order = ("axis", "weight", "eps", "ignore_index", "label_smoothing")
-    kw = {name: kw[name] for name in order if name in kw}
-    return x, t, kw, kink
+    return x, t, _ordered(spec, kw), kink
+
+
+def _soft_rows(rng, mshape, nrows, C, i):
+    alpha = (0.1, 1.0, 10.0)[i % 3]
+    q = rng.dirichlet(np.full(C, alpha), size=nrows).reshape(mshape) if C > 1 else \
+        np.ones(mshape)
+    zero_rows = rng.uniform(size=mshape[:-1]) < 0.1
+    return np.where(zero_rows[..., None], 0.0, q)
+
+
+def _class_targets(kind, idx, ignore, rng, mshape, nrows, C, i, dtype):
+    """Targets of a kind (class axis last) and the "right" class of each row."""
+    if kind == "index":
+        t = np.asarray(idx, dtype=np.int64)
+        return t, np.where(t == (ignore if ignore is not None else -10**9), 0, t)
+    if kind == "onehot":
+        q = np.zeros(mshape)
+        np.put_along_axis(q, idx[..., None], 1.0, axis=-1)
+        return q.astype(dtype), idx
+    q = _soft_rows(rng, mshape, nrows, C, i)
+    right = np.argmax(q, axis=-1)
+    if kind == "log_soft":
+        return _log(q).astype(dtype), right
+    return q.astype(dtype), right
+
+
+def _class_input(spec, opt, region, rng, mshape, nrows, C, i, right, dtype):
+    """The first argument (class axis last) for the spec's input domain."""
+    if spec.input in ("logits", "log_probs") and region in ("random", "extreme"):
+        if region == "random":
+            z = rng.normal(0.0, LOGIT_SCALES[i % len(LOGIT_SCALES)], mshape)
+        else:
+            z = _extreme_logit_rows(rng, mshape, right)
+        return (z if spec.input == "logits" else _log_softmax(z)).astype(dtype), None
+    if region == "random":
+        alpha = (0.3, 1.0, 3.0)[i % 3]
+        x = rng.dirichlet(np.full(C, alpha), size=nrows).reshape(mshape) if C > 1 else \
+            rng.uniform(0.1, 1.0, mshape)
+    elif region == "near 0/1":
+        x = rng.choice(_near_01_pool(dtype), size=mshape).astype(np.float64)
+    else:
+        x = rng.choice(_clip_pool(dtype), size=mshape).astype(np.float64)
+    x = x.astype(dtype)
+    if "eps" not in opt.options:
+        x = _clip_open(x, dtype)
+    return x, None
 
 
 def _extreme_logit_rows(rng, mshape, right):
@@ -439,7 +388,3 @@ def _extreme_logit_rows(rng, mshape, right):
         else:                                             # one very unlikely class
             x[r, right[r]] = -L
     return x.reshape(mshape)
-
-
-def all_losses():
-    return list(LOSSES.values())

@@ -7,7 +7,7 @@
   ``check_grad``) on the per-row losses, float64 only, with kinks checked
   one-sided.
 * :func:`complex_step` -- ``Im f(x + ih) / h`` through the reference's own
-  complex-safe kernels, logits losses only.
+  complex-safe formulas (``spec.complex_value``; losses that are analytic).
 
 JAX and SciPy's optimizer are imported lazily.
 """
@@ -19,8 +19,7 @@ import functools
 import numpy as np
 
 from . import tolerances as T
-
-_ARRAY_OPTIONS = ("weight", "pos_weight")
+from .errors import operands
 
 
 # --------------------------------------------------------------------------- JAX
@@ -33,13 +32,9 @@ def _jax():
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(name, static, array_keys, want_hvp, want_hessian):
+def _jitted(twin, static, array_keys, want_hvp, want_hessian):
     jax = _jax()
     import jax.numpy as jnp
-
-    from .. import jax as twins
-
-    twin = getattr(twins, name)
 
     def call(x, t, arrays):
         kw = dict(static)
@@ -62,15 +57,16 @@ def _jitted(name, static, array_keys, want_hvp, want_hessian):
     return jax.jit(run)
 
 
-def jax_oracle(case, want_hvp=False):
+def jax_oracle(spec, case, want_hvp=False):
     """Twin value, gradient and (optionally) H v in float64, as NumPy arrays."""
-    static = tuple(sorted((k, v) for k, v in case.kwargs.items() if k not in _ARRAY_OPTIONS))
-    array_keys = tuple(k for k in _ARRAY_OPTIONS if k in case.kwargs)
+    array_options = tuple(o.name for o in spec.options if o.array)
+    static = tuple(sorted((k, v) for k, v in case.kwargs.items() if k not in array_options))
+    array_keys = tuple(k for k in array_options if k in case.kwargs)
     arrays = tuple(np.asarray(case.kwargs[k], np.float64) for k in array_keys)
     t = np.asarray(case.targets)
     t = t if t.dtype.kind in "iu" else t.astype(np.float64)
     want_hessian = want_hvp and case.x.size <= T.HESSIAN_MAX_SIZE
-    fn = _jitted(case.loss, static, array_keys, bool(want_hvp), bool(want_hessian))
+    fn = _jitted(spec.twin, static, array_keys, bool(want_hvp), bool(want_hessian))
     x = case.x.astype(np.float64)
     v = case.v.astype(np.float64)
     inside = None
@@ -100,7 +96,7 @@ def _none_kwargs(case):
     return kw
 
 
-def fd_steps(case, x, frow):
+def fd_steps(spec, case, x, frow):
     """Central-difference step per element of ``x`` (float64), and a mask of usable ones.
 
     ``frow`` is, per element, the loss of the row it belongs to.  The step
@@ -115,7 +111,7 @@ def fd_steps(case, x, frow):
     oracles cover them).
     """
     h = np.cbrt(np.finfo(np.float64).eps * np.maximum(1.0, np.abs(frow)))
-    if case.loss in ("binary_cross_entropy", "categorical_cross_entropy"):
+    if spec.input == "probs":
         pc = x
         if case.clip_bounds is not None:
             lo, hi = case.clip_bounds
@@ -128,16 +124,16 @@ def fd_steps(case, x, frow):
     return np.where(usable, h, 0.0), usable
 
 
-def _row_of_element(case, rows_value):
+def _row_of_element(spec, case, rows_value):
     """Per-row losses (reduction "none") broadcast to the elements of ``x``."""
     r = np.asarray(rows_value, np.float64)
-    if case.loss.startswith("binary"):
+    if spec.structure == "elementwise":
         return np.broadcast_to(r, case.x.shape)
     ax = case.kwargs.get("axis", -1) % case.x.ndim
     return np.broadcast_to(np.expand_dims(r, ax), case.x.shape)
 
 
-def fd_check(case, value_fn, grad_fn):
+def fd_check(spec, case, value_fn, grad_fn):
     """Normwise finite-difference error of ``grad_fn`` against ``value_fn`` (float64 only).
 
     The per-row losses (``reduction="none"``) are differenced, so that the
@@ -168,11 +164,9 @@ def fd_check(case, value_fn, grad_fn):
     # |g|: where p - 1 cancels to ~1e-32 the reference's exact answer is 0 +- eps operand.
     from dataclasses import replace
 
-    from .errors import operands
-
-    op = np.maximum(operands(replace(case, kwargs=kw)).grad.reshape(-1), np.abs(g))
-    frow = _row_of_element(case, value_fn(case.x.astype(np.float64), t, **kw)).reshape(-1)
-    h, usable = fd_steps(case, x, frow)
+    op = np.maximum(operands(spec, replace(case, kwargs=kw)).grad.reshape(-1), np.abs(g))
+    frow = _row_of_element(spec, case, value_fn(case.x.astype(np.float64), t, **kw)).reshape(-1)
+    h, usable = fd_steps(spec, case, x, frow)
     # An element whose difference quotient carries more rounding noise
     # (~4 eps |f_row| / h) than 1% of the tolerance cannot be checked by finite
     # differences (a tiny gradient next to a large row loss); skip it.
@@ -268,62 +262,37 @@ def _kink_check(rows, x, g, where, dtype):
 
 # --------------------------------------------------------------------------- complex step
 
-def complex_step(case):
-    """Gradient of the reduced loss by complex step through the reference's kernels.
-
-    Returns None when the loss has no complex-safe kernel (the probability
-    losses clip and divide: not analytic).  Elements too small for the
-    imaginary part to be resolved are NaN.
-    """
-    h = T.COMPLEX_STEP_H
-    kw = case.kwargs
-    red = kw["reduction"]
-    out = _complex_step(case, h, kw, red)
-    if out is None:
-        return None
-    g, operand = out
-    # Im f(x + ih) underflows for derivatives below ~tiny / h: such elements are not
-    # resolvable by the complex step and are returned as NaN (skipped by the caller).
-    return np.where(operand * h < CS_RESOLVABLE * np.finfo(np.float64).tiny, np.nan, g)
-
-
 CS_RESOLVABLE = 2.0 ** 52   # Im parts at least 2^52 smallest normals: full precision
 
 
-def _complex_step(case, h, kw, red):
-    from .. import binary, categorical
-    from .errors import operands
+def complex_step(spec, case):
+    """Gradient of the reduced loss by complex step through the reference's own formulas.
 
-    operand = operands(case).grad
-    if case.loss == "binary_cross_entropy_with_logits":
-        elementwise = getattr(binary, "_bce_logits_elementwise", None)
-        if elementwise is None:
-            return None
-        x = case.x.astype(np.float64)
-        y = np.broadcast_to(case.targets.astype(np.float64), x.shape)
-        pw = kw.get("pos_weight")
-        a = y if pw is None else np.broadcast_to(np.asarray(pw, np.float64), x.shape) * y
-        w = kw.get("weight")
-        w = None if w is None else np.broadcast_to(np.asarray(w, np.float64), x.shape)
-        # Elements are independent: perturb them all at once, read each one's own loss.
-        loss = elementwise(x + 1j * h, a, 1 - y, w)
-        g = np.imag(loss) / h
-        return (g / x.size if red == "mean" and x.size else g), operand
-    if case.loss == "softmax_cross_entropy":
-        Problem = getattr(categorical, "_SoftmaxProblem", None)
-        rows_fn = getattr(categorical, "_softmax_rows", None)
-        if Problem is None or rows_fn is None:
-            return None
-        w = kw.get("weight")
-        P = Problem(case.x.astype(np.float64), case.targets, kw.get("axis", -1),
-                    None if w is None else np.asarray(w, np.float64), kw.get("ignore_index"),
-                    kw.get("label_smoothing", 0.0), "none")
-        g = np.empty(P.x.shape)
-        for k in range(P.C):            # rows are independent: one column at a time
-            xc = P.x.astype(np.complex128)
-            xc[..., k] += 1j * h
-            g[..., k] = np.imag(rows_fn(P, xc)) / h
-        if red == "mean":
-            g = g / P.denom if P.denom else np.zeros_like(g)
-        return np.moveaxis(g, -1, P.ax), operand
-    return None
+    ``spec.complex_value(z, targets, **options)`` gives each example's
+    contribution to the reduced loss at a complex input.  Elementwise losses
+    are perturbed everywhere at once (each element its own example); losses
+    over a class axis one class at a time (rows are independent).  Returns
+    None when the loss has no complex-safe formulas (the probability losses
+    clip and divide: not analytic).  Elements too small for the imaginary
+    part to be resolved are NaN.
+    """
+    if spec.complex_value is None:
+        return None
+    h = T.COMPLEX_STEP_H
+    kw = {k: (np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v)
+          for k, v in case.kwargs.items()}
+    x = case.x.astype(np.float64)
+    if spec.structure == "elementwise":
+        g = np.imag(spec.complex_value(x + 1j * h, case.targets, **kw)) / h
+    else:
+        ax = kw.get("axis", -1) % x.ndim
+        g = np.empty(x.shape)
+        for k in range(x.shape[ax]):
+            z = x.astype(np.complex128)
+            at = (slice(None),) * ax + (k,)
+            z[at] += 1j * h
+            g[at] = np.imag(spec.complex_value(z, case.targets, **kw)) / h
+    operand = operands(spec, case).grad
+    # Im f(x + ih) underflows for derivatives below ~tiny / h: such elements are not
+    # resolvable by the complex step and are returned as NaN (skipped by the caller).
+    return np.where(operand * h < CS_RESOLVABLE * np.finfo(np.float64).tiny, np.nan, g)

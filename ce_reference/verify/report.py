@@ -3,8 +3,8 @@
 Every error cell reads ``worst (median)`` over the row's cases, in the units
 of :mod:`.tolerances` (``min(ULP, error / (eps * operand))``; ``check_grad``:
 ``||g - fd|| / ||g||``).  ``-`` means the oracle does not apply (finite
-differences in float32, complex step on probability losses, no
-``ce_reference.hvp``).  The terminal table uses rich when it is installed,
+differences in float32, complex step on probability losses, a loss
+without a Hessian-vector product).  The terminal table uses rich when it is installed,
 plain text otherwise.
 """
 
@@ -15,12 +15,6 @@ import math
 
 from .runner import MEASURES
 
-SHORT = {
-    "binary_cross_entropy": "BCE",
-    "binary_cross_entropy_with_logits": "BCE-logits",
-    "categorical_cross_entropy": "CCE",
-    "softmax_cross_entropy": "softmax-CE",
-}
 HEADERS = ("loss", "option set", "dtype", "region", "n") + MEASURES + ("ok",)
 
 
@@ -45,7 +39,7 @@ def _cell(stat):
 def table_rows(report, short=True):
     out = []
     for r in report.rows:
-        name = SHORT.get(r.loss, r.loss) if short else r.loss
+        name = r.label if short else r.loss
         out.append([name, r.option_set, r.dtype, r.region, str(r.n)]
                    + [_cell(r.stats.get(m)) for m in MEASURES] + ["ok" if r.ok else "FAIL"])
     return out
@@ -112,7 +106,10 @@ def print_report(report, console=None) -> None:
         style = None if r.ok else "bold red"
         table.add_row(*row, style=style)
     console.print(table)
-    console.print("loss: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()), highlight=False)
+    labels = {r.label: r.loss for r in report.rows if r.label != r.loss}
+    if labels:
+        console.print("loss: " + ", ".join(f"{k} = {v}" for k, v in labels.items()),
+                      highlight=False)
     for line in failure_lines(report):
         console.print(line, highlight=False, markup=False)
     console.print(tolerance_line(report), highlight=False, markup=False)

@@ -10,7 +10,7 @@ fused           the same for ``NAME_value_and_grad`` (fused kernels)     both
 grad ULP        the same gradient error in plain ULP (information)     both
 jax             value and gradient vs the JAX twin + ``jax.grad``      both
 check_grad      gradient vs forward differences of the value (norm)    float64
-complex step    gradient vs complex step through the value kernels    both (logits)
+complex step    gradient vs complex step through the value formulas  both (analytic)
 hvp             ``NAME_hvp`` vs the exact ``H v`` (mpmath)                both
 hvp jax         ``NAME_hvp`` vs ``jax.jvp(jax.grad)`` (elementwise) and    both
                 ``jax.hessian @ v`` (normwise, <= 24 elements)
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..registry import LOSSES
+from .. import registry
 from . import errors, inputs, mp, oracles
 from . import tolerances as T
 
@@ -65,6 +65,7 @@ class CaseResult:
 @dataclass
 class Row:
     loss: str
+    label: str
     option_set: str
     dtype: str
     region: str
@@ -113,7 +114,8 @@ class Report:
             "measures": {m: _measure_doc(m) for m in MEASURES},
             "worst": self.worst(),
             "rows": [
-                {"loss": r.loss, "option_set": r.option_set, "dtype": r.dtype,
+                {"loss": r.loss, "label": r.label, "option_set": r.option_set,
+                 "dtype": r.dtype,
                  "region": r.region, "n": r.n, "ok": r.ok, "stats": r.stats,
                  "failures": r.failures}
                 for r in self.rows
@@ -128,7 +130,7 @@ def _measure_doc(m):
         "grad ULP": "max gradient error in ULP vs mpmath (information: large where p - y cancels)",
         "jax": "as mpmath, against the JAX twin and jax.grad in float64",
         "check_grad": "||g - fd|| / ||g|| (forward differences, float64 only)",
-        "complex step": "as mpmath, against Im f(x + ih)/h (logits losses)",
+        "complex step": "as mpmath, against Im f(x + ih)/h (analytic losses)",
         "hvp": "as mpmath, NAME_hvp against the exact (mpmath) H v",
         "hvp jax": "as jax, NAME_hvp against jax.jvp(jax.grad); jax.hessian @ v checked "
                    "normwise on small inputs (a failure is a contract failure)",
@@ -150,15 +152,13 @@ def environment() -> dict:
 
 
 def resolve_specs(losses=None, specs=None):
+    """Specs to verify: ``specs`` as given, else the named (or all) registered losses."""
     if specs is not None:
         return list(specs)
     if losses is None:
-        return list(LOSSES.values())
+        return list(registry.LOSSES.values())
     names = [losses] if isinstance(losses, str) else list(losses)
-    unknown = [n for n in names if n not in LOSSES]
-    if unknown:
-        raise ValueError(f"unknown loss {unknown[0]!r}; expected one of {sorted(LOSSES)}")
-    return [LOSSES[n] for n in names]
+    return [registry.get(n) for n in names]
 
 
 def plan(specs, cases=DEFAULT_CASES, dtypes=inputs.DTYPES, option_sets=None, regions=None):
@@ -169,7 +169,7 @@ def plan(specs, cases=DEFAULT_CASES, dtypes=inputs.DTYPES, option_sets=None, reg
     per_row = math.ceil(cases / max(len(rows), 1))
     out = []
     for spec, opt, dtype, region in rows:
-        n = max(per_row, len(inputs._layouts(spec, region)))
+        n = max(per_row, len(inputs.layouts(spec, region)))
         out.append((spec, opt, dtype, region, n))
     return out
 
@@ -193,16 +193,16 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
     start = time.perf_counter()
     rows, done = [], 0
     notes = []
-    hvp_missing = [s.name for s in specs if _hvp_of(s) is None]
+    hvp_missing = [s.name for s in specs if s.hvp is None]
     if hvp is True and hvp_missing:
-        notes.append("second-order oracle not available (no ce_reference.hvp) for: "
+        notes.append("no Hessian-vector product (second-order oracles not run) for: "
                      + ", ".join(hvp_missing))
     for spec, opt, dtype, region, n in work:
         results = []
         if isinstance(hvp, dict):
             hvp_fn = hvp.get(spec.name)
         else:
-            hvp_fn = _hvp_of(spec) if hvp else None
+            hvp_fn = spec.hvp if hvp else None
         label = f"{spec.name} | {opt.name} | {dtype.name} | {region}"
         for i in range(n):
             case = inputs.make_case(spec, opt, dtype, region, i, seed)
@@ -212,13 +212,6 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
                 progress(done, total, label)
         rows.append(_aggregate(spec, opt, dtype, region, results))
     return Report(rows, seed, total, time.perf_counter() - start, environment(), notes)
-
-
-def _hvp_of(spec):
-    try:
-        return spec.hvp
-    except AttributeError:  # a LossSpec-like object without the property
-        return None
 
 
 # --------------------------------------------------------------------------- one case
@@ -244,15 +237,15 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
             res.errors[m] = math.inf
             res.details[m] = res.problems[-1]
         return res
-    _check_api(case, value, grad, both, res)
-    ops = errors.operands(case, case.v if hvp_fn is not None else None)
+    _check_api(spec, case, value, grad, both, res)
+    ops = errors.operands(spec, case, case.v if hvp_fn is not None else None)
     v_op, g_op, h_op = ops.value, ops.grad, ops.hvp
     value64 = np.asarray(value, np.float64)
     grad64 = np.asarray(grad, np.float64)
     kink = case.kink
 
     # ---- mpmath (exact)
-    exact = mp.oracle(case)
+    exact = mp.oracle(spec, case)
     if exact is not None:
         ev, _, kv = errors.combined(value64, exact.value, v_op, dtype)
         eg, ulp, kg = errors.combined(grad64, exact.grad, g_op, dtype)
@@ -273,7 +266,7 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
                                 else _detail("grad", fgrad64, exact.grad, kfg))
 
     # ---- JAX twin
-    out = oracles.jax_oracle(case, want_hvp=hvp_fn is not None)
+    out = oracles.jax_oracle(spec, case, want_hvp=hvp_fn is not None)
 
     # A warning is a failure unless the exact result itself overflows the dtype.
     if caught:
@@ -296,14 +289,14 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                err, info = oracles.fd_check(case, spec.value, spec.grad)
+                err, info = oracles.fd_check(spec, case, spec.value, spec.grad)
         except Exception as exc:
             err, info = math.inf, {"error": f"{type(exc).__name__}: {exc}"}
         res.errors["check_grad"] = err
         res.details["check_grad"] = ", ".join(f"{k}={v}" for k, v in info.items())
 
-    # ---- complex step (logits)
-    cs = oracles.complex_step(case)
+    # ---- complex step (analytic losses)
+    cs = oracles.complex_step(spec, case)
     if cs is not None:
         e, _, k = errors.combined(grad64, cs, g_op, dtype, mask=np.isnan(cs))
         res.errors["complex step"] = e
@@ -324,7 +317,7 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
                                         floor=floor)
             res.errors["hvp jax"] = e1
             res.details["hvp jax"] = _detail("hvp", hv, out["hvp"], k1)
-            exact_h = mp.hvp_oracle(case)
+            exact_h = mp.hvp_oracle(spec, case)
             if exact_h is not None:
                 e0, _, k0 = errors.combined(hv, exact_h, h_op, dtype, mask=kink)
                 res.errors["hvp"], res.details["hvp"] = e0, _detail("hvp", hv, exact_h, k0)
@@ -347,9 +340,9 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
     return res
 
 
-def _check_api(case, value, grad, both, res):
+def _check_api(spec, case, value, grad, both, res):
     red = case.kwargs["reduction"]
-    batch = case.x.shape if case.loss.startswith("binary") else _batch_shape(case)
+    batch = inputs.batch_shape(spec, case)
     want_value_shape = batch if red == "none" else ()
     if np.shape(value) != want_value_shape:
         res.problems.append(f"value has shape {np.shape(value)}, expected {want_value_shape}")
@@ -366,11 +359,6 @@ def _check_api(case, value, grad, both, res):
     elif not (np.array_equal(np.isnan(both[0]), np.isnan(value))
               and np.array_equal(np.isinf(both[1]), np.isinf(grad))):
         res.problems.append("value_and_grad differs from (value, grad) in NaN/inf pattern")
-
-
-def _batch_shape(case):
-    ax = case.kwargs.get("axis", -1) % case.x.ndim
-    return case.x.shape[:ax] + case.x.shape[ax + 1:]
 
 
 def _detail(what, got, exact, k):
@@ -406,4 +394,5 @@ def _aggregate(spec, opt, dtype, region, results) -> Row:
             failures.append({"measure": "contract", "error": math.inf,
                              "case": r.case.describe(), "detail": "; ".join(r.problems)})
     failures = failures[: 4 * WORST_SHOWN]
-    return Row(spec.name, opt.name, dtype.name, region, len(results), stats, ok, failures)
+    return Row(spec.name, spec.label, opt.name, dtype.name, region, len(results), stats, ok,
+               failures)

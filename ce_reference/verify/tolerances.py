@@ -3,7 +3,7 @@
 Units
 -----
 Every elementwise error of a value, gradient or Hessian-vector product is
-measured two ways against an oracle ``o`` (see :mod:`.metrics`):
+measured two ways against an oracle ``o`` (see :mod:`.errors`):
 
 * ``ulp = |got - o| / spacing(o)`` in the dtype of the result, and
 * ``opnd = |got - o| / (eps * operand)``: the error relative to the largest
@@ -16,7 +16,7 @@ measured two ways against an oracle ``o`` (see :mod:`.metrics`):
 An element passes when ``min(ulp, opnd)`` is within the tolerance.  The
 per-case error of an oracle is the worst element (value and gradient
 together).  Finite differences are measured normwise instead
-(``|g - fd| / ||g||``), since their own error is normwise.
+(``||g - fd|| / ||operands||``), since their own error is normwise.
 """
 
 from __future__ import annotations
@@ -89,11 +89,9 @@ FD_RANDOM_DIRECTIONS = 3
 # result is trusted when both precisions round to the same float64 (within one
 # ULP); otherwise the case is reported as an oracle disagreement (a failure).
 MP_DPS = 50
-MP_DPS_RECHECK = 100
-# Inputs beyond these are "extreme" and are always re-checked, at this precision:
-# |logit| > 36 makes sigma(x) round to 1 in float64 (the sigma(700) - 1 trap).
-MP_EXTREME_LOGIT = 36.0
-MP_EXTREME_PROB = 1e-12
+# Inputs each loss's oracle calls extreme (ce_reference.oracles.<loss>.extreme: logits
+# beyond 36, where sigma(x) rounds to 1 in float64 -- the sigma(700) - 1 trap --, or
+# probabilities within 1e-12 of 0 or 1) are always re-checked, at this precision:
 MP_DPS_EXTREME = 400
 # Cases larger than this skip the mpmath oracle (it is pure Python).
 MP_MAX_ELEMENTS = 2100
@@ -108,7 +106,3 @@ HESSIAN_MAX_SIZE = 24
 # 1e-4 still flag any HVP error of relative size 1e-6 (float64).
 TOL_HESSIAN_NORMWISE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
-
-def tol(table: dict, dtype) -> float:
-    """Tolerance of ``table`` for ``dtype``."""
-    return table[np.dtype(dtype)]

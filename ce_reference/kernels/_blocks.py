@@ -1,9 +1,8 @@
-r"""Plumbing shared by the fused ``*_value_and_grad`` kernels.
+r"""Plumbing shared by the fused kernels and the generic blocked driver.
 
-The kernels (:mod:`._kernels_softmax`, :mod:`._kernels_binary`) sweep the input
-once, in blocks small enough to stay in the per-core L2 cache, doing every
-NumPy operation with ``out=`` into scratch buffers allocated once per thread.
-This module holds what they share:
+The kernels sweep the input once, in blocks small enough to stay in the
+per-core L2 cache, doing every NumPy operation with ``out=`` into scratch
+buffers allocated once per thread.  This module holds what they share:
 
 * :func:`resolve_workers` and :func:`run_blocks` -- a fixed partition into
   blocks, run by ``workers`` threads (NumPy ufuncs release the GIL).  Each block
@@ -11,12 +10,13 @@ This module holds what they share:
   partial sums are combined in block order afterwards, so the results are
   bitwise identical for every ``workers``.
 * :func:`check_out` -- validation of a caller's gradient buffer.
+* :func:`coalesce` and :func:`tiles` -- a fixed tiling of elementwise
+  operands that never expands a broadcast argument.
 * :func:`log1p_nonneg` -- ``log1p`` for non-negative arguments built on the
   vectorised ``log`` (NumPy's ``log1p`` is a scalar libm loop, ~6x slower).
-* :class:`ReferenceError_` plumbing: the kernels never format an error message
-  themselves.  When a cheap check (or a block) finds something wrong, the caller
-  re-runs the plain function's validation, which raises the exact error the
-  plain function would raise, in the same order of precedence.
+* :func:`raise_invalid` -- when a block finds an invalid value, the problem's
+  own value check (:meth:`ce_reference._problem.ClassProblem.check_values`)
+  raises the exact error of the plain function.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 # Bytes of input per block of the softmax kernels.  After its first pass reads a
 # block from memory, the 4-5 further passes hit the cache (L2, or the shared L3
@@ -171,4 +172,57 @@ def log1p_nonneg(u: np.ndarray, out: np.ndarray, w: np.ndarray, c: np.ndarray,
     np.subtract(u, c, out=c)         # c = u - (w - 1), exact
     np.divide(c, w, out=c)           # c / w
     np.add(out, c, out=out)          # log w + c / w
+    return out
+
+
+def raise_invalid(problem) -> None:
+    """A block saw an invalid value: raise the plain function's error for it."""
+    problem.check_values()
+    raise ValueError("invalid arguments (the value check did not say which; please report this)")
+
+
+# --------------------------------------------------------------------------- tiling
+
+def coalesce(shape, arrays):
+    """Views of ``arrays`` (all of ``shape``) with adjacent axes merged where possible.
+
+    Axes ``k-1`` and ``k`` merge when, for every array, stepping once along
+    ``k-1`` equals stepping ``shape[k]`` times along ``k`` (as ``np.nditer``
+    does).  Returns the merged shape and the views (at least 1-d).  A broadcast
+    argument (stride 0) is never expanded.
+    """
+    shp = list(shape) or [1]
+    strides = [list(a.strides) or [0] for a in arrays]
+    for k in range(len(shp) - 1, 0, -1):
+        n1, n2 = shp[k - 1], shp[k]
+        if n2 == 1:
+            merged = [st[k - 1] for st in strides]
+        elif n1 == 1 or all(st[k - 1] == st[k] * n2 for st in strides):
+            merged = [st[k] for st in strides]
+        else:
+            continue
+        for st, v in zip(strides, merged):
+            st[k - 1] = v
+            del st[k]
+        shp[k - 1] = n1 * n2
+        del shp[k]
+    views = [as_strided(a, shape=tuple(shp), strides=tuple(st), writeable=a.flags.writeable)
+             for a, st in zip(arrays, strides)]
+    return tuple(shp), views
+
+
+def tiles(shape, max_elems):
+    """A fixed C-order list of index tuples covering ``shape`` in tiles of <= ``max_elems``."""
+    inner = 1
+    k = len(shape) - 1
+    while k > 0 and inner * shape[k] <= max_elems:
+        inner *= shape[k]
+        k -= 1
+    if inner * shape[k] <= max_elems:
+        return [tuple(slice(None) for _ in shape)]
+    step = max(1, max_elems // inner)
+    out = []
+    for prefix in np.ndindex(*shape[:k]):
+        for j0 in range(0, shape[k], step):
+            out.append(prefix + (slice(j0, min(shape[k], j0 + step)),))
     return out

@@ -1,0 +1,364 @@
+r"""Softmax cross-entropy on logits (PyTorch's ``F.cross_entropy``): one loss, one module.
+
+Targets are either class indices (integer dtype, the input's shape without the
+class axis) or probabilities / one-hot rows (any other dtype, the input's
+shape); the dtype decides, as in PyTorch.  The class axis is moved last
+internally (the problem's ``(pre, post, C)`` view); every result is moved back.
+
+The per-row formulas (:func:`_rows`, :func:`_row_grad`) serve the plain
+functions, the complex-step oracle and the Hessian-vector product; the fused
+``value_and_grad`` is the hand-written kernel :mod:`ce_reference.kernels.softmax`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import options as O
+from .._problem import ClassProblem, deferred_values
+from .._special import log_softmax_parts, mul0
+from .._validation import check_label_smoothing
+from ..kernels import softmax as _kernel
+from ..spec import LossSpec, option_set
+from ._hvp import class_last
+
+__all__ = [
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_grad",
+    "softmax_cross_entropy_value_and_grad",
+    "softmax_cross_entropy_hvp",
+]
+
+
+def _problem(logits, targets, axis, weight, ignore_index, label_smoothing, reduction,
+             check_values=True):
+    """Validated arguments (see :class:`ClassProblem`), plus ``label_smoothing``."""
+    P = ClassProblem(logits, targets, input_name="logits", input_kind="logits", axis=axis,
+                     weight=weight, ignore_index=ignore_index, reduction=reduction,
+                     probs_what="probabilities / one-hot", check_values=check_values)
+    P.label_smoothing = check_label_smoothing(label_smoothing)
+    return P
+
+
+def _coefficients(P):
+    """Per-row coefficients of the loss, as ``(c_nll, c_smooth, A)``.
+
+    Index targets: ``c_nll = keep (1 - eps) w_y`` multiplies ``-log p_y`` and
+    ``c_smooth = keep eps / C`` multiplies ``sum_c w_c (-log p_c)`` (PyTorch's
+    weighting: the true-class term carries ``w_y``, the uniform term each
+    ``w_c``); ``A`` is None.  Probability targets: ``A_c = w_c q'_c`` with
+    ``q' = (1 - eps) q + eps / C``; the two others are None.
+    """
+    cdt, ls = P.cdt, P.label_smoothing
+    if P.index is not None:
+        wy = np.ones(P.index.shape, cdt) if P.weight is None else P.weight[P.index]
+        keepf = P.keep.astype(cdt)
+        return keepf * cdt.type(1 - ls) * wy, keepf * cdt.type(ls / P.C), None
+    q = P.probs if ls == 0 else P.probs * cdt.type(1 - ls) + cdt.type(ls / P.C)
+    return None, None, (q if P.weight is None else q * P.weight)
+
+
+def _rows(P, x):
+    """Per-row losses for the class-last logits ``x`` (normally ``P.x``); complex-safe.
+
+    The complex-step oracle passes a perturbed complex copy through this same code.
+    """
+    neg_logp, _ = log_softmax_parts(x)
+    c_nll, c_smooth, A = _coefficients(P)
+    if A is not None:
+        return np.sum(mul0(A, neg_logp), axis=-1)
+    nll = np.take_along_axis(neg_logp, P.index[..., None], axis=-1)[..., 0]
+    rows = mul0(c_nll, nll)
+    if P.label_smoothing:
+        per_class = neg_logp if P.weight is None else mul0(P.weight, neg_logp)
+        rows = rows + mul0(c_smooth, np.sum(per_class, axis=-1))
+    return rows
+
+
+def _row_mass(P, c_nll, c_smooth, A):
+    """``S = sum_c A_c`` per row: the total target mass the gradient multiplies ``p`` by."""
+    if A is not None:
+        return np.sum(A, axis=-1, keepdims=True)
+    W = P.C if P.weight is None else np.sum(P.weight, dtype=np.float64)
+    return (c_nll + c_smooth * P.x.dtype.type(W))[..., None]
+
+
+def _row_grad(P):
+    """d(row loss)/dx with the class axis last: ``p * sum_c A_c - A``."""
+    _, p = log_softmax_parts(P.x)
+    c_nll, c_smooth, A = _coefficients(P)
+    if A is not None:
+        return p * _row_mass(P, c_nll, c_smooth, A) - A
+    g = p * _row_mass(P, c_nll, c_smooth, A)
+    if P.label_smoothing:
+        g -= c_smooth[..., None] * (1 if P.weight is None else P.weight)
+    idx = P.index[..., None]
+    np.put_along_axis(g, idx, np.take_along_axis(g, idx, axis=-1) - c_nll[..., None], axis=-1)
+    return g
+
+
+def softmax_cross_entropy(logits, targets, *, axis=-1, weight=None, ignore_index=None,
+                          label_smoothing=0.0, reduction="mean"):
+    r"""Softmax cross-entropy of logits (PyTorch's ``F.cross_entropy``).
+
+    With :math:`-\log p_{n,c} = \operatorname{logsumexp}(x_n) - x_{n,c}` and
+    label smoothing :math:`\varepsilon`:
+
+    .. math::
+
+        \ell_n = \sum_c w_c\, q'_{n,c}\,\bigl(\operatorname{logsumexp}(x_n) - x_{n,c}\bigr),
+        \qquad q' = (1 - \varepsilon)\, q + \varepsilon / C,
+
+    where for index targets :math:`q` is one-hot and, as in PyTorch, the
+    true-class term carries :math:`w_{y_n}` while the uniform term carries each
+    :math:`w_c` (``(1-ε) w_y (-log p_y) + (ε/C) Σ_c w_c (-log p_c)``); rows with
+    ``targets == ignore_index`` contribute 0.
+
+    Parameters
+    ----------
+    logits : array_like, shape ``(..., C, ...)``
+        Real logits, class axis ``axis``.  ``-inf`` marks a class with
+        probability 0; NaN, ``+inf`` and rows that are all ``-inf`` are errors.
+    targets : array_like
+        Integer class indices in ``[0, C)`` of the batch shape (the input's
+        shape without ``axis``), or probabilities / one-hot rows of the input's
+        shape (any non-integer dtype).
+    axis : int, default -1
+        The class axis.  (PyTorch fixes it at 1; pass ``axis=1`` for its layout.)
+    weight : array_like of shape ``(C,)``, optional
+        Non-negative per-class weights.
+    ignore_index : int, optional
+        Index targets only.  ``None`` (default) ignores nothing and any index
+        outside ``[0, C)`` is an error; an int drops the rows whose target
+        equals it (zero loss, zero gradient, not in the ``mean`` denominator).
+        It may be negative (PyTorch's own default is -100) or a valid class.
+    label_smoothing : float in [0, 1], default 0
+    reduction : {"mean", "sum", "none"}
+        ``mean`` divides by :math:`\sum_{n \text{ kept}} w_{y_n}` (the count of
+        kept rows without weights) for index targets and by the number of rows
+        for probability targets, exactly as PyTorch does (PyTorch #107680).
+
+    Returns
+    -------
+    loss : NumPy scalar, or array of the batch shape for ``"none"``
+
+    Notes
+    -----
+    ``logsumexp(x) - x_c`` is computed as ``(m - x_c) + log1p(t)`` with ``m``
+    the row maximum and ``t`` the sum of the other shifted exponentials, so
+    both terms are non-negative and a confident row keeps its accuracy.
+    ``mean`` over an empty batch, over all-ignored rows, or with target
+    weights summing to 0 is NaN (PyTorch's 0/0); the gradient is then zero.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_reference as ce
+    >>> z = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> float(ce.softmax_cross_entropy(z, np.array([0, 1])))
+    0.3185397696491856
+    """
+    P = _problem(logits, targets, axis, weight, ignore_index, label_smoothing, reduction)
+    return P.reduce(_rows(P, P.x))
+
+
+def softmax_cross_entropy_grad(logits, targets, *, axis=-1, weight=None, ignore_index=None,
+                               label_smoothing=0.0, reduction="mean"):
+    r"""Gradient of :func:`softmax_cross_entropy` with respect to ``logits``.
+
+    .. math::
+
+        \frac{\partial \ell_n}{\partial x_{n,k}}
+        = p_{n,k} \sum_c w_c\, q'_{n,c} - w_k\, q'_{n,k},
+        \qquad p_n = \operatorname{softmax}(x_n),
+
+    which is ``softmax(x) - q`` without weights or smoothing; times
+    ``1/denominator`` for ``mean``.  Ignored rows get exactly zero.  Same
+    arguments as the loss; returns an array of ``logits``' shape.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_reference as ce
+    >>> ce.softmax_cross_entropy_grad(np.zeros((1, 2)), np.array([0])).tolist()
+    [[-0.5, 0.5]]
+    """
+    P = _problem(logits, targets, axis, weight, ignore_index, label_smoothing, reduction)
+    return P.finish_grad(_row_grad(P))
+
+
+def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=None,
+                                         ignore_index=None, label_smoothing=0.0,
+                                         reduction="mean", out=None, workers=None):
+    r"""Loss and gradient of :func:`softmax_cross_entropy` in one fused sweep.
+
+    Same arguments, numbers and errors as :func:`softmax_cross_entropy` and
+    :func:`softmax_cross_entropy_grad` (to a few ULP; see
+    ``docs/benchmarks.md``), computed by a blocked, multithreaded
+    kernel (:mod:`ce_reference._kernels_softmax`) that reads the logits once
+    and allocates nothing the size of the input but the gradient.
+
+    Parameters
+    ----------
+    out : ndarray, optional
+        C-contiguous, writeable buffer of the logits' shape and the gradient's
+        dtype that receives the gradient (and is returned).  It may be the
+        logits array itself: the gradient then overwrites the logits in place
+        (if an error is raised, the logits may be partly overwritten).
+    workers : int, optional
+        Threads to use; default: the cores available to this process.  The
+        results are bitwise identical for every value.
+
+    Returns
+    -------
+    (loss, grad)
+
+    Examples
+    --------
+    >>> import numpy as np, ce_reference as ce
+    >>> z = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> loss, g = ce.softmax_cross_entropy_value_and_grad(z, np.array([0, 1]))
+    >>> float(loss)
+    0.3185397696491856
+    >>> bool(np.allclose(g, ce.softmax_cross_entropy_grad(z, np.array([0, 1])), rtol=1e-15))
+    True
+    """
+    P = deferred_values(lambda check: _problem(logits, targets, axis, weight, ignore_index, label_smoothing, reduction,
+                                                  check_values=check))
+    return _kernel.value_and_grad(P, P.label_smoothing, out, workers)
+
+
+def _centered(p, v):
+    r"""``d = v - <p, v>`` per row (class axis last), accurate to the operands.
+
+    With ``a`` the row's arg-max class (the one whose ``p_a`` may be close to
+    1), ``r = sum_{j != a} p_j`` and ``T = sum_{j != a} p_j v_j``, and using
+    ``p_a = 1 - r``:
+
+        d_k = p_a (v_k - v_a) + (r v_k - T).
+
+    This never forms ``1 - p_a`` by subtraction (it is ``r``, a sum of
+    positive terms), so for a confident row ``d_a = r v_a - T`` is accurate
+    even though the naive ``v_a - <p, v>`` cancels to ``v_a (1 - p_a)``; every
+    rounding error is bounded by a few ULP of the componentwise operand size
+    ``(1 - p_k)|v_k| + sum_{j != k} p_j |v_j|``.  The row sums accumulate in
+    float64; ``p`` and ``v`` are float64 here.
+    """
+    a = np.argmax(p, axis=-1)[..., None]
+    pa = np.take_along_axis(p, a, axis=-1)
+    va = np.take_along_axis(v, a, axis=-1)
+    rest = p.copy()
+    np.put_along_axis(rest, a, 0.0, axis=-1)
+    r = np.sum(rest, axis=-1, keepdims=True)
+    T = np.sum(rest * v, axis=-1, keepdims=True)
+    return pa * (v - va) + (r * v - T)
+
+
+def softmax_cross_entropy_hvp(logits, targets, v, *, axis=-1, weight=None, ignore_index=None,
+                              label_smoothing=0.0, reduction="mean"):
+    r"""Hessian-vector product of :func:`softmax_cross_entropy` with respect to ``logits``.
+
+    Per row, with :math:`p = \operatorname{softmax}(x_n)` and
+    :math:`A_{n,c} = w_c q'_{n,c}` the coefficients of the loss,
+
+    .. math::
+
+        H_n = S_n\,\bigl(\operatorname{diag}(p) - p\,p^{\mathsf T}\bigr),
+        \qquad
+        (H v)_{n,k} = s\, S_n\, p_k\,\bigl(v_k - \langle p, v\rangle\bigr),
+        \qquad S_n = \sum_c A_{n,c},
+
+    :math:`S_n` being the row's total target mass.  Derivation: the gradient
+    is :math:`p_k S_n - A_{n,k}` with :math:`A` independent of :math:`x`, and
+    :math:`\partial p_k/\partial x_j = p_k(\delta_{kj} - p_j)`.  For index
+    targets :math:`S_n = (1-\varepsilon)\,w_{y_n} + (\varepsilon/C)\sum_c w_c`
+    (label smoothing :math:`\varepsilon`), 0 for ignored rows; for
+    probability targets :math:`S_n = \sum_c w_c q'_{n,c}` (1 without weights
+    for a row summing to 1).  :math:`s` is ``1/denominator`` for ``mean``
+    (the loss's denominator) and 1 otherwise.  Each block is positive
+    semi-definite with :math:`H_n \mathbf 1 = 0` (shifting a row of logits
+    does not change the loss).
+
+    Parameters
+    ----------
+    logits, targets, axis, weight, ignore_index, label_smoothing, reduction
+        As in :func:`softmax_cross_entropy` (validated by the same code, with
+        the same errors).
+    v : array_like of ``logits``' shape
+        The direction; real, finite; cast to ``logits``' compute dtype.
+
+    Returns
+    -------
+    hv : ndarray of ``logits``' shape, in the package's result dtype
+
+    Notes
+    -----
+    The :math:`C \times C` block is never formed: the product costs
+    :math:`O(C)` per row.  :math:`v_k - \langle p, v\rangle` is computed as
+    :math:`p_a (v_k - v_a) + (r v_k - T)` with :math:`a` the arg-max class,
+    :math:`r = \sum_{j\ne a} p_j = 1 - p_a` and :math:`T = \sum_{j\ne a} p_j v_j`,
+    so a confident row (:math:`p_a \approx 1`) does not suffer the cancellation
+    of :math:`1 - p_a`; the error is a few ULP of the componentwise bound
+    :math:`(|H|\,|v|)_k`.  A class with logit ``-inf`` has :math:`p_k = 0` and
+    gets 0.  A ``mean`` with a zero denominator gives a zero product.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_reference as ce
+    >>> ce.softmax_cross_entropy_hvp(np.zeros((1, 2)), np.array([0]), [[1.0, -1.0]]).tolist()
+    [[0.5, -0.5]]
+    """
+    P = _problem(logits, targets, axis, weight, ignore_index, label_smoothing, reduction)
+    vm = class_last(P, v)
+    _, p = log_softmax_parts(P.x)
+    # S_n, the row's total target mass; the O(C) combination below runs in float64
+    # (exact products for float32 input) and is rounded once to the result dtype.
+    c_nll, c_smooth, A = _coefficients(P)
+    if A is not None:
+        S = np.sum(A, axis=-1, dtype=np.float64)
+    else:
+        W = P.C if P.weight is None else np.sum(P.weight, dtype=np.float64)
+        S = c_nll.astype(np.float64) + c_smooth.astype(np.float64) * W
+    coef = (S * P.scale)[..., None]
+    p64 = p.astype(np.float64, copy=False)
+    v64 = vm.astype(np.float64, copy=False)
+    post = 1.0
+    if v64.size and np.max(np.abs(v64)) > np.finfo(np.float64).max / 4:
+        # Keep v_k - v_a from overflowing: scale by an exact power of 2, undo it at the end.
+        v64, post = v64 * 0.25, 4.0
+    with np.errstate(over="ignore"):  # only a result beyond the dtype's range overflows
+        hv = (p64 * _centered(p64, v64)) * coef
+        if post != 1.0:
+            hv = hv * post
+    return P.finish_grad(hv, scaled=True)
+
+
+def _complex_value(z, targets, *, axis=-1, weight=None, ignore_index=None,
+                   label_smoothing=0.0, reduction="mean"):
+    """Each row's contribution to the reduced loss at complex logits ``z`` (complex step)."""
+    z = np.asarray(z)
+    P = _problem(z.real, targets, axis, weight, ignore_index, label_smoothing, reduction)
+    zc = np.moveaxis(z.reshape(P.pre, P.C, P.post), 1, -1)
+    return (_rows(P, zc) * P.scale).reshape(P.batch_shape)
+
+
+SPEC = LossSpec(
+    name="softmax_cross_entropy", input="logits", structure="classes",
+    targets=("index", "onehot", "soft"),
+    options=(O.AXIS, O.CLASS_WEIGHT, O.IGNORE_INDEX, O.LABEL_SMOOTHING),
+    option_sets=(
+        option_set("index", "index", (), ("random", "extreme")),
+        option_set("index + weight", "index", ("weight",), ("random", "extreme")),
+        option_set("index + ignore_index", "index", ("ignore_index",), ("random", "extreme")),
+        option_set("index + label_smoothing", "index", ("label_smoothing",),
+                   ("random", "extreme")),
+        option_set("index + weight + ignore + smoothing", "index",
+                   ("weight", "ignore_index", "label_smoothing"), ("random", "extreme")),
+        option_set("soft (Dirichlet)", "soft", (), ("random", "extreme")),
+        option_set("one-hot + weight + smoothing", "onehot", ("weight", "label_smoothing"),
+                   ("random", "extreme")),
+    ),
+    value=softmax_cross_entropy, grad=softmax_cross_entropy_grad,
+    value_and_grad=softmax_cross_entropy_value_and_grad, hvp=softmax_cross_entropy_hvp,
+    complex_value=_complex_value,
+    oracle="ce_reference.oracles.softmax_cross_entropy:ORACLE",
+    short="softmax-CE", ref="ce_reference.losses.softmax_cross_entropy:SPEC",
+)

@@ -1,0 +1,118 @@
+"""The keyword options the losses share, each with its validator and its verifier sampler.
+
+A loss lists its options in its spec (:class:`ce_reference.spec.LossSpec`);
+the common ones are defined here once, so that ``weight`` means the same thing,
+is validated by the same code and is sampled the same way by the verifier for
+every loss that has it.  A loss with an option of its own defines that
+:class:`~ce_reference.spec.Option` in its module.
+
+Samplers take ``(rng, draw)``: a seeded ``numpy.random.Generator`` and the
+:class:`Draw` of the case being built (its dtype, shape, class axis, targets,
+index within the row), and return the option's value.  A sampler marked
+``targets=True`` (``ignore_index``) also rewrites ``draw.index``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validation as V
+from .spec import Option
+
+#: Label smoothing values the verifier cycles through.
+LABEL_SMOOTHING_SAMPLES = (0.1, 0.5, 1.0)
+#: A clipping ``eps`` valid in float32 and float64 (``1 - 1e-7 != 1`` in both).
+CLIP_EPS = 1e-7
+#: PyTorch's default ``ignore_index``: the negative sentinel the verifier uses.
+IGNORE_SENTINEL = -100
+
+
+@dataclass
+class Draw:
+    """What a sampler may look at while one verifier case is being built.
+
+    ``shape`` is the input's shape; ``batch`` the per-example shape (class-last
+    order for class-axis losses) and ``C`` the number of classes (None for
+    elementwise losses); ``index`` the class ids of the rows (class-axis losses,
+    before targets of other kinds are built from them); ``k`` the layout's
+    position in its list and ``i`` the case number within its row.
+    """
+
+    dtype: np.dtype
+    shape: tuple
+    batch: tuple
+    C: int | None
+    k: int
+    i: int
+    target_kind: str
+    index: np.ndarray | None = None
+    kwargs: dict = field(default_factory=dict)
+
+
+def mixed_weights(rng, shape, dtype):
+    """Non-negative weights mixing 0, 1e-3, uniform(0.5, 2) and 1e3 (1 in 8 each of the
+    special values)."""
+    choice = rng.integers(0, 8, shape)
+    w = rng.uniform(0.5, 2.0, shape)
+    w = np.where(choice == 0, 0.0, w)
+    w = np.where(choice == 1, 1e-3, w)
+    w = np.where(choice == 2, 1e3, w)
+    return w.astype(dtype)
+
+
+def _sample_class_weight(rng, draw):
+    w = mixed_weights(rng, (draw.C,), draw.dtype)
+    if draw.target_kind == "index":
+        kept = draw.index.reshape(-1)
+        ignore = draw.kwargs.get("ignore_index")
+        if ignore is not None:
+            kept = kept[kept != ignore]
+        if not (w[kept] > 0).any():       # a mean needs a positive denominator
+            w[kept[0]] = 1
+    return w
+
+
+def _sample_element_weight(rng, draw):
+    return mixed_weights(rng, draw.shape, draw.dtype)
+
+
+def _sample_pos_weight(rng, draw):
+    shape = draw.shape[-1:] if len(draw.shape) else ()
+    return np.asarray(rng.choice([0.5, 1.0, 2.0, 3.0, 1e-3, 1e3], size=shape), draw.dtype)
+
+
+def _sample_ignore_index(rng, draw):
+    """A negative sentinel or a valid class; about 30% of the rows dropped, one kept."""
+    ignore = IGNORE_SENTINEL if (draw.C == 1 or draw.k % 2 == 0) else 0
+    drop = rng.uniform(size=draw.batch) < 0.3
+    idx = np.where(drop, 0 if ignore == 0 else ignore, draw.index)
+    flat = idx.reshape(-1)
+    if not (flat != ignore).any():        # keep at least one row
+        flat[0] = 1 if ignore == 0 else 0
+        idx = flat.reshape(draw.batch)
+    draw.index = idx
+    return ignore
+
+
+def _sample_label_smoothing(rng, draw):
+    return LABEL_SMOOTHING_SAMPLES[draw.k % len(LABEL_SMOOTHING_SAMPLES)]
+
+
+def _sample_eps(rng, draw):
+    return CLIP_EPS
+
+
+AXIS = Option("axis", -1, validate=V.normalize_axis)
+CLASS_WEIGHT = Option("weight", None, array=True, shape="classes", validate=V.class_weight,
+                      sample=_sample_class_weight)
+ELEMENT_WEIGHT = Option("weight", None, array=True, shape="input",
+                        validate=V.check_nonnegative_finite, sample=_sample_element_weight)
+POS_WEIGHT = Option("pos_weight", None, array=True, shape="last",
+                    validate=V.check_nonnegative_finite, sample=_sample_pos_weight)
+IGNORE_INDEX = Option("ignore_index", None, validate=V.check_ignore_index,
+                      sample=_sample_ignore_index, targets=True)
+LABEL_SMOOTHING = Option("label_smoothing", 0.0, validate=V.check_label_smoothing,
+                         sample=_sample_label_smoothing)
+EPS = Option("eps", None, validate=V.check_eps, sample=_sample_eps)
