@@ -11,7 +11,7 @@ import ce_reference as ce
 from ce_reference.kernels import _blocks
 
 MiB = 1 << 20
-# Extra memory allowed besides the gradient (issue 4): per-thread scratch, the
+# Extra memory allowed besides the gradient: per-thread scratch, the
 # O(N) per-row vectors (targets, losses) and NumPy's small temporaries.
 EXTRA_BYTES = 32 * MiB
 

@@ -28,7 +28,7 @@ def main():
         spec = LOSSES[name]
         x, t, kw = make_case(spec, rng, **dict(combo))
         val, grad = spec.value_and_grad(x, t, **kw)
-        f = lambda z: spec.jax(z, t, **kw)  # noqa: E731
+        f = lambda z: spec.twin(z, t, **kw)  # noqa: E731
         if kw.get("reduction") == "none":
             jv, jg = f(x), jax.grad(lambda z: f(z).sum())(x)
         else:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -547,14 +545,6 @@ def probe_known(k: Known, target: Target) -> dict:
 
 def _fmt_result(r: Result) -> str:
     return "; ".join(f"{k}={_fmt_array(np.asarray(v))}" for k, v in r.arrays.items())
-
-
-def now() -> float:
-    return time.perf_counter()
-
-
-def format_exc() -> str:
-    return traceback.format_exc(limit=3)
 
 
 def operand_scales(inputs: str, reference: Callable[[Case], Result]):
