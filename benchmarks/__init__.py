@@ -4,10 +4,11 @@ Run from the repository root::
 
     python -m benchmarks [--quick] [--json PATH] [--plot PATH]
 
-Times ``softmax_cross_entropy_value_and_grad`` (integer targets, mean) and
-``binary_cross_entropy_with_logits_value_and_grad`` side by side with the
-``np.copyto`` floor, textbook NumPy, ``scipy.special``, ``jax.jit`` of optax's
-losses on CPU and PyTorch CPU eager (each optional: skipped when not
-installed), and reports median time, effective GB/s, ratios and peak memory.
-See ``docs/benchmarks.md``.
+Iterates the registry: every loss's ``NAME_value_and_grad`` on the cases its
+spec lists (``LossSpec.benchmarks``; a default case otherwise), side by side
+with the ``np.copyto`` floor and the loss's peers from its oracle module
+(textbook NumPy, ``scipy.special``, ``jax.jit`` of optax on CPU, PyTorch CPU
+eager; each optional: skipped when not installed), reporting median time,
+effective GB/s, ratios, the spec's speed goals and peak memory.  See
+``docs/benchmarks.md``.
 """

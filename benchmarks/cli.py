@@ -15,46 +15,54 @@ import warnings
 
 import numpy as np
 
+from ce_reference.registry import LOSSES
+from ce_reference.spec import BenchCase
+
 from . import impls
 
 MiB = 1 << 20
 
-# (kind, shape): the issue's shapes.  Softmax: integer targets, mean; BCE: float
-# targets of the logits' shape, mean.
-CASES = [
-    ("softmax", (4096, 8192)),
-    ("softmax", (256, 131072)),
-    ("softmax", (1_000_000, 10)),
-    ("bce", (10_000_000,)),
-]
-
-# Targets of issue 4 (float32, all cores): (kind, shape, quantity, goal, comparison).
-# "floor" = fused time / np.copyto time; a peer name = peer time / fused time.
-TARGETS = [
-    ("softmax", (4096, 8192), "floor", 2.0, "<="),
-    ("softmax", (4096, 8192), "torch eager", 5.0, ">="),
-    ("softmax", (4096, 8192), "jax.jit + optax", 2.5, ">="),
-    ("softmax", (256, 131072), "floor", 2.0, "<="),
-    ("softmax", (256, 131072), "torch eager", 5.0, ">="),
-    ("softmax", (256, 131072), "jax.jit + optax", 2.5, ">="),
-    ("softmax", (1_000_000, 10), "floor", 4.0, "<="),
-    ("softmax", (1_000_000, 10), "jax.jit + optax", 2.0, ">="),
-    ("bce", (10_000_000,), "torch eager", 3.0, ">="),
-    ("bce", (10_000_000,), "jax.jit + optax", 1.0, ">"),
-]
+def _default_case(spec):
+    """A benchmark case for a loss whose spec names none."""
+    shape = (4096, 1024) if spec.structure == "classes" else (1_000_000,)
+    return BenchCase(shape, spec.targets[0])
 
 
-def _inputs(kind, shape, dtype, seed=0):
+def cases(specs=None):
+    """``[(spec, BenchCase)]`` of every registered loss (the registry is the list)."""
+    specs = list(LOSSES.values()) if specs is None else specs
+    return [(spec, case) for spec in specs for case in (spec.benchmarks or (_default_case(spec),))]
+
+
+def case_key(spec, case) -> str:
+    return f"{spec.name}-{case.key}"
+
+
+def _inputs(spec, shape, targets, dtype, seed=0):
+    """Seeded inputs of ``shape`` (class axis last) for the loss's input domain and targets."""
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape, dtype=np.float64) * 3).astype(dtype)
-    if kind == "softmax":
-        return x, rng.integers(0, shape[-1], shape[0])
-    return x, (rng.random(shape) < 0.5).astype(dtype)
+    z = rng.standard_normal(shape, dtype=np.float64) * 3
+    if spec.input == "logits":
+        x = z.astype(dtype)
+    else:
+        p = np.exp(z - z.max(axis=-1, keepdims=True)) if spec.structure == "classes" else \
+            1 / (1 + np.exp(-z))
+        if spec.structure == "classes":
+            p /= p.sum(axis=-1, keepdims=True)
+        x = (p if spec.input == "probs" else np.log(p)).astype(dtype)
+    if targets == "index":
+        return x, rng.integers(0, shape[-1], shape[:-1])
+    if targets == "hard":
+        return x, (rng.random(shape) < 0.5).astype(dtype)
+    q = rng.random(shape)
+    if spec.structure == "classes":
+        q /= q.sum(axis=-1, keepdims=True)
+    return x, q.astype(dtype)
 
 
-def _min_bytes(kind, x):
+def _min_bytes(x, t):
     """Least DRAM traffic of a fused forward+backward: read the inputs, write the gradient."""
-    return (2 if kind == "softmax" else 3) * x.nbytes
+    return 2 * x.nbytes + (t.nbytes if t.shape == x.shape else 0)
 
 
 def _peak_bytes(f):
@@ -68,15 +76,16 @@ def _peak_bytes(f):
         tracemalloc.stop()
 
 
-def run_case(kind, shape, dtype, repeat, workers, only=None, log=print):
+def run_case(spec, case, dtype, repeat, workers, only=None, log=print, shape=None):
     """Time every implementation of one case, interleaved round by round."""
-    x, t = _inputs(kind, shape, dtype)
-    table = impls.SOFTMAX if kind == "softmax" else impls.BCE
+    shape = case.shape if shape is None else shape
+    options = dict(case.options)
+    x, t = _inputs(spec, shape, case.targets, dtype)
     fns, mem_ok = {}, {}
-    for name, (factory, traced) in table.items():
+    for name, (factory, traced) in impls.implementations(spec, case.options).items():
         if only and name not in only:
             continue
-        f = factory(x, t, workers)
+        f = factory(x, t, workers, **options)
         if f is None:
             log(f"  {name}: not installed, skipped")
             continue
@@ -94,7 +103,7 @@ def run_case(kind, shape, dtype, repeat, workers, only=None, log=print):
     floor = statistics.median(times[impls.FLOOR]) if impls.FLOOR in times else None
     for name, ts in times.items():
         med = statistics.median(ts)
-        nbytes = 2 * x.nbytes if name == impls.FLOOR else _min_bytes(kind, x)
+        nbytes = 2 * x.nbytes if name == impls.FLOOR else _min_bytes(x, t)
         peak = _peak_bytes(fns[name]) if mem_ok[name] else None
         rows.append({
             "implementation": name, "median_s": med, "min_s": min(ts), "times_s": ts,
@@ -105,30 +114,32 @@ def run_case(kind, shape, dtype, repeat, workers, only=None, log=print):
     fused = next((r["median_s"] for r in rows if r["implementation"] == impls.FUSED), None)
     for r in rows:
         r["peer_over_fused"] = r["median_s"] / fused if fused else None
-    return {"kind": kind, "shape": list(shape), "dtype": np.dtype(dtype).name,
-            "input_bytes": x.nbytes, "grad_bytes": x.nbytes, "rows": rows}
+    return {"kind": spec.label, "loss": spec.name, "shape": list(shape),
+            "options": {k: v for k, v in case.options},
+            "dtype": np.dtype(dtype).name, "input_bytes": x.nbytes, "grad_bytes": x.nbytes,
+            "rows": rows, "goals": [list(g) for g in case.goals]}
 
 
 def check_targets(results):
+    """The cases' goals (float32 only) and the memory bounds, each as measured."""
     out = []
-    by_key = {(r["kind"], tuple(r["shape"]), r["dtype"]): r for r in results}
-    for kind, shape, what, goal, cmp in TARGETS:
-        case = by_key.get((kind, shape, "float32"))
-        if case is None:
+    for case in results:
+        if case["dtype"] != "float32":
             continue
         rows = {r["implementation"]: r for r in case["rows"]}
         fused = rows.get(impls.FUSED)
-        if fused is None:
-            continue
-        if what == "floor":
-            value, label = fused["x_floor"], "fused / np.copyto time"
-        elif what in rows:
-            value, label = rows[what]["median_s"] / fused["median_s"], f"{what} / fused time"
-        else:
-            continue
-        met = {"<=": value <= goal, ">=": value >= goal, ">": value > goal}[cmp]
-        out.append({"kind": kind, "shape": list(shape), "quantity": label, "goal": f"{cmp} {goal}",
-                    "measured": value, "met": bool(met)})
+        for what, cmp, goal in case.get("goals", ()):
+            if fused is None:
+                continue
+            if what == "floor":
+                value, label = fused["x_floor"], "fused / np.copyto time"
+            elif what in rows:
+                value, label = rows[what]["median_s"] / fused["median_s"], f"{what} / fused time"
+            else:
+                continue
+            met = {"<=": value <= goal, ">=": value >= goal, ">": value > goal}[cmp]
+            out.append({"kind": case["kind"], "shape": case["shape"], "quantity": label,
+                        "goal": f"{cmp} {goal}", "measured": value, "met": bool(met)})
     for case in results:  # memory targets, every case measured
         rows = {r["implementation"]: r for r in case["rows"]}
         for name, limit, label in (
@@ -231,7 +242,7 @@ def print_report(results, targets, info):
              for t in targets]
     cols = ["case", "quantity", "goal", "measured", ""]
     if console:
-        table = Table(title="issue 4 targets")
+        table = Table(title="speed goals (ratios) and memory bounds")
         for c in cols:
             table.add_column(c)
         for line in lines:
@@ -269,14 +280,15 @@ def markdown_tables(results, targets):
     return "\n".join(out)
 
 
-def size_sweep(dtype, repeat, workers, log):
-    """Softmax CE at C = 8192 over growing N, for the throughput plot."""
+def size_sweep(dtype, repeat, workers, log, selected=None):
+    """Every case with a ``sweep`` over its shapes, for the throughput plot."""
     sweep = []
-    for n in (16, 64, 256, 1024, 4096):
-        log(f"sweep softmax ({n}, 8192) {np.dtype(dtype).name}")
-        sweep.append(run_case("softmax", (n, 8192), dtype, repeat, workers,
-                              only={impls.FLOOR, impls.FUSED, "jax.jit + optax", "torch eager",
-                                    "scipy.special"}, log=log))
+    for spec, case in selected or cases():
+        for shape in case.sweep:
+            log(f"sweep {spec.name} {shape} {np.dtype(dtype).name}")
+            sweep.append(run_case(spec, case, dtype, repeat, workers, shape=shape,
+                                  only={impls.FLOOR, impls.FUSED, "jax.jit + optax",
+                                        "torch eager", "scipy.special"}, log=log))
     return sweep
 
 
@@ -290,7 +302,9 @@ def plot(sweep, path):
               file=sys.stderr)
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = [r["implementation"] for r in sweep[0]["rows"]]
+    first = sweep[0]
+    sweep = [c for c in sweep if c["loss"] == first["loss"]]       # one loss per plot
+    names = [r["implementation"] for r in first["rows"]]
     for name in names:
         xs = [c["input_bytes"] / MiB for c in sweep]
         ys = [next(r["gb_per_s"] for r in c["rows"] if r["implementation"] == name)
@@ -300,9 +314,10 @@ def plot(sweep, path):
         else:
             ax.plot(xs, ys, "o-", label=name)
     ax.set_xscale("log")
-    ax.set_xlabel("logits size (MiB), C = 8192, float32")
-    ax.set_ylabel("GB/s (read logits + write gradient)")
-    ax.set_title("softmax cross-entropy forward + backward")
+    ax.set_xlabel(f"input size (MiB), shapes {sweep[0]['shape']} .. {sweep[-1]['shape']}, "
+                  f"{sweep[0]['dtype']}")
+    ax.set_ylabel("GB/s (read input + write gradient)")
+    ax.set_title(f"{first['loss']} forward + backward")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -324,11 +339,12 @@ def main(argv=None):
                     help="threads for ce_reference and torch (default: available cores)")
     ap.add_argument("--json", metavar="PATH", help="write all results as JSON")
     ap.add_argument("--plot", metavar="PATH",
-                    help="draw GB/s against size (softmax, C = 8192) with the floor as a line")
+                    help="draw GB/s against size (the cases with a size sweep) with the floor "
+                         "as a line")
     ap.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
-    ap.add_argument("--case", action="append", choices=["softmax-4096x8192", "softmax-256x131072",
-                                                        "softmax-1000000x10", "bce-10000000"],
-                    help="run only these cases (repeatable)")
+    keys = [case_key(s, c) for s, c in cases()]
+    ap.add_argument("--case", action="append", choices=keys, metavar="LOSS-SHAPE",
+                    help="run only these cases (repeatable): " + ", ".join(keys))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", module="jax")
     workers = _fused.resolve_workers(args.workers)
@@ -342,16 +358,14 @@ def main(argv=None):
 
     t_start = time.perf_counter()
     results = []
+    selected = [(s, c) for s, c in cases() if not args.case or case_key(s, c) in args.case]
     for dt in dtypes:
-        for kind, shape in CASES:
-            key = f"{kind}-{'x'.join(map(str, shape))}"
-            if args.case and key not in args.case:
-                continue
-            log(f"{kind} {shape} {np.dtype(dt).name}")
-            results.append(run_case(kind, shape, dt, repeat, workers, log=log))
+        for spec, case in selected:
+            log(f"{spec.name} {case.shape} {np.dtype(dt).name}")
+            results.append(run_case(spec, case, dt, repeat, workers, log=log))
     sweep = None
     if args.plot:
-        sweep = size_sweep(np.float32, repeat, workers, log)
+        sweep = size_sweep(np.float32, repeat, workers, log, selected)
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = time.perf_counter() - t_start
     targets = check_targets(results)

@@ -104,15 +104,28 @@ def _sample_eps(rng, draw):
     return CLIP_EPS
 
 
-AXIS = Option("axis", -1, validate=V.normalize_axis)
+def _negative(x):
+    return -np.ones(np.shape(x))
+
+
+AXIS = Option("axis", -1, validate=V.normalize_axis,
+              invalid=((0.5, TypeError), (lambda x: np.ndim(x), ValueError)))
 CLASS_WEIGHT = Option("weight", None, array=True, shape="classes", validate=V.class_weight,
-                      sample=_sample_class_weight)
+                      sample=_sample_class_weight,
+                      invalid=((lambda x: np.ones(np.shape(x)[-1] + 1), ValueError),
+                               (lambda x: -np.ones(np.shape(x)[-1]), ValueError)))
 ELEMENT_WEIGHT = Option("weight", None, array=True, shape="input",
-                        validate=V.check_nonnegative_finite, sample=_sample_element_weight)
+                        validate=V.check_nonnegative_finite, sample=_sample_element_weight,
+                        invalid=((_negative, ValueError),
+                                 (lambda x: np.ones(np.size(x) + 1), ValueError)))
 POS_WEIGHT = Option("pos_weight", None, array=True, shape="last",
-                    validate=V.check_nonnegative_finite, sample=_sample_pos_weight)
+                    validate=V.check_nonnegative_finite, sample=_sample_pos_weight,
+                    invalid=((_negative, ValueError),))
 IGNORE_INDEX = Option("ignore_index", None, validate=V.check_ignore_index,
-                      sample=_sample_ignore_index, targets=True)
+                      sample=_sample_ignore_index, targets=True,
+                      invalid=((1.5, TypeError), (True, TypeError)))
 LABEL_SMOOTHING = Option("label_smoothing", 0.0, validate=V.check_label_smoothing,
-                         sample=_sample_label_smoothing)
-EPS = Option("eps", None, validate=V.check_eps, sample=_sample_eps)
+                         sample=_sample_label_smoothing,
+                         invalid=((1.5, ValueError), (-0.1, ValueError), ("x", TypeError)))
+EPS = Option("eps", None, validate=V.check_eps, sample=_sample_eps,
+             invalid=((0.7, ValueError), ("small", TypeError), (1e-300, ValueError)))

@@ -56,6 +56,11 @@ class Option:
     targets : bool
         The option changes the targets (``ignore_index`` marks rows); the
         verifier samples it while it draws the targets.
+    invalid : tuple
+        Invalid values and the error each must raise, ``(value, exception
+        type)``; ``value`` may be a callable of the input ``x`` (e.g. a weight of
+        the wrong shape).  The contract tests check that each is rejected with a
+        message naming the option.
     """
 
     name: str
@@ -65,6 +70,7 @@ class Option:
     validate: Callable | None = None
     sample: Callable | None = None
     targets: bool = False
+    invalid: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,28 @@ class OptionSet:
 def option_set(name, targets, options=(), regions=()):
     """Shorthand for :class:`OptionSet` with plain sequences."""
     return OptionSet(name, targets, frozenset(options), tuple(regions))
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One benchmark case of a loss (``python -m benchmarks`` iterates the registry).
+
+    ``shape`` of the first argument (class axis last), ``targets`` kind,
+    keyword ``options``; ``goals`` are ratios the fused kernel is held to, each
+    ``(quantity, comparison, value)`` with quantity ``"floor"`` (fused time over
+    the ``np.copyto`` floor) or a peer's name (peer time over fused time);
+    ``sweep`` lists further shapes timed for the throughput plot.
+    """
+
+    shape: tuple
+    targets: str
+    options: tuple = ()
+    goals: tuple = ()
+    sweep: tuple = ()
+
+    @property
+    def key(self) -> str:
+        return "x".join(map(str, self.shape))
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,11 @@ class Oracle:
     exact_hvp : callable, optional
         ``exact_hvp(mp, case) -> (hv, denominator)``: the Hessian of the sum of
         the per-example losses applied to ``case.v`` (object array of ``mpf``).
+    peers : callable, optional
+        ``peers() -> {name: factory}``: other implementations of the loss (other
+        libraries, textbook NumPy) for the benchmarks; ``factory(x, targets,
+        workers, **options)`` returns a zero-argument callable computing the loss
+        and its gradient, or None when its library is not installed.
     operands : callable
         ``operands(case, v) -> Operands``: the size of the terms each exact
         value / gradient / H v element is made of (the error unit).
@@ -112,6 +145,7 @@ class Oracle:
     operands: Callable
     extreme: Callable
     exact_hvp: Callable | None = None
+    peers: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +183,8 @@ class LossSpec:
     wrt : tuple of str
         The differentiable arguments; ``grad`` returns one array per entry
         (a tuple when there are several).
+    benchmarks : tuple of :class:`BenchCase`
+        The cases ``python -m benchmarks`` times for this loss.
     short : str
         Short label for tables.
     ref : str, optional
@@ -170,6 +206,7 @@ class LossSpec:
     oracle: Any = None
     reductions: tuple = ("mean", "sum", "none")
     wrt: tuple = ("input",)
+    benchmarks: tuple = ()
     short: str = ""
     ref: str | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)

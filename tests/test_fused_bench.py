@@ -9,18 +9,23 @@ import sys
 import numpy as np
 import pytest
 
+from ce_reference.registry import LOSSES
+from ce_reference.spec import BenchCase
+
 cli = pytest.importorskip("benchmarks.cli")
 impls = pytest.importorskip("benchmarks.impls")
 
 
-@pytest.mark.parametrize("kind,shape", [("softmax", (64, 300)), ("softmax", (500, 10)),
-                                        ("bce", (5000,))])
-def test_run_case_reports_every_field(kind, shape):
-    res = cli.run_case(kind, shape, np.float32, repeat=2, workers=2,
-                       only={impls.FLOOR, impls.FUSED, impls.FUSED + ", out=",
+@pytest.mark.parametrize("loss,shape,targets", [
+    ("softmax_cross_entropy", (64, 300), "index"), ("softmax_cross_entropy", (500, 10), "index"),
+    ("binary_cross_entropy_with_logits", (5000,), "hard")])
+def test_run_case_reports_every_field(loss, shape, targets):
+    spec, case = LOSSES[loss], BenchCase(shape, targets)
+    res = cli.run_case(spec, case, np.float32, repeat=2, workers=2,
+                       only={impls.FLOOR, impls.FUSED, impls.FUSED_OUT,
                              "textbook NumPy", "scipy.special"}, log=lambda m: None)
     rows = {r["implementation"]: r for r in res["rows"]}
-    assert set(rows) == {impls.FLOOR, impls.FUSED, impls.FUSED + ", out=", "textbook NumPy",
+    assert set(rows) == {impls.FLOOR, impls.FUSED, impls.FUSED_OUT, "textbook NumPy",
                          "scipy.special"}
     for r in rows.values():
         assert r["median_s"] > 0 and len(r["times_s"]) == 2 and r["gb_per_s"] > 0
@@ -28,25 +33,38 @@ def test_run_case_reports_every_field(kind, shape):
     assert rows[impls.FLOOR]["x_floor"] == 1.0
     assert rows[impls.FUSED]["peer_over_fused"] == 1.0
     # the NumPy peers compute the same loss as the fused kernel
-    x, t = cli._inputs(kind, shape, np.float32)
-    fused = (impls.SOFTMAX if kind == "softmax" else impls.BCE)[impls.FUSED][0](x, t, 1)()
+    x, t = cli._inputs(spec, shape, targets, np.float32)
+    table = impls.implementations(spec)
+    fused = table[impls.FUSED][0](x, t, 1)()
     # (the textbook recipe clips p at eps, which changes the loss of badly wrong rows)
     for name, rtol in (("textbook NumPy", 1e-2), ("scipy.special", 1e-5)):
-        peer = (impls.SOFTMAX if kind == "softmax" else impls.BCE)[name][0](x, t, 1)()
+        peer = table[name][0](x, t, 1)()
         np.testing.assert_allclose(float(peer[0]), float(fused[0]), rtol=rtol)
         np.testing.assert_allclose(peer[1], fused[1], rtol=1e-3, atol=1e-9)
 
 
+def test_every_registered_loss_has_a_benchmark_case():
+    keys = [cli.case_key(s, c) for s, c in cli.cases()]
+    assert {s.name for s, _ in cli.cases()} == set(LOSSES)
+    assert len(keys) == len(set(keys))
+    for spec, case in cli.cases():          # inputs of every case are valid for the loss
+        small = (8, 5) if spec.structure == "classes" else (40,)
+        x, t = cli._inputs(spec, small, case.targets, np.float32)
+        assert np.isfinite(spec.value(x, t, **dict(case.options)))
+
+
 def test_targets_and_markdown_from_synthetic_results():
-    def case(kind, shape, times):
+    def case(kind, shape, times, goals):
         rows = [{"implementation": n, "median_s": t, "min_s": t, "gb_per_s": 1.0,
                  "x_floor": t / times[impls.FLOOR],
                  "peer_over_fused": t / times[impls.FUSED], "peak_extra_bytes": 0}
                 for n, t in times.items()]
         return {"kind": kind, "shape": list(shape), "dtype": "float32", "input_bytes": 1,
-                "grad_bytes": 1, "rows": rows}
+                "grad_bytes": 1, "rows": rows, "goals": goals}
+    goals = [("floor", "<=", 2.0), ("torch eager", ">=", 5.0), ("jax.jit + optax", ">=", 2.5)]
     results = [case("softmax", (4096, 8192), {impls.FLOOR: 1.0, impls.FUSED: 1.5,
-                                              "torch eager": 9.0, "jax.jit + optax": 3.0})]
+                                              "torch eager": 9.0, "jax.jit + optax": 3.0},
+                    goals)]
     got = {(t["quantity"], t["goal"]): (round(t["measured"], 3), t["met"])
            for t in cli.check_targets(results)}
     assert got[("fused / np.copyto time", "<= 2.0")] == (1.5, True)
@@ -61,17 +79,16 @@ def test_command_line_help_and_json(tmp_path):
                          text=True, check=True)
     assert "--quick" in out.stdout and "--json" in out.stdout and "--plot" in out.stdout
     path = tmp_path / "r.json"
-    cli_args = ["--case", "bce-10000000", "--repeat", "1"]
-    # only the argument parsing and the JSON writer: run main on a patched, tiny case list
-    old = cli.CASES
+    spec = LOSSES["binary_cross_entropy_with_logits"]
+    key = cli.case_key(spec, spec.benchmarks[0])
+    # only the argument parsing and the JSON writer: run main on a patched, tiny case
+    orig = cli.run_case
     try:
-        cli.CASES = [("bce", (10_000_000,))]
-        orig = cli.run_case
-        cli.run_case = lambda kind, shape, dt, repeat, workers, log=print: orig(
-            kind, (1000,), dt, repeat, workers, only={impls.FLOOR, impls.FUSED}, log=log)
-        assert cli.main(cli_args + ["--json", str(path)]) == 0
+        cli.run_case = lambda spec, case, dt, repeat, workers, log=print: orig(
+            spec, case, dt, repeat, workers, only={impls.FLOOR, impls.FUSED}, log=log,
+            shape=(1000,))
+        assert cli.main(["--case", key, "--repeat", "1", "--json", str(path)]) == 0
     finally:
-        cli.CASES = old
         cli.run_case = orig
     data = json.loads(path.read_text())
-    assert data["results"][0]["kind"] == "bce" and "versions" in data["machine"]
+    assert data["results"][0]["loss"] == spec.name and "versions" in data["machine"]

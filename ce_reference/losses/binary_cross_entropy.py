@@ -61,7 +61,7 @@ def _grad(P, p, y, w):
     a, b = y * scale, (1 - y) * scale
     if w is not None:
         a, b = w * a, w * b
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):   # a result beyond the range is inf
         g = (np.divide(b, 1 - pc, out=np.zeros_like(pc), where=b != 0)
              - np.divide(a, pc, out=np.zeros_like(pc), where=a != 0))
     if P.eps is not None:

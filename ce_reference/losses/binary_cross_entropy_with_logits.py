@@ -15,7 +15,7 @@ from .._problem import ElementwiseProblem, deferred_values
 from .._reduction import to_result
 from .._special import mul0, sigmoid, softplus
 from ..kernels import bce_logits as _kernel
-from ..spec import LossSpec, option_set
+from ..spec import BenchCase, LossSpec, option_set
 from ._hvp import direction
 
 __all__ = [
@@ -279,5 +279,7 @@ SPEC = LossSpec(
     value_and_grad=binary_cross_entropy_with_logits_value_and_grad,
     hvp=binary_cross_entropy_with_logits_hvp, complex_value=_complex_value,
     oracle="ce_reference.oracles.binary_cross_entropy_with_logits:ORACLE",
+    benchmarks=(BenchCase((10_000_000,), "hard",
+                          goals=(("torch eager", ">=", 3.0), ("jax.jit + optax", ">", 1.0))),),
     short="BCE-logits", ref="ce_reference.losses.binary_cross_entropy_with_logits:SPEC",
 )

@@ -71,7 +71,7 @@ def _row_grad(P):
     pc = _clipped(P, pm)
     scale = P.cdt.type(P.scale)
     wy, A = _coefficients(P)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):   # a result beyond the range is inf
         if A is None:
             idx = P.index[..., None]
             py = np.take_along_axis(pc, idx, axis=-1)[..., 0]

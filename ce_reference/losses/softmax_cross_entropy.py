@@ -19,7 +19,7 @@ from .._problem import ClassProblem, deferred_values
 from .._special import log_softmax_parts, mul0
 from .._validation import check_label_smoothing
 from ..kernels import softmax as _kernel
-from ..spec import LossSpec, option_set
+from ..spec import BenchCase, LossSpec, option_set
 from ._hvp import class_last
 
 __all__ = [
@@ -360,5 +360,16 @@ SPEC = LossSpec(
     value_and_grad=softmax_cross_entropy_value_and_grad, hvp=softmax_cross_entropy_hvp,
     complex_value=_complex_value,
     oracle="ce_reference.oracles.softmax_cross_entropy:ORACLE",
+    benchmarks=(
+        BenchCase((4096, 8192), "index",
+                  goals=(("floor", "<=", 2.0), ("torch eager", ">=", 5.0),
+                         ("jax.jit + optax", ">=", 2.5)),
+                  sweep=((16, 8192), (64, 8192), (256, 8192), (1024, 8192), (4096, 8192))),
+        BenchCase((256, 131072), "index",
+                  goals=(("floor", "<=", 2.0), ("torch eager", ">=", 5.0),
+                         ("jax.jit + optax", ">=", 2.5))),
+        BenchCase((1_000_000, 10), "index",
+                  goals=(("floor", "<=", 4.0), ("jax.jit + optax", ">=", 2.0))),
+    ),
     short="softmax-CE", ref="ce_reference.losses.softmax_cross_entropy:SPEC",
 )

@@ -101,5 +101,63 @@ def extreme(case) -> bool:
     return M.logit_extreme(case, EXTREME_LOGIT)
 
 
+# --------------------------------------------------------------------------- benchmark peers
+
+def _textbook(z, t, workers):
+    def f():
+        loss = np.mean(np.logaddexp(0, z) - t * z)
+        g = (1 / (1 + np.exp(-z)) - t) / z.size
+        return loss, g
+    return f
+
+
+def _scipy(z, t, workers):
+    def f():
+        loss = -np.mean(t * sp.log_expit(z) + (1 - t) * sp.log_expit(-z))
+        g = (sp.expit(z) - t) / z.size
+        return loss, g
+    return f
+
+
+def _optax(z, t, workers):
+    try:
+        import optax
+    except ImportError:
+        return None
+    if z.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+
+    @jax.jit
+    def vg(z, t):
+        return jax.value_and_grad(lambda z: optax.sigmoid_binary_cross_entropy(z, t).mean())(z)
+
+    zj, tj = jnp.asarray(z), jnp.asarray(t)
+    return lambda: jax.block_until_ready(vg(zj, tj))
+
+
+def _torch(z, t, workers):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(workers)
+    zt = torch.from_numpy(z).requires_grad_(True)
+    tt = torch.from_numpy(t)
+
+    def f():
+        zt.grad = None
+        loss = F.binary_cross_entropy_with_logits(zt, tt)
+        loss.backward()
+        return loss, zt.grad
+    return f
+
+
+def peers():
+    """Other implementations for the benchmarks: targets of the logits' shape, ``mean``."""
+    return {"textbook NumPy": _textbook, "scipy.special": _scipy, "jax.jit + optax": _optax,
+            "torch eager": _torch}
+
+
 ORACLE = Oracle(twin=binary_cross_entropy_with_logits, exact=exact, exact_hvp=exact_hvp,
-                operands=operands, extreme=extreme)
+                operands=operands, extreme=extreme, peers=peers)

@@ -186,5 +186,74 @@ def extreme(case) -> bool:
     return M.logit_extreme(case, EXTREME_LOGIT)
 
 
+# --------------------------------------------------------------------------- benchmark peers
+
+def _textbook(x, y, workers):
+    """The classic NumPy recipe: softmax, one-hot, clip, ``p - onehot``."""
+    def f():
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        onehot = np.zeros_like(p)
+        onehot[np.arange(len(y)), y] = 1
+        eps = np.finfo(x.dtype).eps
+        loss = -np.mean(np.sum(onehot * np.log(np.clip(p, eps, 1 - eps)), axis=1))
+        g = (p - onehot) / len(y)
+        return loss, g
+    return f
+
+
+def _scipy(x, y, workers):
+    def f():
+        lp = sp.log_softmax(x, axis=1)
+        r = np.arange(len(y))
+        loss = -np.mean(lp[r, y])
+        g = np.exp(lp)
+        g[r, y] -= 1
+        g /= len(y)
+        return loss, g
+    return f
+
+
+def _optax(x, y, workers):
+    try:
+        import optax
+    except ImportError:
+        return None
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+
+    @jax.jit
+    def vg(z, labels):
+        return jax.value_and_grad(
+            lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean())(z)
+
+    xj, yj = jnp.asarray(x), jnp.asarray(y.astype(np.int32))
+    return lambda: jax.block_until_ready(vg(xj, yj))
+
+
+def _torch(x, y, workers):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(workers)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = torch.from_numpy(y.astype(np.int64))
+
+    def f():
+        xt.grad = None
+        loss = F.cross_entropy(xt, yt)
+        loss.backward()
+        return loss, xt.grad
+    return f
+
+
+def peers():
+    """Other implementations for the benchmarks: class-index targets, ``mean``, (N, C)."""
+    return {"textbook NumPy": _textbook, "scipy.special": _scipy, "jax.jit + optax": _optax,
+            "torch eager": _torch}
+
+
 ORACLE = Oracle(twin=softmax_cross_entropy, exact=exact, exact_hvp=exact_hvp,
-                operands=operands, extreme=extreme)
+                operands=operands, extreme=extreme, peers=peers)
