@@ -48,6 +48,9 @@ class _Scratch:
         return self.bufs[name][:math.prod(ts)].reshape(ts)
 
 
+OPERANDS = ("targets", "weight", "pos_weight")
+
+
 def value_and_grad(problem, plain, out=None, workers=None):
     """Loss and gradient of BCE with logits for a validated problem, tile by tile.
 
@@ -61,63 +64,103 @@ def value_and_grad(problem, plain, out=None, workers=None):
     nworkers = _blocks.resolve_workers(workers)
     out, _ = _blocks.check_out(out, problem.shape, problem.rdt, problem.raw,
                                tuple(problem.given.items()))
-    cdt, rdt, x0 = problem.cdt, problem.rdt, problem.raw
-    x = x0 if x0.flags.c_contiguous else x0.copy(order="C")  # 0-d stays 0-d
-    grad = out if out is not None else np.empty(x.shape, rdt)
-    loss_out = np.empty(x.shape, rdt) if problem.reduction == "none" else None
+    sweep = _Sweep(problem, plain, out)
+    if sweep.x.size:
+        _blocks.run_blocks(len(sweep.tiles), sweep.body,
+                           lambda: _Scratch(sweep.tile_size, problem.cdt), nworkers,
+                           sweep.x.size, scratch_bytes=sweep.scratch_bytes())
+    if sweep.bad.any():
+        _blocks.raise_invalid(problem)
+    losses = sweep.loss_out if sweep.loss_out is not None else sweep.partial
+    return problem.reduce(losses), sweep.grad
 
-    names = ("targets", "weight", "pos_weight")
-    arrays = [x] + [np.broadcast_to(problem.ops[n], x.shape) if problem.ops[n] is not None
-                    else x for n in names] + [grad]
-    if loss_out is not None:
-        arrays.append(loss_out)
-    shp, views = _blocks.coalesce(x.shape, arrays)
-    X, Y, Wv, PWv, G = views[:5]
-    LO = views[5] if loss_out is not None else None
-    has_w, has_pw = problem.ops["weight"] is not None, problem.ops["pos_weight"] is not None
-    full = {n: problem.is_full(n) for n in names}
-    tile_list = _blocks.tiles(shp, max(1, _blocks.TILE_BYTES // cdt.itemsize))
-    n_tile = max(X[tile_list[0]].size, 1)  # the first tile is the largest
-    partial = np.zeros(len(tile_list), np.float64)
-    bad = np.zeros(len(tile_list), bool)
-    scale = cdt.type(problem.scale)
-    one = cdt.type(1)
 
-    def cast(src, S, name, ts):
-        if src.dtype == cdt:
+class _Sweep:
+    """The tiles of one call: coalesced views of the logits, operands and outputs."""
+
+    def __init__(self, problem, plain, out):
+        cdt, x0 = problem.cdt, problem.raw
+        self.plain, self.cdt = plain, cdt
+        self.x = x0 if x0.flags.c_contiguous else x0.copy(order="C")  # 0-d stays 0-d
+        self.grad = out if out is not None else np.empty(self.x.shape, problem.rdt)
+        self.loss_out = (np.empty(self.x.shape, problem.rdt) if problem.reduction == "none"
+                         else None)
+        arrays = [self.x] + [np.broadcast_to(problem.ops[n], self.x.shape)
+                             if problem.ops[n] is not None else self.x for n in OPERANDS]
+        arrays += [self.grad] + ([self.loss_out] if self.loss_out is not None else [])
+        shape, views = _blocks.coalesce(self.x.shape, arrays)
+        self.X, self.Y, self.W, self.PW, self.G = views[:5]
+        self.LO = views[5] if self.loss_out is not None else None
+        self.has_weight = problem.ops["weight"] is not None
+        self.has_pos_weight = problem.ops["pos_weight"] is not None
+        self.full = {n: problem.is_full(n) for n in OPERANDS}
+        self.tiles = _blocks.tiles(shape, max(1, _blocks.TILE_BYTES // cdt.itemsize))
+        self.tile_size = max(self.X[self.tiles[0]].size, 1)  # the first tile is the largest
+        self.partial = np.zeros(len(self.tiles), np.float64)
+        self.bad = np.zeros(len(self.tiles), bool)
+        self.scale = cdt.type(problem.scale)
+        self.one = cdt.type(1)
+        self.n_cast = sum(a.dtype != cdt for a in (self.x, self.Y, self.W, self.PW))
+
+    def scratch_bytes(self):
+        return (7 + self.n_cast) * self.tile_size * self.cdt.itemsize   # buffers per thread
+
+    def _cast(self, src, S, name, ts):
+        if src.dtype == self.cdt:
             return src
         buf = S.get(name, ts)
         np.copyto(buf, src, casting="unsafe")
         return buf
 
-    def body(i, S):
+    def _load(self, idx, S):
+        """The tile's logits and operands in the compute dtype, or None if a value is bad."""
+        xs = self.X[idx]
+        ts = xs.shape
+        xs = self._cast(xs, S, "cx", ts)
+        ys = self._cast(self.Y[idx], S, "cy", ts)
+        if self.full["targets"] and not unit_interval_ok(ys):
+            return None
+        ws = pws = None
+        if self.has_weight:
+            ws = self._cast(self.W[idx], S, "cw", ts)
+            if self.full["weight"] and not nonnegative_finite_ok(ws):
+                return None
+        if self.has_pos_weight:
+            pws = self._cast(self.PW[idx], S, "cpw", ts)
+            if self.full["pos_weight"] and not nonnegative_finite_ok(pws):
+                return None
+        return xs, ys, ws, pws
+
+    def body(self, i, S):
         # inf - inf (infinite logits) is caught by the tile's non-finite loss below
         with np.errstate(invalid="ignore"):
-            _body(i, S)
+            self._tile(i, S)
 
-    def _body(i, S):
-        idx = tile_list[i]
-        xs = X[idx]
-        ts = xs.shape
-        xs = cast(xs, S, "cx", ts)
-        ys = cast(Y[idx], S, "cy", ts)
-        if full["targets"] and not unit_interval_ok(ys):
-            bad[i] = True
+    def _tile(self, i, S):
+        idx = self.tiles[i]
+        loaded = self._load(idx, S)
+        if loaded is None:
+            self.bad[i] = True
             return
-        ws = pws = None
-        if has_w:
-            ws = cast(Wv[idx], S, "cw", ts)
-            if full["weight"] and not nonnegative_finite_ok(ws):
-                bad[i] = True
-                return
-        if has_pw:
-            pws = cast(PWv[idx], S, "cpw", ts)
-            if full["pos_weight"] and not nonnegative_finite_ok(pws):
-                bad[i] = True
-                return
+        xs, ys, ws, pws = loaded
+        ts = xs.shape
+        r, a, b = self._loss(S, ts, xs, ys, ws, pws)
+        part = float(np.sum(r, dtype=np.float64))
+        if not math.isfinite(part):
+            if not _plain_tile(self.plain, xs, ys, ws, pws, idx, self.G, self.LO,
+                               self.partial, i, self.scale):
+                self.bad[i] = True
+            return
+        self.partial[i] = part
+        if self.LO is not None:
+            np.copyto(self.LO[idx], r, casting="unsafe")
+        self._grad(S, ts, idx, ys, ws, pws, a, b)
+
+    def _loss(self, S, ts, xs, ys, ws, pws):
+        """Per-element loss into scratch ``r``; returns ``(r, a, b)`` (``b`` set later
+        without pos_weight) and leaves ``e``, ``w1 = 1 + e`` and ``h = [x >= 0]``."""
         e, L, w1, c = (S.get(n, ts) for n in ("e", "L", "w1", "c"))
         r, sp, h = S.get("r", ts), S.get("sp", ts), S.get("h", ts)
-        # ---- loss
         np.abs(xs, out=e)
         np.subtract(0, e, out=e)                     # -|x| (not np.negative: see
                                                      # the note in ._softmax_sweep)
@@ -140,46 +183,34 @@ def value_and_grad(problem, plain, out=None, workers=None):
             np.add(r, L, out=r)                      # softplus(-x)
             a = L
             np.multiply(pws, ys, out=a)              # a = pw y
-            np.subtract(one, ys, out=b)              # b = 1 - y
+            np.subtract(self.one, ys, out=b)         # b = 1 - y
             np.multiply(a, r, out=r)
             np.multiply(b, sp, out=sp)
             np.add(r, sp, out=r)                     # a softplus(-x) + b softplus(x)
         if ws is not None:
             np.multiply(ws, r, out=r)
-        part = float(np.sum(r, dtype=np.float64))
-        if not math.isfinite(part):
-            if not _plain_tile(plain, xs, ys, ws, pws, idx, G, LO, partial, i, scale):
-                bad[i] = True
-            return
-        partial[i] = part
-        if LO is not None:
-            np.copyto(LO[idx], r, casting="unsafe")
-        # ---- gradient: b sigma(x) - a sigma(-x) = (b P - a Q) / (1 + e) with
-        # P = max(e, [x >= 0]) (= 1 for x >= 0, e otherwise) and Q = max(e, [x <= 0]).
+        return r, a, b
+
+    def _grad(self, S, ts, idx, ys, ws, pws, a, b):
+        """Gradient ``b sigma(x) - a sigma(-x) = (b P - a Q) / (1 + e)`` with
+        ``P = max(e, [x >= 0])`` (= 1 for x >= 0, e otherwise) and ``Q = max(e, [x <= 0])``."""
+        e, w1, sp, h = S.get("e", ts), S.get("w1", ts), S.get("sp", ts), S.get("h", ts)
         if pws is None:
-            np.subtract(one, ys, out=b)              # b = 1 - y
+            np.subtract(self.one, ys, out=b)         # b = 1 - y
         np.maximum(e, h, out=sp)                     # P
         np.multiply(b, sp, out=sp)                   # b P
-        np.subtract(one, h, out=h)                   # [x < 0]; Q differs only at x = 0,
+        np.subtract(self.one, h, out=h)              # [x < 0]; Q differs only at x = 0,
         np.maximum(e, h, out=h)                      # where e = 1 makes it 1 anyway
         np.multiply(a, h, out=h)                     # a Q
         np.subtract(sp, h, out=sp)
         np.divide(sp, w1, out=sp)
         if ws is not None:
             np.multiply(ws, sp, out=sp)
-        if G.dtype == cdt:
-            np.multiply(sp, scale, out=G[idx])
+        if self.G.dtype == self.cdt:
+            np.multiply(sp, self.scale, out=self.G[idx])
         else:
-            np.multiply(sp, scale, out=sp)
-            np.copyto(G[idx], sp, casting="unsafe")
-
-    n_scratch = 7 + sum(a.dtype != cdt for a in (x, Y, Wv, PWv))   # buffers per thread
-    if x.size:
-        _blocks.run_blocks(len(tile_list), body, lambda: _Scratch(n_tile, cdt), nworkers,
-                           x.size, scratch_bytes=n_scratch * n_tile * cdt.itemsize)
-    if bad.any():
-        _blocks.raise_invalid(problem)
-    return problem.reduce(loss_out if loss_out is not None else partial), grad
+            np.multiply(sp, self.scale, out=sp)
+            np.copyto(self.G[idx], sp, casting="unsafe")
 
 
 def _plain_tile(plain, xs, ys, ws, pws, idx, G, LO, partial, i, scale):
