@@ -40,12 +40,18 @@ from ._reduction import grad_scale, reduce_loss, to_result, weighted_count
 def check_input_values(kind: str | None, name: str, x: np.ndarray, axis=None) -> None:
     """Raise the plain function's error for the values of an input of ``kind``.
 
-    ``"probabilities"``: finite, in [0, 1]; ``"logits"``: no NaN, and over a
-    class ``axis`` also no ``+inf`` and no row of only ``-inf`` (elementwise
-    logits may be infinite: the loss has a limit there); ``None``: anything.
+    ``"probabilities"``: finite, in [0, 1]; ``"log_probabilities"``: no NaN,
+    no ``+inf``, none above 0 (``-inf`` is a zero probability); ``"logits"``:
+    no NaN, and over a class ``axis`` also no ``+inf`` and no row of only
+    ``-inf`` (elementwise logits may be infinite: the loss has a limit there);
+    ``"real"``: no NaN; ``None``: anything.
     """
     if kind == "probabilities":
         V.check_unit_interval(name, x, "probabilities")
+    elif kind == "log_probabilities":
+        V.check_log_probabilities(name, x)
+    elif kind == "real":
+        V.check_no_nan(name, x)
     elif kind == "logits" and axis is None:
         V.check_no_nan(name, x)
     elif kind == "logits":
@@ -105,7 +111,7 @@ class ClassProblem:
 
     def __init__(self, x, targets, *, input_name, input_kind, axis=-1, weight=None,
                  ignore_index=None, reduction="mean", probs_what="probabilities",
-                 index_only=False, check_values=True):
+                 index_only=False, targets_kind="probabilities", check_values=True):
         raw = V.as_numeric_array(input_name, x)
         self.cdt, self.rdt = V.compute_dtypes(raw.dtype)
         self.raw, self.input_name, self.input_kind = raw, input_name, input_kind
@@ -119,6 +125,7 @@ class ClassProblem:
         self.C = raw.shape[ax]
         self.pre, self.post = math.prod(raw.shape[:ax]), math.prod(raw.shape[ax + 1:])
         self.batch_shape = raw.shape[:ax] + raw.shape[ax + 1:]
+        self.targets_kind = targets_kind
         self._targets(targets, ignore_index, probs_what, index_only, check_values)
         self.weight = V.class_weight(weight, self.C, self.cdt)
         self.given = {"targets": self.targets_given, "weight": weight}
@@ -142,7 +149,10 @@ class ClassProblem:
             return
         if index_only:
             raise TypeError(f"targets must hold integer class indices, got dtype {t.dtype}")
-        V.probability_targets(t, self.shape, ignore_index, probs_what, check_values)
+        V.probability_targets(t, self.shape, ignore_index, probs_what,
+                              check_values and self.targets_kind == "probabilities")
+        if check_values and self.targets_kind != "probabilities":
+            check_input_values(self.targets_kind, "targets", t)
         self.targets_raw = t.reshape(self.pre, self.C, self.post)
         self.targets_given = t
         self.probs_what = probs_what
@@ -170,8 +180,10 @@ class ClassProblem:
         """The value checks skipped with ``check_values=False``; raises the plain error."""
         check_input_values(self.input_kind, self.input_name,
                            self.raw.astype(self.cdt, copy=False), self.ax)
-        if self.targets_raw is not None:
+        if self.targets_raw is not None and self.targets_kind == "probabilities":
             V.check_unit_interval("targets", self.targets_given, self.probs_what)
+        elif self.targets_raw is not None:
+            check_input_values(self.targets_kind, "targets", self.targets_given)
 
     def check_broadcast_values(self) -> None:
         """Value checks of the operands smaller than the input (a fused kernel checks the
@@ -193,7 +205,20 @@ class ClassProblem:
         if (self.input_kind == "logits" and x.size
                 and not np.isfinite(np.max(x, axis=self.ax)).all()):
             return False
-        return self.targets_raw is None or V.unit_interval_ok(self.targets_given)
+        if self.input_kind in ("log_probabilities", "real"):
+            try:
+                check_input_values(self.input_kind, self.input_name, x)
+            except ValueError:
+                return False
+        if self.targets_raw is None:
+            return True
+        if self.targets_kind == "probabilities":
+            return V.unit_interval_ok(self.targets_given)
+        try:
+            check_input_values(self.targets_kind, "targets", self.targets_given)
+        except ValueError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ results
     def reduce(self, rows: np.ndarray):

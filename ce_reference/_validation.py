@@ -116,6 +116,14 @@ def check_logits(name: str, x: np.ndarray, axis: int | None = None) -> None:
         raise ValueError(f"{name} has a row whose entries are all -inf; no class has probability")
 
 
+def check_log_probabilities(name: str, x: np.ndarray) -> None:
+    """Log-probabilities: no NaN, none above 0 (``-inf`` is a probability of 0)."""
+    check_no_nan(name, x)
+    if x.size and np.max(x) > 0:
+        raise ValueError(f"{name} must hold log-probabilities (<= 0, -inf allowed), "
+                         f"got a maximum of {np.max(x)}")
+
+
 def unit_interval_ok(a: np.ndarray) -> bool:
     """The condition of :func:`check_unit_interval` as a cheap predicate (min and max only):
     False for NaN, inf or any value outside [0, 1]."""

@@ -168,10 +168,18 @@ def make_case(spec: LossSpec, opt: OptionSet, dtype, region: str, i: int, seed: 
         layout = choices[k]
     build = _elementwise if spec.structure == "elementwise" else _classes
     x, t, kw, kink = build(spec, opt, dtype, region, layout, rng, i, k)
-    kw["reduction"] = layout.reduction if layout.reduction in spec.reductions else \
-        spec.reductions[0]
+    kw["reduction"] = _reduction(spec, layout, i)
     v = rng.standard_normal(x.shape).astype(dtype)
     return Case(spec.name, opt.name, dtype, region, i, seed, x, t, kw, v, kink, layout)
+
+
+def _reduction(spec, layout, i):
+    """The layout's reduction; a loss's own further reductions (``batchmean``) take every
+    other ``mean`` case; a reduction the loss lacks becomes its default."""
+    extra = [r for r in spec.reductions if r not in ("mean", "sum", "none")]
+    if layout.reduction == "mean" and extra and i % 2 == 1:
+        return extra[(i // 2) % len(extra)]
+    return layout.reduction if layout.reduction in spec.reductions else spec.reductions[0]
 
 
 def _sample_options(spec, opt, rng, draw, kw, targets_stage):
