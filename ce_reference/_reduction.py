@@ -37,6 +37,29 @@ def reduce_loss(per_example: np.ndarray, reduction: str, denominator: float, res
     return to_result(value, result_dtype)[()]
 
 
+def reduce_parts(parts, reduction: str, result_dtype, shape=None):
+    """Reduce a loss made of parts, each with its own ``mean`` denominator.
+
+    ``parts`` is a sequence of ``(per_example, denominator)``; ``none`` adds the
+    parts per example (reshaped to ``shape``), ``sum`` adds their totals, ``mean``
+    is ``sum_i total_i / denominator_i`` -- NaN if any denominator is 0, the
+    zero-denominator rule of every loss.
+    """
+    if reduction == "none":
+        total = parts[0][0]
+        for rows, _ in parts[1:]:
+            total = total + rows
+        return to_result(total if shape is None else np.reshape(total, shape), result_dtype)
+    totals = [np.sum(rows, dtype=np.float64) for rows, _ in parts]
+    if reduction == "sum":
+        value = sum(totals)
+    elif any(d == 0 for _, d in parts):
+        value = np.nan
+    else:
+        value = sum(t / d for t, (_, d) in zip(totals, parts))
+    return to_result(value, result_dtype)[()]
+
+
 def weighted_count(keep, weights=None) -> float:
     """``sum_n k_n s_n`` in float64: the ``mean`` denominator of every weighted loss.
 

@@ -51,11 +51,12 @@ def mul0(a, b):
     return np.where(np.asarray(a) == 0, np.zeros((), dtype=prod.dtype), prod)
 
 
-def log_softmax_parts(x: np.ndarray):
+def log_softmax_parts(x: np.ndarray, with_lse: bool = False):
     r"""Pieces of a stable softmax over the last axis.
 
-    Returns ``(neg_logp, p)`` where, with ``m = max_c Re x_c`` and ``a``
-    the arg-max,
+    Returns ``(neg_logp, p)`` (and ``lse = m + log1p(t)``, the log-sum-exp of
+    each row with its last axis kept, when ``with_lse``) where, with
+    ``m = max_c Re x_c`` and ``a`` the arg-max,
 
     * ``t = expm1(x_a - m) + sum_{c != a} exp(x_c - m)`` (``= s - 1``, exact
       for real input since ``x_a - m = 0``),
@@ -78,6 +79,35 @@ def log_softmax_parts(x: np.ndarray):
     t_e = e.copy()
     np.put_along_axis(t_e, a, np.expm1(np.take_along_axis(d, a, axis=-1)), axis=-1)
     t = np.sum(t_e, axis=-1, keepdims=True)
-    neg_logp = -d + np.log1p(t)
+    log1p_t = np.log1p(t)
+    neg_logp = -d + log1p_t
     p = e / (1 + t)
+    if with_lse:
+        return neg_logp, p, m + log1p_t
     return neg_logp, p
+
+
+def sech2(y):
+    r"""``sech^2(y) = 4 e / (1 + e)^2`` with ``e = exp(-2|y|)``, for real ``y``.
+
+    The derivative of ``tanh``.  ``1 - tanh(y)^2`` cancels completely once
+    ``tanh(y)`` rounds to 1 (``|y| > 9`` in float32, ``> 19`` in float64), while
+    this form is a product and quotient of positive numbers: a few ULP
+    everywhere, 0 only where the true value underflows, never overflowing
+    (``e <= 1``).  ``y = -inf`` (a masked logit) gives 0.
+    """
+    e = np.exp(-2 * np.abs(y))
+    return 4 * e / ((1 + e) * (1 + e))
+
+
+def soft_cap(x, cap):
+    r"""``cap * tanh(x / cap)``, with ``-inf`` (a masked class) kept at ``-inf`` (complex-safe).
+
+    A masked logit must not become ``-cap``: that would give its class the
+    probability ``exp(-cap - lse) > 0``.
+    """
+    masked = np.isneginf(np.real(x))
+    if not masked.any():
+        return cap * np.tanh(x / cap)
+    safe = np.where(masked, 0, x)
+    return np.where(masked, -np.inf, cap * np.tanh(safe / cap))

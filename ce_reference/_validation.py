@@ -186,14 +186,28 @@ def check_eps(eps, dtype: np.dtype, compute_dtype: np.dtype | None = None):
     return (compute_dtype or dtype).type(e)
 
 
+def check_float(name: str, value, lo: float = -math.inf, hi: float = math.inf, *,
+                lo_open: bool = False, hi_open: bool = False) -> float:
+    """A real number option in ``[lo, hi]`` (open ends as asked), returned as a Python float.
+
+    A bool, a string or anything that is not a real number is a ``TypeError``
+    (``True`` is not 1.0 and ``"0.1"`` is not 0.1 here); NaN and values outside
+    the interval are a ``ValueError``; both name the option.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    below = v <= lo if lo_open else v < lo
+    above = v >= hi if hi_open else v > hi
+    if math.isnan(v) or below or above:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return v
+
+
 def check_label_smoothing(label_smoothing) -> float:
-    try:
-        ls = float(label_smoothing)
-    except (TypeError, ValueError):
-        raise TypeError(f"label_smoothing must be a float, got {label_smoothing!r}") from None
-    if not (0.0 <= ls <= 1.0):  # also rejects NaN
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    return ls
+    return check_float("label_smoothing", label_smoothing, 0.0, 1.0)
 
 
 def check_ignore_index(ignore_index):

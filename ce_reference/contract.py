@@ -21,7 +21,8 @@ What is checked:
 * :func:`check_inputs_unmodified` -- no entry point writes into its arguments;
 * :func:`check_reductions` -- ``none`` summed is ``sum``, the gradient of
   ``none`` is the gradient of ``sum``, ``mean`` is ``sum`` times one scale for
-  value and gradient alike;
+  value and gradient alike (unless an option adds a term with a ``mean``
+  denominator of its own, ``Option.own_mean``);
 * :func:`check_errors` -- bad input values, bad targets, a bad ``reduction`` and
   every option's ``invalid`` examples raise the declared error with a message
   naming the argument, at every entry point.
@@ -188,6 +189,9 @@ def check_reductions(spec, case):
     total = float(v_sum)
     if total == 0 or not np.isfinite(float(v_mean)) or not np.isfinite(total):
         return
+    if any(o.own_mean and case.kwargs.get(o.name, o.default) != o.default
+           for o in spec.options):
+        return              # a term with its own mean denominator: no single scale
     s = float(v_mean) / total                        # the mean's 1/denominator
     want = np.asarray(g_sum, np.float64) * s
     op = np.abs(want) + np.abs(ops.grad) * s

@@ -337,8 +337,8 @@ def softmax_cross_entropy_rows(logits, targets):
     q = _index_or_probs("targets", targets, x)
     # The core softmax cross-entropy's row formulas with A = q (its targets are only
     # required to be non-negative here, so its problem skips the [0, 1] check).
-    P = _softmax._problem(x, q, -1, None, None, 0.0, "none", check_values=False)
-    return P.reduce(_softmax._rows(P, P.x)), P.finish_grad(_softmax._row_grad(P), scaled=True)
+    P = _softmax._problem(x, q, -1, None, None, 0.0, 0.0, None, "none", check_values=False)
+    return P.reduce(_softmax._rows(P, P.x)[0]), P.finish_grad(_softmax._row_grad(P), scaled=True)
 
 
 def _index_or_probs(name, targets, x):

@@ -61,6 +61,10 @@ class Option:
         type)``; ``value`` may be a callable of the input ``x`` (e.g. a weight of
         the wrong shape).  The contract tests check that each is rejected with a
         message naming the option.
+    own_mean : bool
+        When set (to anything but its default), the option adds a term with a
+        ``mean`` denominator of its own (the z-loss: kept rows, not target
+        weights), so ``mean`` is no longer ``sum`` times one scale.
     """
 
     name: str
@@ -71,6 +75,7 @@ class Option:
     sample: Callable | None = None
     targets: bool = False
     invalid: tuple = ()
+    own_mean: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,14 @@ targets ``c_nll = keep (1 - eps) w_y`` (coefficient of ``-log p_y``),
 ``S`` in the gradient ``g_c = p_c S - A_c``; for probability targets
 ``A_c = w_c q'_c``.
 
+The options of large models cost no extra pass where they can: the z-loss's
+gradient ``2 z lse p s_z`` is a multiple of ``p``, so it is folded into the
+row's factor of ``p`` (``S s + 2 z lse s_z``, with ``lse = m + log1p(t)`` per
+row) and its value ``z lse^2`` goes to a per-row buffer of its own (it has its
+own ``mean`` denominator).  Soft-capping replaces each loaded block by
+``s tanh(x / s)`` (``-inf`` kept) and keeps ``sech^2(x / s) = 4e / (1 + e)^2``,
+``e = exp(-2|x| / s)``, to multiply the block's gradient at the end.
+
 ``-d + L`` is computed as ``L - d`` (the same rounding): NumPy 2.4.6's
 ``np.negative`` returns wrong values when input and output are the same strided
 single column (e.g. ``D[:, :1]`` of a ``(n, 4)`` float32 array), which a
@@ -77,8 +85,12 @@ class SoftmaxSweep:
     """
 
     def __init__(self, *, x, grad, index, keep, probs, weight, label_smoothing, cdt, rdt,
-                 scale, pre, C, post, rows):
+                 scale, pre, C, post, rows, z_loss=0.0, z_scale=0.0, z_rows=None,
+                 softcap=None):
         self.x, self.grad, self.rows = x, grad, rows
+        self.z_loss, self.z_rows = z_loss, z_rows
+        self.z_factor = cdt.type(2 * z_loss * z_scale)       # 2 z s_z
+        self.softcap = None if softcap is None else cdt.type(softcap)
         self.index, self.keep, self.probs, self.weight = index, keep, probs, weight
         self.label_smoothing = label_smoothing
         self.cdt, self.rdt, self.scale = cdt, rdt, scale
@@ -124,6 +136,42 @@ class SoftmaxSweep:
         _blocks.run_blocks(self.nblocks, self.body, self.make_scratch, nworkers, self.x.size,
                            scratch_bytes=self.scratch_bytes())
 
+    # ------------------------------------------------------------------ options
+    def cap_into(self, x, u, slope) -> bool:
+        """``u = s tanh(x / s)`` (``-inf`` kept) and ``slope = sech^2(x / s)``; False when
+        ``x`` holds NaN or ``+inf`` (invalid logits, which the cap would hide)."""
+        if not np.max(x) < np.inf:
+            return False
+        np.divide(x, self.softcap, out=slope)               # y = x / s, rounded once
+        np.abs(slope, out=slope)
+        np.multiply(slope, -2, out=slope)
+        np.exp(slope, out=slope)                            # e = exp(-2|y|) in [0, 1]
+        np.add(slope, 1, out=u)
+        np.multiply(u, u, out=u)                            # (1 + e)^2
+        np.multiply(slope, 4, out=slope)
+        np.divide(slope, u, out=slope)                      # sech^2 = 4 e / (1 + e)^2
+        np.divide(x, self.softcap, out=u)
+        np.tanh(u, out=u)
+        np.multiply(u, self.softcap, out=u)
+        if np.min(x) == -np.inf:                            # a masked class stays masked
+            np.copyto(u, -np.inf, where=np.isneginf(x))
+        return True
+
+    def z_terms(self, m, L, kept, z_rows):
+        """Per kept row: ``z lse^2`` into ``z_rows`` and the gradient factor ``2 z lse s_z``
+        (``lse = m + log1p(t)``, ``L = log1p(t)``); ignored rows get 0."""
+        lse = m + L
+        keepf = kept.astype(self.cdt)
+        z_rows[...] = keepf * (self.cdt.type(self.z_loss) * (lse * lse))
+        return keepf * (self.z_factor * lse)
+
+    def with_z(self, mass, zf):
+        """``mass + zf / s``: the row factor of ``p`` before the product by the scale ``s``,
+        so that ``(p (mass + zf / s) - A) s = (p mass - A) s + p zf``."""
+        if zf is None or self.scale == 0:
+            return mass
+        return mass + zf / self.scale_c
+
     # ------------------------------------------------------------------ per-row algebra
     def coefficients(self, target_index, kept):
         """``c_nll``, ``c_smooth``, ``total`` of some rows (as the plain function)."""
@@ -159,39 +207,55 @@ class SoftmaxSweep:
             c *= self.weight[target_index]
         return c
 
-    def fast_row_factor(self, c, one_plus_t, out):
-        """Row factor ``k = total scale / (1 + t)`` of ``g_c = exp(x_c - m) k``."""
-        if c is None:
+    def fast_row_factor(self, c, one_plus_t, out, zf=None):
+        """Row factor ``k = (total scale + zf) / (1 + t)`` of ``g_c = exp(x_c - m) k``
+        (``zf`` the z-loss's ``2 z lse s_z``, or None)."""
+        if c is None and zf is None:
             return np.divide(self.scale_c, one_plus_t, out=out)
-        np.multiply(c, self.scale_c, out=out)
+        if c is None:
+            np.add(zf, self.scale_c, out=out)
+        else:
+            np.multiply(c, self.scale_c, out=out)
+            if zf is not None:
+                np.add(out, zf, out=out)
         return np.divide(out, one_plus_t, out=out)
 
-    def fast_tail(self, rows, S, b, t, one_plus_t, d_target, e_target, c):
-        """Per-row loss (into ``rows``) and target-entry gradient (into ``e_target``)."""
-        L = _blocks.log1p_nonneg(t, S.row_max[:b], one_plus_t, S.log1p_c[:b], have_w=True)
+    def fast_tail(self, rows, S, b, t, one_plus_t, d_target, e_target, c, L=None, zf=None):
+        """Per-row loss (into ``rows``) and target-entry gradient (into ``e_target``).
+
+        ``L = log1p(t)`` when already computed (the z-loss needs it first), ``zf`` the
+        z-loss's gradient factor: ``g_y = (p_y c - c) s + p_y zf``."""
+        if L is None:
+            L = _blocks.log1p_nonneg(t, S.row_max[:b], one_plus_t, S.log1p_c[:b],
+                                     have_w=True)
         if c is None:                                        # c_nll = 1: rows = nll exactly
             np.subtract(L, d_target, out=rows)               # nll = (m - x_y) + log1p(t)
         else:
             np.subtract(L, d_target, out=L)
-            np.multiply(c, L, out=rows)
+            with np.errstate(invalid="ignore"):              # 0 * inf, set to 0 just below
+                np.multiply(c, L, out=rows)
             if self.any_zero_c:
                 np.copyto(rows, 0, where=c == 0)             # mul0: 0 * inf = 0
         # g_y = ((p_y total) - c_nll) scale with p_y = e_y / (1 + t): the plain order
         np.divide(e_target, one_plus_t, out=e_target)
+        z_part = None if zf is None else e_target * zf       # p_y 2 z lse s_z
         if c is None:
             np.subtract(e_target, 1, out=e_target)
         else:
             np.multiply(e_target, c, out=e_target)
             np.subtract(e_target, c, out=e_target)
         np.multiply(e_target, self.scale_c, out=e_target)
+        if z_part is not None:
+            np.add(e_target, z_part, out=e_target)
 
     # ------------------------------------------------------------------ general tail
     def finish(self, rows, S, b, gb, shifted, coeff, t, d_target, target_index, cax,
-               kept=None):
+               kept=None, m=None, z_rows=None):
         """Loss rows and gradient of a block once ``gb = exp(x - m)`` and ``t`` are known.
 
         ``cax`` is the class axis of the block (1: ``(b, C)``, 0: ``(C, b)``);
-        ``shifted`` holds ``x - m``; ``coeff`` the probability targets (or None).
+        ``shifted`` holds ``x - m``; ``coeff`` the probability targets (or None);
+        ``m`` the row maxima and ``z_rows`` the block's z-loss rows (with ``z_loss``).
         """
         arange = S.arange[:b]
 
@@ -203,6 +267,9 @@ class SoftmaxSweep:
 
         one_plus_t = 1 + t                                   # sum_c exp(x_c - m)
         L = self.log1p(t, S, b)                              # log1p(t)
+        zf = None
+        if self.z_loss:
+            zf = self.z_terms(m, L, np.ones(b, bool) if kept is None else kept, z_rows)
         if coeff is not None:
             # probability targets: loss = sum_c A_c (-log p_c); grad = p sum_c A_c - A
             if self.label_smoothing:
@@ -217,7 +284,7 @@ class SoftmaxSweep:
             np.equal(coeff, 0, out=M)
             np.copyto(shifted, 0, where=M)                   # mul0: 0 log 0 = 0
             rows[...] = np.sum(shifted, axis=cax)
-            mass = np.sum(coeff, axis=cax)
+            mass = self.with_z(np.sum(coeff, axis=cax), zf)
             np.divide(gb, per_row(one_plus_t), out=gb)       # p
             np.multiply(gb, per_row(mass), out=gb)
             np.subtract(gb, coeff, out=gb)
@@ -236,7 +303,7 @@ class SoftmaxSweep:
         rows[...] = loss + mul0(c_smooth, np.sum(shifted, axis=cax))
         # the plain function's operation order, for bitwise-equal smoothing terms
         np.divide(gb, per_row(one_plus_t), out=gb)           # p
-        np.multiply(gb, per_row(total), out=gb)
+        np.multiply(gb, per_row(self.with_z(total, zf)), out=gb)
         if self.weight is None:
             np.subtract(gb, per_row(c_smooth), out=gb)
         else:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._reduction import reduce_parts
 from . import _blocks
 from .softmax_cols import ColsSweep
 from .softmax_online import OnlineSweep
@@ -52,11 +53,13 @@ def layout(C: int, post: int, itemsize: int) -> type:
     return ColsSweep
 
 
-def value_and_grad(problem, label_smoothing, out=None, workers=None):
+def value_and_grad(problem, out=None, workers=None):
     """Loss and gradient of softmax cross-entropy for a validated problem.
 
-    ``problem`` is a :class:`~ce_reference._problem.ClassProblem` built with
-    ``check_values=False`` (the sweep checks the values).
+    ``problem`` is the softmax loss's :class:`~ce_reference._problem.ClassProblem`
+    (with ``label_smoothing``, ``z_loss``, ``softcap`` and the z-loss's
+    ``z_denominator`` / ``z_scale``), built with ``check_values=False`` (the
+    sweep checks the values).
     """
     nworkers = _blocks.resolve_workers(workers)
     out, _ = _blocks.check_out(out, problem.shape, problem.rdt, problem.raw,
@@ -65,15 +68,22 @@ def value_and_grad(problem, label_smoothing, out=None, workers=None):
     probs = problem.targets_raw
     if probs is not None and not probs.flags.c_contiguous:
         probs = np.ascontiguousarray(probs)
+    rows_shape = (problem.pre, problem.post)
+    z_rows = np.empty(rows_shape, problem.cdt) if problem.z_loss else None
     sweep = layout(problem.C, problem.post, problem.cdt.itemsize)(
         x=x, grad=out if out is not None else np.empty(problem.shape, problem.rdt),
         index=problem.index, keep=problem.keep, probs=probs, weight=problem.weight,
-        label_smoothing=label_smoothing, cdt=problem.cdt, rdt=problem.rdt,
+        label_smoothing=problem.label_smoothing, cdt=problem.cdt, rdt=problem.rdt,
         scale=problem.scale, pre=problem.pre, C=problem.C, post=problem.post,
-        rows=np.empty((problem.pre, problem.post), problem.cdt))
+        rows=np.empty(rows_shape, problem.cdt), z_loss=problem.z_loss,
+        z_scale=problem.z_scale, z_rows=z_rows, softcap=problem.softcap)
     sweep.run(nworkers)
     if sweep.bad.any():
         # The offending blocks were not written, so even with out=logits the evidence
         # is still there for the value check to name.
         _blocks.raise_invalid(problem)
-    return problem.reduce(sweep.rows), sweep.grad
+    if z_rows is None:
+        return problem.reduce(sweep.rows), sweep.grad
+    value = reduce_parts(((sweep.rows, problem.denominator), (z_rows, problem.z_denominator)),
+                         problem.reduction, problem.rdt, problem.batch_shape)
+    return value, sweep.grad

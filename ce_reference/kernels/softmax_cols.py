@@ -45,7 +45,8 @@ class ColsSweep(SoftmaxSweep):
         block = ((C, B), cdt)
         vec = ((B,), cdt)
         return {"x_cast": block, "grad_block": block, "shifted": block, "coeff": block,
-                "shifted_masked": block, "mask": ((C, B), bool), "arange": ((B,), np.intp),
+                "shifted_masked": block, "capped": block, "cap_slope": block,
+                "mask": ((C, B), bool), "arange": ((B,), np.intp), "log1p_t": vec,
                 "log1p_w": vec, "log1p_c": vec, "target_flat": ((B,), np.intp),
                 "row_max": vec, "t_sum": vec, "d_target": vec, "e_target": vec,
                 "one_plus_t": vec, "row_factor": vec}
@@ -56,7 +57,8 @@ class ColsSweep(SoftmaxSweep):
         return S
 
     def scratch_bytes(self) -> int:
-        blocks = int(self.cast_in) + int(not self.direct) + 2 + (0 if self.fast else 3)
+        blocks = (int(self.cast_in) + int(not self.direct) + 2 + (0 if self.fast else 3)
+                  + (2 if self.softcap is not None else 0))
         return (blocks + 1) * self.B * self.C * self.itemsize + 16 * self.B * 8
 
     def body(self, i, S):
@@ -65,12 +67,23 @@ class ColsSweep(SoftmaxSweep):
         else:
             self.general_block(i, S)
 
-    def _rows_of(self, i, j0, j1):
-        """The block's slice of the flattened ``(pre, post)`` per-row losses."""
+    def _rows_of(self, i, j0, j1, rows=None):
+        """The block's slice of the flattened ``(pre, post)`` per-row losses (or ``rows``)."""
+        rows = self.rows if rows is None else rows
         if self.post > 1:
             p = i // self.per_slice
-            return self.rows.reshape(-1)[p * self.post + j0:p * self.post + j1]
-        return self.rows.reshape(-1)[j0:j1]
+            return rows.reshape(-1)[p * self.post + j0:p * self.post + j1]
+        return rows.reshape(-1)[j0:j1]
+
+    def _z_rows_of(self, i, j0, j1):
+        return None if self.z_rows is None else self._rows_of(i, j0, j1, self.z_rows)
+
+    def _cap(self, src, S, b):
+        """``(capped source, its gradient block)`` with ``softcap``, or None if invalid."""
+        capped = S.capped[:, :b]
+        if not self.cap_into(src, capped, S.cap_slope[:, :b]):
+            return None
+        return capped
 
     def _load(self, i, S):
         """Block ``i``: source ``(C, b)``, its gradient block and destination, targets."""
@@ -81,6 +94,8 @@ class ColsSweep(SoftmaxSweep):
             b = j1 - j0
             src = S.x_cast[:, :b]
             np.copyto(src, self.x.reshape(self.pre, C)[j0:j1].T, casting="unsafe")
+            if self.softcap is not None:
+                src = self._cap(src, S, b)
             gb = src                      # computed in place, transposed back at the end
             gdst = self.grad.reshape(self.pre, C)[j0:j1].T
             target_index = kept = None
@@ -96,6 +111,8 @@ class ColsSweep(SoftmaxSweep):
             if self.cast_in:
                 np.copyto(S.x_cast[:, :b], src, casting="unsafe")
                 src = S.x_cast[:, :b]
+            if self.softcap is not None:
+                src = self._cap(src, S, b)
             gdst = self.grad.reshape(self.pre, C, self.post)[p, :, j0:j1]
             gb = gdst if self.direct else S.grad_block[:, :b]
             target_index = kept = None
@@ -108,6 +125,9 @@ class ColsSweep(SoftmaxSweep):
     def general_block(self, i, S):
         """Probability targets, or index targets with label smoothing."""
         j0, j1, b, src, gb, gdst, target_index, kept, targets = self._load(i, S)
+        if src is None:
+            self.bad[i] = True
+            return
         arange = S.arange[:b]
         coeff = None
         if targets is not None:
@@ -133,7 +153,9 @@ class ColsSweep(SoftmaxSweep):
             t += (np.sum(M, axis=0) - 1).astype(self.cdt)    # first arg-max count as 1
         np.copyto(gb, 1, where=M)
         self.finish(self._rows_of(i, j0, j1), S, b, gb, shifted, coeff, t, d_target,
-                    target_index, 0, kept)
+                    target_index, 0, kept, m=m, z_rows=self._z_rows_of(i, j0, j1))
+        if self.softcap is not None:
+            np.multiply(gb, S.cap_slope[:, :b], out=gb)      # the cap's chain rule
         if gdst is not gb:
             np.copyto(gdst, gb, casting="unsafe")
 
@@ -141,6 +163,9 @@ class ColsSweep(SoftmaxSweep):
         """Index targets, no smoothing."""
         cdt = self.cdt
         j0, j1, b, src, gb, gdst, target_index, kept, _ = self._load(i, S)
+        if src is None:
+            self.bad[i] = True
+            return
         arange = S.arange[:b]
         m = np.max(src, axis=0, out=S.row_max[:b])
         if not math.isfinite(float(np.add.reduce(m))) and not np.isfinite(m).all():
@@ -150,7 +175,7 @@ class ColsSweep(SoftmaxSweep):
         if self.post == 1:                                   # gb is the (C, B) scratch
             target_flat = np.multiply(target_index, self.B, out=S.target_flat[:b])
             np.add(target_flat, arange, out=target_flat)
-            gf = S.x_cast.reshape(-1)
+            gf = (S.x_cast if self.softcap is None else S.capped).reshape(-1)
             d_target = np.take(gf, target_flat, out=S.d_target[:b])
         else:
             d_target = gb[target_index, arange]
@@ -169,13 +194,21 @@ class ColsSweep(SoftmaxSweep):
         else:
             e_target = gb[target_index, arange]
         one_plus_t = np.add(t, 1, out=S.one_plus_t[:b])
+        L = zf = None
+        if self.z_loss:                                      # lse = m + log1p(t) per row
+            L = _blocks.log1p_nonneg(t, S.log1p_t[:b], one_plus_t, S.log1p_c[:b],
+                                     have_w=True)
+            zf = self.z_terms(m, L, kept, self._z_rows_of(i, j0, j1))
         c = self.fast_c(target_index, kept)
-        k = self.fast_row_factor(c, one_plus_t, S.row_factor[:b])
+        k = self.fast_row_factor(c, one_plus_t, S.row_factor[:b], zf)
         np.multiply(gb, k, out=gb)                           # g = e k
-        self.fast_tail(self._rows_of(i, j0, j1), S, b, t, one_plus_t, d_target, e_target, c)
+        self.fast_tail(self._rows_of(i, j0, j1), S, b, t, one_plus_t, d_target, e_target, c,
+                       L=L, zf=zf)
         if self.post == 1:
             np.put(gf, target_flat, e_target)
         else:
             gb[target_index, arange] = e_target
+        if self.softcap is not None:
+            np.multiply(gb, S.cap_slope[:, :b], out=gb)      # the cap's chain rule
         if gdst is not gb:
             np.copyto(gdst, gb, casting="unsafe")

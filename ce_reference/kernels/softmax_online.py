@@ -33,17 +33,32 @@ class OnlineSweep(SoftmaxSweep):
     def scratch_specs(self) -> dict:
         n, cdt = self.chunk, self.cdt
         return {"x_cast": ((n,), cdt), "exp_chunk": ((n,), cdt), "shifted": ((n,), cdt),
-                "coeff": ((n,), cdt), "mask": ((n,), bool)}
+                "coeff": ((n,), cdt), "mask": ((n,), bool), "capped": ((n,), cdt),
+                "cap_slope": ((n,), cdt)}
 
     def scratch_bytes(self) -> int:
-        blocks = int(self.cast_in) + int(not self.direct) + (0 if self.fast else 3)
+        blocks = (int(self.cast_in) + int(not self.direct) + (0 if self.fast else 3)
+                  + (2 if self.softcap is not None else 0))
         return (blocks + 1) * self.chunk * self.itemsize + 16 * 8
 
-    def _load(self, src, c0, c1, buf):
-        if src.dtype == self.cdt:
-            return src[c0:c1]
-        np.copyto(buf[:c1 - c0], src[c0:c1], casting="unsafe")
-        return buf[:c1 - c0]
+    def _load(self, src, c0, c1, S):
+        """Columns ``c0:c1`` of a row in the compute dtype, soft-capped with ``softcap``
+        (then ``S.cap_slope`` holds their ``sech^2(x / s)``); None if the cap finds NaN
+        or +inf."""
+        x = src[c0:c1]
+        if src.dtype != self.cdt:
+            np.copyto(S.x_cast[:c1 - c0], x, casting="unsafe")
+            x = S.x_cast[:c1 - c0]
+        if self.softcap is None:
+            return x
+        if not self.cap_into(x, S.capped[:c1 - c0], S.cap_slope[:c1 - c0]):
+            return None
+        return S.capped[:c1 - c0]
+
+    def _scale_chunk(self, g, c0, c1, S):
+        """The cap's chain rule on a gradient chunk."""
+        if self.softcap is not None:
+            np.multiply(g, S.cap_slope[:c1 - c0], out=g)
 
     def _coeff_chunk(self, targets_row, c0, c1, S):
         """``A = w q'`` of one chunk of a probability-target row, or None if invalid."""
@@ -69,7 +84,9 @@ class OnlineSweep(SoftmaxSweep):
                 if coeff is None:
                     return None
                 mass += float(np.sum(coeff, dtype=np.float64))
-            xc = self._load(x_row, c0, c1, S.x_cast)
+            xc = self._load(x_row, c0, c1, S)
+            if xc is None:
+                return None
             a = int(np.argmax(xc))
             mj = xc[a]
             if math.isnan(mj) or mj == math.inf:
@@ -107,11 +124,15 @@ class OnlineSweep(SoftmaxSweep):
         t = np.array([T], cdt)
         one_plus_t = 1 + t
         L = _blocks.log1p_nonneg(t, np.empty(1, cdt), np.empty(1, cdt), np.empty(1, cdt))
+        zf = None
+        if self.z_loss:
+            kept = np.ones(1, bool) if targets_row is not None else self.keep[r]
+            zf = self.z_terms(np.array([m]), L, kept, self.z_rows.reshape(-1)[r:r + 1])
         if targets_row is not None:
-            self.rows.reshape(-1)[r] = self._probability_row(x_row, g_row, targets_row, m,
-                                                             one_plus_t, L, cdt.type(mass), S)
+            self.rows.reshape(-1)[r] = self._probability_row(
+                x_row, g_row, targets_row, m, one_plus_t, L, self.with_z(cdt.type(mass), zf), S)
         else:
-            self.rows.reshape(-1)[r] = self._index_row(r, x_row, g_row, m, one_plus_t, L, S)
+            self.rows.reshape(-1)[r] = self._index_row(r, x_row, g_row, m, one_plus_t, L, S, zf)
 
     def _probability_row(self, x_row, g_row, targets_row, m, one_plus_t, L, mass, S):
         """Pass 2 for probability targets: gradient ``p sum A - A`` and the row's loss."""
@@ -119,7 +140,7 @@ class OnlineSweep(SoftmaxSweep):
         for c0 in range(0, self.C, self.chunk):
             c1 = min(self.C, c0 + self.chunk)
             coeff = self._coeff_chunk(targets_row, c0, c1, S)
-            xc = self._load(x_row, c0, c1, S.x_cast)
+            xc = self._load(x_row, c0, c1, S)
             d = S.shifted[:c1 - c0]
             np.subtract(xc, m, out=d)
             g = g_row[c0:c1] if self.direct else S.exp_chunk[:c1 - c0]
@@ -128,6 +149,7 @@ class OnlineSweep(SoftmaxSweep):
             np.multiply(g, mass, out=g)
             np.subtract(g, coeff, out=g)
             np.multiply(g, self.scale_c, out=g)
+            self._scale_chunk(g, c0, c1, S)
             if not self.direct:
                 np.copyto(g_row[c0:c1], g, casting="unsafe")
             np.subtract(L, d, out=d)                         # -log p = (m - x) + log1p(t)
@@ -137,19 +159,21 @@ class OnlineSweep(SoftmaxSweep):
             acc += float(np.sum(d, dtype=np.float64))
         return acc
 
-    def _index_row(self, r, x_row, g_row, m, one_plus_t, L, S):
+    def _index_row(self, r, x_row, g_row, m, one_plus_t, L, S, zf=None):
         """Pass 2 for index targets (with or without label smoothing)."""
         cdt, C, n = self.cdt, self.C, self.chunk
         y = self.index[r, 0]
         c_nll, c_smooth, total = self.coefficients(self.index[r], self.keep[r])
-        d_target = cdt.type(self._load(x_row, y, y + 1, S.x_cast)[0]) - m
+        total = self.with_z(total, zf)
+        d_target = cdt.type(self._load(x_row, y, y + 1, S)[0]) - m
+        slope_y = None if self.softcap is None else cdt.type(S.cap_slope[0])   # a copy
         nll = -d_target + L
         loss = mul0(c_nll, nll)
         k = self.row_factor(total, one_plus_t)[0]
         acc = 0.0
         for c0 in range(0, C, n):
             c1 = min(C, c0 + n)
-            xc = self._load(x_row, c0, c1, S.x_cast)
+            xc = self._load(x_row, c0, c1, S)
             d = S.shifted[:c1 - c0]
             np.subtract(xc, m, out=d)
             g = g_row[c0:c1] if self.direct else S.exp_chunk[:c1 - c0]
@@ -169,6 +193,7 @@ class OnlineSweep(SoftmaxSweep):
                 acc += float(np.sum(d, dtype=np.float64))
             else:
                 np.multiply(g, k, out=g)
+            self._scale_chunk(g, c0, c1, S)
             if not self.direct:
                 np.copyto(g_row[c0:c1], g, casting="unsafe")
         e_target = np.exp(np.array([d_target], cdt))
@@ -179,5 +204,7 @@ class OnlineSweep(SoftmaxSweep):
             g_target = (g_target - c_nll) * self.scale_c
         else:
             g_target = ((e_target / one_plus_t) * total - c_nll) * self.scale_c
+        if slope_y is not None:
+            g_target = g_target * slope_y
         g_row[y] = g_target[0]
         return loss[0]

@@ -31,6 +31,7 @@ class RowsSweep(SoftmaxSweep):
         block = ((B, C), cdt)
         vec = ((B,), cdt)
         return {"x_cast": block, "grad_block": block, "shifted": block, "coeff": block,
+                "capped": block, "cap_slope": block, "log1p_t": vec,
                 "mask": ((B, C), bool), "arange": ((B,), np.intp),
                 "log1p_w": vec, "log1p_c": vec, "argmax_flat": ((B,), np.intp),
                 "target_flat": ((B,), np.intp), "row_max": vec, "t_sum": vec,
@@ -44,7 +45,8 @@ class RowsSweep(SoftmaxSweep):
 
     def scratch_bytes(self) -> int:
         # the cast input and/or gradient blocks, plus (shifted, coeff, mask) off the fast path
-        blocks = int(self.cast_in) + int(not self.direct) + (0 if self.fast else 3)
+        blocks = (int(self.cast_in) + int(not self.direct) + (0 if self.fast else 3)
+                  + (2 if self.softcap is not None else 0))
         return (blocks + 1) * self.B * self.C * self.itemsize + 16 * self.B * 8
 
     def body(self, i, S):
@@ -54,6 +56,8 @@ class RowsSweep(SoftmaxSweep):
             self.general_block(i, S)
 
     def _load(self, i, S):
+        """Rows ``r0:r1`` of the logits in the compute dtype (soft-capped with ``softcap``;
+        None when the cap finds NaN or +inf)."""
         r0 = i * self.B
         r1 = min(self.pre, r0 + self.B)
         b = r1 - r0
@@ -61,11 +65,23 @@ class RowsSweep(SoftmaxSweep):
         if self.cast_in:
             np.copyto(S.x_cast[:b], xb, casting="unsafe")
             xb = S.x_cast[:b]
+        if self.softcap is not None:
+            if not self.cap_into(xb, S.capped[:b], S.cap_slope[:b]):
+                return r0, r1, b, None
+            xb = S.capped[:b]
         return r0, r1, b, xb
+
+    def _finish_options(self, gb, S, b):
+        """The soft cap's chain rule: the block's gradient times ``sech^2(x / s)``."""
+        if self.softcap is not None:
+            np.multiply(gb, S.cap_slope[:b], out=gb)
 
     def general_block(self, i, S):
         """Probability targets, or index targets with label smoothing."""
         r0, r1, b, xb = self._load(i, S)
+        if xb is None:
+            self.bad[i] = True
+            return
         arange = S.arange[:b]
         coeff = None
         if self.probs is not None:
@@ -94,13 +110,18 @@ class RowsSweep(SoftmaxSweep):
         t = np.sum(gb, axis=1)
         gb[arange, a] = 1
         self.finish(self.rows.reshape(-1)[r0:r1], S, b, gb, shifted, coeff, t, d_target,
-                    target_index, 1, None if coeff is not None else self.keep[r0:r1, 0])
+                    target_index, 1, None if coeff is not None else self.keep[r0:r1, 0],
+                    m=m, z_rows=None if self.z_rows is None else self.z_rows.reshape(-1)[r0:r1])
+        self._finish_options(gb, S, b)
         if not self.direct:
             np.copyto(gdst, gb, casting="unsafe")
 
     def fast_block(self, i, S):
         """Index targets, no smoothing: 5 passes over the block."""
         r0, r1, b, xb = self._load(i, S)
+        if xb is None:
+            self.bad[i] = True
+            return
         argmax_flat, target_flat, m = S.argmax_flat[:b], S.target_flat[:b], S.row_max[:b]
         np.argmax(xb, axis=1, out=argmax_flat)              # pass 1 (reads x from memory)
         np.add(argmax_flat, S.row_offset[:b], out=argmax_flat)   # flat index of the arg-max
@@ -121,10 +142,18 @@ class RowsSweep(SoftmaxSweep):
         np.put(gf, argmax_flat, 1)
         e_target = np.take(gf, target_flat, out=S.e_target[:b])
         one_plus_t = np.add(t, 1, out=S.one_plus_t[:b])
-        c = self.fast_c(target_index, self.keep[r0:r1, 0])
-        k = self.fast_row_factor(c, one_plus_t, S.row_factor[:b])
+        kept = self.keep[r0:r1, 0]
+        L = zf = None
+        if self.z_loss:                                      # lse = m + log1p(t) per row
+            L = _blocks.log1p_nonneg(t, S.log1p_t[:b], one_plus_t, S.log1p_c[:b],
+                                     have_w=True)
+            zf = self.z_terms(m, L, kept, self.z_rows.reshape(-1)[r0:r1])
+        c = self.fast_c(target_index, kept)
+        k = self.fast_row_factor(c, one_plus_t, S.row_factor[:b], zf)
         np.multiply(gb, k[:, None], out=gb)                  # pass 5: g = e k
-        self.fast_tail(self.rows.reshape(-1)[r0:r1], S, b, t, one_plus_t, d_target, e_target, c)
+        self.fast_tail(self.rows.reshape(-1)[r0:r1], S, b, t, one_plus_t, d_target, e_target, c,
+                       L=L, zf=zf)
         np.put(gf, target_flat, S.e_target[:b])              # target entries (plain order)
+        self._finish_options(gb, S, b)
         if not self.direct:
             np.copyto(gdst, gb, casting="unsafe")

@@ -24,13 +24,23 @@ from ._operands import Operands, class_last, reduce_operand, scale
 EXTREME_LOGIT = 36.0
 
 
+def soft_cap(x, softcap):
+    """``softcap * tanh(x / softcap)``, keeping ``-inf`` (a masked class) at ``-inf``."""
+    if softcap is None:
+        return x
+    safe = jnp.where(jnp.isneginf(x), 0.0, x)      # no inf inside tanh's derivative
+    return jnp.where(jnp.isneginf(x), -jnp.inf, softcap * jnp.tanh(safe / softcap))
+
+
 def softmax_cross_entropy(logits, targets, *, axis=-1, weight=None, ignore_index=None,
-                          label_smoothing=0.0, reduction="mean"):
-    """PyTorch's ``F.cross_entropy`` written from its definition with ``jax.nn.log_softmax``."""
+                          label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean"):
+    """PyTorch's ``F.cross_entropy`` written from its definition with ``jax.nn.log_softmax``,
+    on the soft-capped logits, plus ``z logsumexp^2`` on kept rows (its own mean over them)."""
     x, result = J.as_float(logits)
     axis = axis % x.ndim
     C = x.shape[axis]
-    logp = jax.nn.log_softmax(x, axis=axis)
+    u = soft_cap(x, softcap)
+    logp = jax.nn.log_softmax(u, axis=axis)
     t = jnp.asarray(targets)
     w = J.class_weight(weight, x.dtype, x.ndim, axis)
     eps = label_smoothing
@@ -47,12 +57,22 @@ def softmax_cross_entropy(logits, targets, *, axis=-1, weight=None, ignore_index
         rows = jnp.where(keep, rows, 0.0)
         denom = jnp.sum(jnp.where(keep, wy, 0.0))
     else:
+        keep = jnp.ones(rows_shape(x.shape, axis), bool)
         q = t.astype(x.dtype)
         q = (1 - eps) * q + eps / C
         rows = -jnp.sum(jnp.where(q == 0, 0.0, (q if w is None else q * w) * jnp.where(
             q == 0, 0.0, logp)), axis=axis)
         denom = rows.size
-    return J.as_result(J.reduce(rows, reduction, denom), result)
+    if not z_loss:
+        return J.as_result(J.reduce(rows, reduction, denom), result)
+    z_rows = jnp.where(keep, z_loss * jax.nn.logsumexp(u, axis=axis) ** 2, 0.0)
+    if reduction == "mean":
+        return J.as_result(jnp.sum(rows) / denom + jnp.sum(z_rows) / jnp.sum(keep), result)
+    return J.as_result(J.reduce(rows + z_rows, reduction, denom), result)
+
+
+def rows_shape(shape, axis):
+    return shape[:axis] + shape[axis + 1:]
 
 
 def _coefficients(mp, case, r, idx, Q, wc, C):
@@ -68,70 +88,135 @@ def _coefficients(mp, case, r, idx, Q, wc, C):
     return [wc[c] * ((1 - ls) * mp.mpf(Q[r, c]) + ls / C) for c in range(C)], 1
 
 
-def exact(mp, case):
-    """Per-row losses, gradient of their sum (input layout) and the ``mean`` denominator.
+def sech2(mp, y):
+    """``sech^2(y) = 4 e^{-2|y|} / (1 + e^{-2|y|})^2``: no cancellation, no overflow."""
+    e = mp.exp(-2 * abs(y))
+    return 4 * e / (1 + e) ** 2
 
-    ``logsumexp(x) - x_c = (m - x_c) + log1p(sum_{j != a} exp(x_j - m))`` (``a`` the
-    arg-max): two non-negative terms, and the log of ``1 + e^-745`` is not rounded
-    to 0.  The gradient ``p_k S - A_k`` is computed as
-    ``p_k sum_{j != k} A_j - A_k sum_{j != k} p_j`` with both leave-one-out sums
-    formed from prefix and suffix sums of non-negative terms, so that
-    ``p_k - 1 = -sum_{j != k} p_j`` even when ``p_k`` rounds to 1.
+
+def _capped(mp, case, xv):
+    """``(u, du/dx, d2u/dx2)`` of one logit under the case's soft cap (masked: -inf, 0, 0)."""
+    X = xv if isinstance(xv, mp.mpf) else mp.mpf(float(xv))   # mpf inputs kept exact
+    cap = case.kwargs.get("softcap")
+    if X == mp.ninf:
+        return mp.ninf, mp.mpf(0), mp.mpf(0)
+    if cap is None:
+        return X, mp.mpf(1), mp.mpf(0)
+    s = mp.mpf(cap)
+    c = sech2(mp, X / s)
+    return s * mp.tanh(X / s), c, -2 / s * c * mp.tanh(X / s)
+
+
+def _row(mp, xr):
+    """``(e, e_out, E, m, log1p(t), a)`` of a row of (capped) logits: ``e_k = exp(u_k - m)``,
+    ``e_out`` the leave-one-out sums, ``E = sum e``, ``t`` the sum of the others."""
+    m = max(xr)
+    a = xr.index(m)
+    e = [mp.exp(v - m) if v != mp.ninf else mp.mpf(0) for v in xr]   # each in [0, 1], e_a = 1
+    e_out = M.leave_one_out(mp, e)                                   # sum_{j != k} e_j
+    return e, e_out, 1 + e_out[a], m, mp.log1p(e_out[a]), a
+
+
+def _parts(mp, case):
+    """Per-row cross-entropy and z-loss values and their gradients with respect to ``x``
+    (lists per row), and the two ``mean`` denominators.
+
+    ``lse(u) - u_c = (m - u_c) + log1p(sum_{j != a} exp(u_j - m))`` (``a`` the arg-max):
+    two non-negative terms, and the log of ``1 + e^-745`` is not rounded to 0.  The
+    gradient ``p_k S - A_k`` is ``p_k sum_{j != k} A_j - A_k sum_{j != k} p_j``, both
+    leave-one-out sums of non-negative terms, so ``p_k - 1 = -sum_{j != k} p_j`` even when
+    ``p_k`` rounds to 1; the cap's derivative multiplies it.
     """
     X, ax, batch = M.rows(case)
     R, C = X.shape
     idx, Q = M.target_rows(case, ax, C)
     wc = M.class_weights(mp, case, C)
-    losses, grads, denom = [], [], mp.mpf(0)
+    z = mp.mpf(case.kwargs.get("z_loss", 0.0))
+    ce_l, z_l, ce_g, z_g, d_ce, d_z = [], [], [], [], mp.mpf(0), 0
     for r in range(R):
         A, d = _coefficients(mp, case, r, idx, Q, wc, C)
         if A is None:
-            losses.append(mp.mpf(0))
-            grads.append([mp.mpf(0)] * C)
+            ce_l.append(mp.mpf(0))
+            z_l.append(mp.mpf(0))
+            ce_g.append([mp.mpf(0)] * C)
+            z_g.append([mp.mpf(0)] * C)
             continue
-        denom += d
-        xr = [mp.mpf(v) for v in X[r]]
-        m = max(xr)
-        a = xr.index(m)
-        e = [mp.exp(v - m) for v in xr]                      # each in (0, 1], e_a = 1
-        e_out = M.leave_one_out(mp, e)                       # sum_{j != k} e_j
-        E = 1 + e_out[a]
-        logE = mp.log1p(e_out[a])                            # log(1 + tiny) keeps the tiny
-        losses.append(mp.fsum(A[c] * ((m - xr[c]) + logE) for c in range(C) if A[c] != 0))
+        d_ce += d
+        d_z += 1
+        capped = [_capped(mp, case, v) for v in X[r]]
+        u = [q[0] for q in capped]
+        e, e_out, E, m, log1p_t, a = _row(mp, u)
+        ce_l.append(mp.fsum(A[c] * ((m - u[c]) + log1p_t) for c in range(C) if A[c] != 0))
         A_out = M.leave_one_out(mp, A)
-        grads.append([(e[k] * A_out[k] - A[k] * e_out[k]) / E for k in range(C)])
-    return losses, M.to_input_layout(grads, ax, batch, C), denom
+        ce_g.append([capped[k][1] * (e[k] * A_out[k] - A[k] * e_out[k]) / E for k in range(C)])
+        lse = m + log1p_t
+        z_l.append(z * lse ** 2)
+        z_g.append([capped[k][1] * 2 * z * lse * e[k] / E for k in range(C)])
+    return (ce_l, z_l, ce_g, z_g, d_ce, d_z), ax, batch, C
+
+
+def _combine(mp, case, ce, zl, d_ce, d_z):
+    """Per-example values (or gradients) of a two-part loss and the denominator to reduce them
+    with: the parts' own for ``mean`` (pre-scaled, denominator 1), else added."""
+    if case.kwargs["reduction"] in ("none", "sum") or not case.kwargs.get("z_loss"):
+        return [a + b for a, b in zip(ce, zl)], d_ce
+    if d_ce == 0:
+        return [a + b for a, b in zip(ce, zl)], 0            # NaN mean, zero gradient
+    return [a / d_ce + b / d_z for a, b in zip(ce, zl)], 1
+
+
+def exact(mp, case):
+    """Per-row losses, gradient of their sum (input layout) and the ``mean`` denominator."""
+    (ce_l, z_l, ce_g, z_g, d_ce, d_z), ax, batch, C = _parts(mp, case)
+    losses, denom = _combine(mp, case, ce_l, z_l, d_ce, d_z)
+    flat, _ = _combine(mp, case, [g for row in ce_g for g in row],
+                       [g for row in z_g for g in row], d_ce, d_z)
+    rows = [flat[r * C:(r + 1) * C] for r in range(len(ce_g))]
+    return losses, M.to_input_layout(rows, ax, batch, C), denom
 
 
 def exact_hvp(mp, case):
-    """``H v`` of the sum of the row losses and the ``mean`` denominator.
+    """``H v`` of the reduced loss's per-row parts and the denominator to reduce with.
 
-    The block ``S (diag p - p p^T)`` is applied as ``S p_k sum_j p_j (v_k - v_j)``
-    (``sum_j p_j = 1``); both leave-one-out sums scale with ``1 - p_k``, so a
-    confident row does not cancel (O(C) per row).
+    ``H^u = S (diag p - p p^T)`` for the cross-entropy, applied as
+    ``S p_k sum_j p_j (v_k - v_j)`` (``sum_j p_j = 1``: both leave-one-out sums scale with
+    ``1 - p_k``, so a confident row does not cancel); the z-loss adds
+    ``2 z (lse (diag p - p p^T) + p p^T)``; the cap gives ``c H^u (c v) + g_u c' v``.
     """
     X, ax, batch = M.rows(case)
     R, C = X.shape
     idx, Q = M.target_rows(case, ax, C)
     Vr, _, _ = M.rows(case, case.v)
     wc = M.class_weights(mp, case, C)
-    out, denom = [], mp.mpf(0)
+    z = mp.mpf(case.kwargs.get("z_loss", 0.0))
+    ce_h, z_h, d_ce, d_z = [], [], mp.mpf(0), 0
     for r in range(R):
         A, d = _coefficients(mp, case, r, idx, Q, wc, C)
         if A is None:
-            out.append([mp.mpf(0)] * C)
+            ce_h.append([mp.mpf(0)] * C)
+            z_h.append([mp.mpf(0)] * C)
             continue
-        denom += d
-        S = mp.fsum(A)
-        xr = [mp.mpf(v) for v in X[r]]
-        m = max(xr)
-        e = [mp.exp(v - m) for v in xr]
-        E = mp.fsum(e)
-        vr = [mp.mpf(v) for v in Vr[r]]
-        e_out = M.leave_one_out(mp, e)
-        ev_out = M.leave_one_out(mp, [e[j] * vr[j] for j in range(C)])
-        out.append([S * e[k] * (vr[k] * e_out[k] - ev_out[k]) / E ** 2 for k in range(C)])
-    return M.to_input_layout(out, ax, batch, C), denom
+        d_ce += d
+        d_z += 1
+        capped = [_capped(mp, case, v) for v in X[r]]
+        u, cf, c2 = [q[0] for q in capped], [q[1] for q in capped], [q[2] for q in capped]
+        e, e_out, E, m, log1p_t, _ = _row(mp, u)
+        lse, S = m + log1p_t, mp.fsum(A)
+        p = [ek / E for ek in e]
+        cv = [cf[k] * mp.mpf(Vr[r, k]) for k in range(C)]                  # c v
+        ev_out = M.leave_one_out(mp, [e[j] * cv[j] for j in range(C)])
+        centered = [(cv[k] * e_out[k] - ev_out[k]) / E for k in range(C)]   # cv_k - <p, cv>
+        pcv = mp.fsum(p[j] * cv[j] for j in range(C))
+        A_out = M.leave_one_out(mp, A)
+        g_ce = [(e[k] * A_out[k] - A[k] * e_out[k]) / E for k in range(C)]  # p S - A
+        ce_h.append([cf[k] * S * p[k] * centered[k] + g_ce[k] * c2[k] * mp.mpf(Vr[r, k])
+                     for k in range(C)])
+        z_h.append([cf[k] * 2 * z * (lse * p[k] * centered[k] + p[k] * pcv)
+                    + 2 * z * lse * p[k] * c2[k] * mp.mpf(Vr[r, k]) for k in range(C)])
+    flat, denom = _combine(mp, case, [h for row in ce_h for h in row],
+                           [h for row in z_h for h in row], d_ce, d_z)
+    rows = [flat[r * C:(r + 1) * C] for r in range(R)]
+    return M.to_input_layout(rows, ax, batch, C), denom
 
 
 def _coefficients_np(case, ax, C):
@@ -154,32 +239,87 @@ def _coefficients_np(case, ax, C):
     return A, denom
 
 
+def _capped_np(case, x):
+    """``(u, c, |c'|, condition)`` in float64 for the case's soft cap: the capped logits,
+    ``du/dx = sech^2(x/s)``, ``|d2u/dx2|``, and ``1 + 2|x/s|``, the condition number of
+    ``sech^2`` at the rounded ``x / s`` (every implementation rounds it: the derivative's
+    operand is ``c`` times that).  Without a cap: ``(x, 1, 0, 1)``."""
+    cap = case.kwargs.get("softcap")
+    if cap is None:
+        return x, np.ones_like(x), np.zeros_like(x), np.ones_like(x)
+    with np.errstate(invalid="ignore"):
+        y = np.where(np.isneginf(x), 0.0, x / cap)
+        e = np.exp(-2 * np.abs(y))
+        c = np.where(np.isneginf(x), 0.0, 4 * e / (1 + e) ** 2)
+        u = np.where(np.isneginf(x), -np.inf, cap * np.tanh(y))
+    return u, c, 2 / cap * c * np.abs(np.tanh(y)), 1 + 2 * np.abs(y)
+
+
 def operands(case, v=None) -> Operands:
-    """Gradient operand ``p_k S (1 + |x_k - m|) + A_k`` (``A = w q'``, ``S = sum A``);
-    value operand the value plus ``S sum_j p_j |x_j - m|`` (the rounding of ``x - m``)."""
+    """Gradient operand ``c (p_k S' (1 + |u_k - m|) + A_k)`` (``A = w q'``, ``u`` the capped
+    logits, ``c`` the cap's derivative times its condition number, ``S' = S`` plus the
+    z-loss's ``2 z |lse|``); value operand the value plus ``S sum_j p_j |u_j - m|`` (the
+    rounding of ``u - m``).  The JAX twin differentiates the cap as ``1 - tanh^2``, which is
+    ~eps absolute, not relative: its operands take ``c + 1``."""
     ax, x = class_last(case)
     C = x.shape[-1]
+    u, c, c2, condition = _capped_np(case, x)
+    capped = case.kwargs.get("softcap") is not None
+    c_jax = c + 1 if capped else c
+    c2_jax = c2 + 2 / case.kwargs["softcap"] if capped else c2
+    c = c * condition
     A, denom = _coefficients_np(case, ax, C)
     S = np.sum(A, axis=-1, keepdims=True)
-    m = np.max(x, axis=-1, keepdims=True)
-    d = np.abs(x - m)
-    p = sp.softmax(x, axis=-1)
-    lse = sp.logsumexp(x - m, axis=-1, keepdims=True)
-    base = np.sum(A * ((m - x) + lse), axis=-1)
-    loose = np.abs(x) + np.abs(m)                      # JAX: x - (m + log sum), see module doc
+    m = np.max(u, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        d = np.where(np.isneginf(u), 0.0, np.abs(u - m))
+        if case.kwargs.get("softcap") is not None:          # the rounding of s tanh(x / s)
+            d = d + np.where(np.isneginf(u), 0.0, np.abs(u))
+    p = sp.softmax(u, axis=-1)
+    lse = m + sp.logsumexp(u - m, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        base = np.sum(np.where(A == 0, 0.0, A * ((m - u) + (lse - m))), axis=-1)
+    loose = np.where(np.isneginf(u), 0.0, np.abs(u) + np.abs(m))  # JAX: x - (m + log sum)
     s = scale(case, denom)
-    value = reduce_operand(case, base + S[..., 0] * np.sum(p * d, axis=-1), denom)
-    value_jax = reduce_operand(case, base + S[..., 0] * (1 + np.sum(p * loose, axis=-1)), denom)
-    g = np.moveaxis(s * (p * S * (1 + d) + A), -1, ax)
-    g_jax = np.moveaxis(s * (p * S * (1 + loose) + A), -1, ax)
+    z = float(case.kwargs.get("z_loss", 0.0))
+    z_val = np.zeros(base.shape)
+    zS = zR = np.zeros(S.shape)
+    if z:
+        keep = _kept_np(case, ax)
+        n_kept = float(np.sum(keep))
+        s_z = 1.0 / n_kept if case.kwargs["reduction"] == "mean" and n_kept else 1.0
+        ratio = s_z / s if s else 0.0                       # the z-loss's scale over s
+        z_val = keep * z * lse[..., 0] ** 2 * ratio
+        zS = keep[..., None] * 2 * z * np.abs(lse) * ratio  # 2 z lse p: the gradient term
+        zR = keep[..., None] * 2 * z * ratio                # 2 z p p^T: the Hessian term
+    value = reduce_operand(case, base + z_val + S[..., 0] * np.sum(p * d, axis=-1), denom)
+    value_jax = reduce_operand(case, base + z_val + S[..., 0] * (1 + np.sum(p * loose, axis=-1)),
+                               denom)
+    Sz = S + zS
+    g = np.moveaxis(c * s * (p * Sz * (1 + d) + A), -1, ax)
+    g_jax = np.moveaxis(c_jax * s * (p * Sz * (1 + loose) + A), -1, ax)
     h = h_jax = None
     if v is not None:
         vm = np.abs(np.moveaxis(v.astype(np.float64), ax, -1))
-        pv = np.sum(p * vm * (1 + d), axis=-1, keepdims=True)
-        h = np.moveaxis(s * S * (1 + d) * p * (vm + pv), -1, ax)
-        pv = np.sum(p * vm * (1 + loose), axis=-1, keepdims=True)
-        h_jax = np.moveaxis(s * S * (1 + loose) * p * (vm + pv), -1, ax)
+        g_u = s * (p * Sz + A)
+
+        def hvp_operand(c, c2, spread):
+            cv = c * vm
+            pv = np.sum(p * cv * (1 + spread), axis=-1, keepdims=True)
+            return np.moveaxis(c * s * (Sz * (1 + spread) * p * (cv + pv) + zR * p * pv)
+                               + g_u * c2 * condition * vm, -1, ax)
+
+        h = hvp_operand(c, c2, d)
+        h_jax = hvp_operand(c_jax, c2_jax, loose)
     return Operands(value, g, h, value_jax, g_jax, h_jax)
+
+
+def _kept_np(case, ax):
+    t = np.asarray(case.targets)
+    if t.dtype.kind in "iu":
+        ignore = case.kwargs.get("ignore_index")
+        return np.ones(t.shape) if ignore is None else (t != ignore).astype(np.float64)
+    return np.ones(np.moveaxis(t, ax, -1).shape[:-1])
 
 
 def extreme(case) -> bool:
