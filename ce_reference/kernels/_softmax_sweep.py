@@ -142,19 +142,19 @@ class SoftmaxSweep:
         ``x`` holds NaN or ``+inf`` (invalid logits, which the cap would hide)."""
         if not np.max(x) < np.inf:
             return False
-        np.divide(x, self.softcap, out=slope)               # y = x / s, rounded once
-        np.abs(slope, out=slope)
+        np.divide(x, self.softcap, out=u)                   # y = x / s, rounded once
+        np.abs(u, out=slope)
         np.multiply(slope, -2, out=slope)
         np.exp(slope, out=slope)                            # e = exp(-2|y|) in [0, 1]
-        np.add(slope, 1, out=u)
-        np.multiply(u, u, out=u)                            # (1 + e)^2
-        np.multiply(slope, 4, out=slope)
-        np.divide(slope, u, out=slope)                      # sech^2 = 4 e / (1 + e)^2
-        np.divide(x, self.softcap, out=u)
         np.tanh(u, out=u)
-        np.multiply(u, self.softcap, out=u)
+        np.multiply(u, self.softcap, out=u)                 # u = s tanh(y)
         if np.min(x) == -np.inf:                            # a masked class stays masked
             np.copyto(u, -np.inf, where=np.isneginf(x))
+        # sech^2 = 4 e / (1 + e)^2; (1 + e)^2 in a temporary of the block's size
+        denominator = np.add(slope, 1)
+        np.multiply(denominator, denominator, out=denominator)
+        np.multiply(slope, 4, out=slope)
+        np.divide(slope, denominator, out=slope)
         return True
 
     def z_terms(self, m, L, kept, z_rows):
