@@ -130,12 +130,26 @@ class ClassProblem:
         self.weight = V.class_weight(weight, self.C, self.cdt)
         self.given = {"targets": self.targets_given, "weight": weight}
         self.reduction = V.check_reduction(reduction)
-        if self.index is not None:
-            wy = None if self.weight is None else self.weight[self.index]
-            self.denominator = weighted_count(self.keep, wy)
-        else:
-            self.denominator = float(self.pre * self.post)
+        self.denominator = self._denominator()
+        if self.reduction == "mean" and math.isinf(self.denominator):
+            self._rescale_weight()
         self.scale = grad_scale(self.reduction, self.denominator)
+
+    def _denominator(self) -> float:
+        if self.index is None:
+            return float(self.pre * self.post)
+        wy = None if self.weight is None else self.weight[self.index]
+        with np.errstate(over="ignore"):       # see _rescale_weight
+            return weighted_count(self.keep, wy)
+
+    def _rescale_weight(self) -> None:
+        """Finite class weights whose sum overflows (``[1e308, 1e308]``): a ``mean`` is
+        invariant to scaling every weight, so they are divided by an exact power of 2 that
+        brings the largest to about 1 (the value and gradient of ``sum``/``none`` keep the
+        weights as given)."""
+        exponent = np.frexp(np.max(self.weight))[1]
+        self.weight = np.ldexp(self.weight, -exponent).astype(self.cdt)
+        self.denominator = self._denominator()
 
     def _targets(self, targets, ignore_index, probs_what, index_only, check_values):
         t = V.as_numeric_array("targets", targets)
@@ -338,7 +352,7 @@ class ElementwiseProblem:
         x = self.raw.astype(self.cdt, copy=False)
         if self.input_kind == "probabilities" and not V.unit_interval_ok(x):
             return False
-        if self.input_kind == "logits" and np.isnan(x).any():
+        if self.input_kind == "logits" and x.size and np.isnan(np.max(x)):   # max keeps NaN
             return False
         for name, arr in self.ops.items():
             if arr is None:

@@ -73,7 +73,7 @@ def log_softmax_parts(x: np.ndarray, with_lse: bool = False):
     """
     m = np.max(np.real(x), axis=-1, keepdims=True)
     a = np.argmax(np.real(x), axis=-1)[..., None]
-    with np.errstate(invalid="ignore"):  # (-inf) - m is fine; guard only
+    with np.errstate(invalid="ignore", over="ignore"):  # (-inf) - m; -1e308 - 1e308 = -inf
         d = x - m
     e = np.exp(d)
     t_e = e.copy()

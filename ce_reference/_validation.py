@@ -39,7 +39,16 @@ def compute_dtypes(dtype: np.dtype) -> tuple[np.dtype, np.dtype]:
 
 
 def as_numeric_array(name: str, value, *, allow_complex: bool = False) -> np.ndarray:
-    """``np.asarray(value)`` that insists on a real numeric (or bool) dtype."""
+    """``np.asarray(value)`` that insists on a real numeric (or bool) dtype.
+
+    A ``numpy.ma.MaskedArray`` is a ``TypeError``: ``np.asarray`` would drop its mask
+    and the masked entries would count.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray; its mask would be ignored. Drop the masked "
+            "rows instead, or express the mask with weight= (a weight of 0) or, for class "
+            "indices, ignore_index=")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged nested lists and the like
@@ -236,17 +245,18 @@ def index_targets(t: np.ndarray, x_shape: tuple, axis: int, ignore_index=None):
             f"targets holds class indices (integer dtype) so its shape must be the input's "
             f"shape {x_shape} without the class axis {axis}, i.e. {batch}; got {t.shape}"
         )
-    t64 = t.astype(np.int64)
-    keep = np.ones(batch, bool) if ignore_index is None else (t64 != ignore_index)
-    kept = t64[keep]
+    # compared in the targets' own dtype (a uint64 2**63 must not become -2**63)
+    keep = np.ones(batch, bool) if ignore_index is None else (t != ignore_index)
+    kept = t[keep]
     if kept.size and (kept.min() < 0 or kept.max() >= C):
         bad = kept[(kept < 0) | (kept >= C)][0]
         extra = "" if ignore_index is None else f" (other than ignore_index={ignore_index})"
         raise ValueError(
-            f"targets holds class index {bad}{extra}, expected indices in [0, {C - 1}] "
+            f"targets holds class index {int(bad)}{extra}, expected indices in [0, {C - 1}] "
             f"for {C} classes"
         )
-    return np.where(keep, t64, 0), keep
+    t64 = np.where(keep, t, 0).astype(np.int64)
+    return t64, keep
 
 
 def probability_targets(t: np.ndarray, x_shape: tuple, ignore_index=None,

@@ -175,6 +175,20 @@ def log1p_nonneg(u: np.ndarray, out: np.ndarray, w: np.ndarray, c: np.ndarray,
     return out
 
 
+def checked_out(out, problem):
+    """The caller's gradient buffer, validated against ``problem`` (None stays None).
+
+    In place (``out`` is the input itself) the input's values are checked *before* the
+    first block is written -- one extra read pass, for in-place calls only -- so that an
+    invalid value late in the input raises with the input untouched.
+    """
+    out, in_place = check_out(out, problem.shape, problem.rdt, problem.raw,
+                              tuple(problem.given.items()))
+    if in_place and not problem.values_ok():
+        raise_invalid(problem)
+    return out
+
+
 def raise_invalid(problem) -> None:
     """A block saw an invalid value: raise the plain function's error for it."""
     problem.check_values()

@@ -133,8 +133,14 @@ class SoftmaxSweep:
 
     def run(self, nworkers: int) -> None:
         self.bad = np.zeros(self.nblocks, bool)
-        _blocks.run_blocks(self.nblocks, self.body, self.make_scratch, nworkers, self.x.size,
-                           scratch_bytes=self.scratch_bytes())
+        _blocks.run_blocks(self.nblocks, self._guarded_body, self.make_scratch, nworkers,
+                           self.x.size, scratch_bytes=self.scratch_bytes())
+
+    def _guarded_body(self, i, S):
+        # x - m overflows to -inf for logits like [1e308, -1e308]: the correct exp(x - m) = 0
+        # follows; errstate is per thread, so it is set in each block
+        with np.errstate(over="ignore"):
+            self.body(i, S)
 
     # ------------------------------------------------------------------ options
     def cap_into(self, x, u, slope) -> bool:

@@ -62,8 +62,7 @@ def value_and_grad(problem, plain, out=None, workers=None):
     """
     problem.check_broadcast_values()
     nworkers = _blocks.resolve_workers(workers)
-    out, _ = _blocks.check_out(out, problem.shape, problem.rdt, problem.raw,
-                               tuple(problem.given.items()))
+    out = _blocks.checked_out(out, problem)
     sweep = _Sweep(problem, plain, out)
     if sweep.x.size:
         _blocks.run_blocks(len(sweep.tiles), sweep.body,
@@ -132,8 +131,10 @@ class _Sweep:
         return xs, ys, ws, pws
 
     def body(self, i, S):
-        # inf - inf (infinite logits) is caught by the tile's non-finite loss below
-        with np.errstate(invalid="ignore"):
+        # inf - inf (infinite logits) is caught by the tile's non-finite loss below; a loss
+        # beyond the dtype's range (pos_weight 3, x = -3.4e38 in float32) is inf, its
+        # correct rounding
+        with np.errstate(invalid="ignore", over="ignore"):
             self._tile(i, S)
 
     def _tile(self, i, S):

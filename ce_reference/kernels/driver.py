@@ -31,8 +31,7 @@ from . import _blocks
 def class_value_and_grad(problem, block_fn, out=None, workers=None):
     """Value and gradient of a class-axis loss, block by block (see module docstring)."""
     nworkers = _blocks.resolve_workers(workers)
-    out, _ = _blocks.check_out(out, problem.shape, problem.rdt, problem.raw,
-                               tuple(problem.given.items()))
+    out = _blocks.checked_out(out, problem)
     pre, C, post = problem.pre, problem.C, problem.post
     grad = out if out is not None else np.empty(problem.shape, problem.rdt)
     g3 = grad.reshape(pre, C, post)
@@ -65,8 +64,7 @@ def class_value_and_grad(problem, block_fn, out=None, workers=None):
 def elementwise_value_and_grad(problem, block_fn, out=None, workers=None):
     """Value and gradient of an elementwise loss, tile by tile (see module docstring)."""
     nworkers = _blocks.resolve_workers(workers)
-    out, _ = _blocks.check_out(out, problem.shape, problem.rdt, problem.raw,
-                               tuple(problem.given.items()))
+    out = _blocks.checked_out(out, problem)
     raw = problem.raw
     x = raw if raw.flags.c_contiguous else raw.copy(order="C")   # 0-d stays 0-d
     grad = out if out is not None else np.empty(x.shape, problem.rdt)

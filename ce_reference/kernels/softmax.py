@@ -62,8 +62,7 @@ def value_and_grad(problem, out=None, workers=None):
     sweep checks the values).
     """
     nworkers = _blocks.resolve_workers(workers)
-    out, _ = _blocks.check_out(out, problem.shape, problem.rdt, problem.raw,
-                               tuple(problem.given.items()))
+    out = _blocks.checked_out(out, problem)
     x = np.ascontiguousarray(problem.raw)            # a copy only for non-contiguous input
     probs = problem.targets_raw
     if probs is not None and not probs.flags.c_contiguous:

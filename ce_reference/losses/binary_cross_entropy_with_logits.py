@@ -43,9 +43,11 @@ def coefficients(y, pos_weight=None):
 def elementwise_loss(x, a, b, w=None):
     """Per-element loss ``w [a softplus(-x) + b softplus(x)]`` (complex-safe)."""
     # Both terms are non-negative for real x, so their sum has no cancellation;
-    # 0 * softplus(+-inf) = 0 keeps saturated logits finite.
-    loss = mul0(a, softplus(-x)) + mul0(b, softplus(x))
-    return loss if w is None else mul0(w, loss)
+    # 0 * softplus(+-inf) = 0 keeps saturated logits finite.  A loss beyond the dtype's
+    # range is inf, its correct rounding.
+    with np.errstate(over="ignore"):
+        loss = mul0(a, softplus(-x)) + mul0(b, softplus(x))
+        return loss if w is None else mul0(w, loss)
 
 
 def elementwise_grad(x, a, b, w=None):
@@ -160,7 +162,8 @@ def binary_cross_entropy_with_logits_value_and_grad(logits, targets, *, weight=N
     out : ndarray, optional
         C-contiguous, writeable buffer of the logits' shape and the gradient's
         dtype that receives the gradient (and is returned); it may be the logits
-        array itself (if an error is raised, the logits may be partly overwritten).
+        array itself (an in-place call checks the values before the first write, so
+        an invalid value raises with the logits untouched: one extra read pass).
     workers : int, optional
         Threads; default all available cores.  The results are bitwise identical
         for every value.

@@ -101,7 +101,8 @@ def _rows(P, x):
     neg_logp, _, lse = log_softmax_parts(_capped(P, x), with_lse=True)
     z_rows = None
     if P.z_loss:
-        z_rows = np.where(_kept(P), P.cdt.type(P.z_loss) * lse[..., 0] ** 2, 0)
+        with np.errstate(over="ignore"):        # lse^2 beyond the range: inf, rounded right
+            z_rows = np.where(_kept(P), P.cdt.type(P.z_loss) * lse[..., 0] ** 2, 0)
     c_nll, c_smooth, A = _coefficients(P)
     if A is not None:
         return np.sum(mul0(A, neg_logp), axis=-1), z_rows
@@ -312,7 +313,8 @@ def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=Non
         C-contiguous, writeable buffer of the logits' shape and the gradient's
         dtype that receives the gradient (and is returned).  It may be the
         logits array itself: the gradient then overwrites the logits in place
-        (if an error is raised, the logits may be partly overwritten).
+        (an in-place call checks the logits' values before the first write, so an
+        invalid value raises with the logits untouched: one extra read pass).
     workers : int, optional
         Threads to use; default: the cores available to this process.  The
         results are bitwise identical for every value.
