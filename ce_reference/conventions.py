@@ -79,6 +79,7 @@ __all__ = [
     "smooth_labels",
     "weighted_reduction",
     "softmax_cross_entropy_rows",
+    "masked_softmax_cross_entropy",
     "nll_loss",
     "clamped_binary_cross_entropy",
     "clipped_binary_cross_entropy_elements",
@@ -339,6 +340,106 @@ def softmax_cross_entropy_rows(logits, targets):
     # required to be non-negative here, so its problem skips the [0, 1] check).
     P = _softmax._problem(x, q, -1, None, None, 0.0, 0.0, None, "none", check_values=False)
     return P.reduce(_softmax._rows(P, P.x)[0]), P.finish_grad(_softmax._row_grad(P), scaled=True)
+
+
+def _class_axes(axis, ndim):
+    """``(batch axes, class axes)`` of an ``int`` or ``tuple`` ``axis`` (optax's convention)."""
+    axes = (axis,) if not isinstance(axis, tuple) else axis
+    if not axes:
+        raise ValueError("axis must name at least one class axis")
+    classes = tuple(V.normalize_axis(a, ndim) for a in axes)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"axis {axis!r} names an axis twice")
+    return tuple(k for k in range(ndim) if k not in classes), classes
+
+
+def masked_softmax_cross_entropy(logits, labels, *, axis=-1, where=None):
+    r"""optax's softmax cross-entropy with a ``where`` mask and any tuple of class axes.
+
+    The class axes (an ``int``, or a ``tuple`` moved last in the order given and
+    flattened into one class axis of size :math:`C = \prod` of their sizes; integer
+    labels are then flat indices into it) hold the classes; ``where`` (the batch's
+    shape, one flag per example, or the logits' shape, one per logit) marks the
+    entries that take part.  With :math:`M_n` the included classes of row :math:`n`,
+
+    .. math::
+
+        \ell_n = \operatorname{lse}_{c \in M_n}(x_{n,c}) - x_{n,y_n}
+        \quad\text{(integer labels)},\qquad
+        \ell_n = -\sum_{c \in M_n} q_{n,c}\,\bigl(x_{n,c} -
+        \operatorname{lse}_{c' \in M_n}(x_{n,c'})\bigr)
+        \quad\text{(label rows)},
+
+    with gradients :math:`p^M_{n,k} - [k = y_n]` and
+    :math:`p^M_{n,k} \sum_{c \in M_n} q_{n,c} - q_{n,k}` on :math:`M_n` (0 elsewhere),
+    :math:`p^M` the softmax over :math:`M_n`; a row with no included class gives 0.
+    (optax takes an integer label's logit even where it is masked: so does this.)
+    These are ``optax.softmax_cross_entropy`` and
+    ``optax.softmax_cross_entropy_with_integer_labels`` with ``axis`` and ``where``
+    (optax >= 0.2.4); per example, no reduction.  Built from the core softmax
+    cross-entropy's row formulas on the logits with the excluded classes at
+    ``-inf`` (a masked class, as everywhere here).
+
+    Returns
+    -------
+    (rows, grad) : the batch's shape, and the logits' shape
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ce_reference.conventions import masked_softmax_cross_entropy
+    >>> rows, g = masked_softmax_cross_entropy([[0.0, 5.0, 0.0]], [0],
+    ...                                        where=[[True, False, True]])
+    >>> round(float(rows[0]), 6), g.round(3).tolist()
+    (0.693147, [[-0.5, 0.0, 0.5]])
+    """
+    x = _float("logits", logits)
+    batch_axes, class_axes = _class_axes(axis, x.ndim)
+    order = batch_axes + class_axes
+    batch_shape = tuple(x.shape[k] for k in batch_axes)
+    C = int(np.prod([x.shape[k] for k in class_axes]))
+
+    def flat(a):
+        return np.transpose(a, order).reshape(batch_shape + (C,))
+
+    V.check_no_nan("logits", x)
+    mask = np.ones(x.shape, bool)
+    if where is not None:
+        w = np.asarray(where, bool)
+        if w.ndim != x.ndim:
+            w = np.expand_dims(w, class_axes)
+        mask = np.broadcast_to(w, x.shape)
+    m2, x2 = flat(mask), flat(x)
+    empty = ~m2.any(axis=-1)
+    xm = np.where(m2, x2, -np.inf)
+    xm[empty] = 0.0                       # no class included: a dummy row, zeroed below
+    V.check_logits("logits", xm, axis=-1)
+    t = V.as_numeric_array("labels", labels)
+    if t.dtype.kind in "iu":
+        if t.shape != batch_shape:
+            raise ValueError(f"labels holds class indices, so its shape must be {batch_shape}, "
+                             f"got {t.shape}")
+        index, _ = V.index_targets(t, batch_shape + (C,), len(batch_shape))
+        _, p, lse = log_softmax_parts(xm, with_lse=True)
+        rows = lse[..., 0] - np.take_along_axis(x2, index[..., None], axis=-1)[..., 0]
+        g = p
+        np.put_along_axis(g, index[..., None],
+                          np.take_along_axis(g, index[..., None], axis=-1) - 1, axis=-1)
+    else:
+        if t.shape != x.shape:
+            raise ValueError(f"labels holds label rows, so its shape must be the logits' "
+                             f"{x.shape}, got {t.shape}")
+        q = np.where(m2, flat(t.astype(x.dtype, copy=False)), 0)
+        V.check_nonnegative_finite("labels", q)
+        P = _softmax._problem(xm, q, -1, None, None, 0.0, 0.0, None, "none",
+                              check_values=False)
+        rows = _softmax._rows(P, P.x)[0].reshape(batch_shape)
+        g = P.finish_grad(_softmax._row_grad(P), scaled=True)
+    rows = np.where(empty, 0.0, rows).astype(x.dtype)
+    g = np.where(empty[..., None], 0.0, g).astype(x.dtype)
+    inverse = np.argsort(order)
+    grad = g.reshape(batch_shape + tuple(x.shape[k] for k in class_axes)).transpose(inverse)
+    return rows, grad
 
 
 def _index_or_probs(name, targets, x):
@@ -704,6 +805,11 @@ CONVENTIONS = {
         "scikit-learn log_loss and BaseLoss.__call__ (np.average), Keras "
         "mean_with_sample_weight",
         "weighted_reduction(denominator='weights')"),
+    "optax-where-axes": (
+        "Per-example softmax cross-entropy over a tuple of class axes (flattened, integer "
+        "labels as flat indices) with a where mask per example or per logit (masked rows 0)",
+        "optax softmax_cross_entropy[_with_integer_labels](axis=..., where=...) >= 0.2.4",
+        "masked_softmax_cross_entropy(axis=..., where=...)"),
     "no-reduction": (
         "Per-example losses; the caller reduces",
         "optax (every loss), scikit-learn _loss .loss()",
