@@ -63,6 +63,22 @@ def value_and_grad(problem, out=None, workers=None):
     """
     nworkers = _blocks.resolve_workers(workers)
     out = _blocks.checked_out(out, problem)
+    grad = out if out is not None else np.empty(problem.shape, problem.rdt)
+    rows, z_rows = sweep(problem, grad, nworkers)
+    if z_rows is None:
+        return problem.reduce(rows), grad
+    value = reduce_parts(((rows, problem.denominator), (z_rows, problem.z_denominator)),
+                         problem.reduction, problem.rdt, problem.batch_shape)
+    return value, grad
+
+
+def sweep(problem, grad, nworkers):
+    """Run the sweep of ``problem`` writing the gradient into ``grad`` (C-contiguous, the
+    problem's shape and result dtype; it may be the logits themselves).
+
+    Returns the per-row losses and z-loss rows ``(pre, post)`` (the latter None without
+    ``z_loss``); raises the plain function's error when a block finds an invalid value.
+    """
     x = np.ascontiguousarray(problem.raw)            # a copy only for non-contiguous input
     probs = problem.targets_raw
     if probs is not None and not probs.flags.c_contiguous:
@@ -70,19 +86,14 @@ def value_and_grad(problem, out=None, workers=None):
     rows_shape = (problem.pre, problem.post)
     z_rows = np.empty(rows_shape, problem.cdt) if problem.z_loss else None
     sweep = layout(problem.C, problem.post, problem.cdt.itemsize)(
-        x=x, grad=out if out is not None else np.empty(problem.shape, problem.rdt),
-        index=problem.index, keep=problem.keep, probs=probs, weight=problem.weight,
-        label_smoothing=problem.label_smoothing, cdt=problem.cdt, rdt=problem.rdt,
-        scale=problem.scale, pre=problem.pre, C=problem.C, post=problem.post,
-        rows=np.empty(rows_shape, problem.cdt), z_loss=problem.z_loss,
+        x=x, grad=grad, index=problem.index, keep=problem.keep, probs=probs,
+        weight=problem.weight, label_smoothing=problem.label_smoothing, cdt=problem.cdt,
+        rdt=problem.rdt, scale=problem.scale, pre=problem.pre, C=problem.C,
+        post=problem.post, rows=np.empty(rows_shape, problem.cdt), z_loss=problem.z_loss,
         z_scale=problem.z_scale, z_rows=z_rows, softcap=problem.softcap)
     sweep.run(nworkers)
     if sweep.bad.any():
         # The offending blocks were not written, so even with out=logits the evidence
         # is still there for the value check to name.
         _blocks.raise_invalid(problem)
-    if z_rows is None:
-        return problem.reduce(sweep.rows), sweep.grad
-    value = reduce_parts(((sweep.rows, problem.denominator), (z_rows, problem.z_denominator)),
-                         problem.reduction, problem.rdt, problem.batch_shape)
-    return value, sweep.grad
+    return sweep.rows, z_rows
