@@ -8,7 +8,7 @@ row, computes the local statistics, and the collectives combine them --
 ``lax.pmax`` of the row maxima (under ``stop_gradient``: ``pmax`` has no
 differentiation rule, JAX #7167, and the loss does not depend on the shift
 mathematically) and one ``lax.psum`` of the stacked
-``(M - x_y, sum of rescaled exponentials, arg-max count, shifted row-logit sum)``.
+``(M - x_y, sum of rescaled exponentials, count of maxima, shifted row-logit sum)``.
 The result is replicated on every device.  Differentiable (``jax.grad`` through it
 equals the single-device gradient) and jit-compatible: ``mesh``, ``axis_name``
 and the options are static Python values, ``logits`` and ``targets`` may be
@@ -22,8 +22,12 @@ Per row, with ``M`` the global maximum (see :mod:`ce_reference.parallel`):
            + z\,(M + \operatorname{log1p}(t))^2,
     \qquad t = \sum_{c \ne a} e^{x_c - M},
 
-where the global arg-max ``a``'s term is computed as ``expm1(x_a - M)`` (0 in
-value, derivative 1: the gradient stays exact under the ``stop_gradient`` shift).
+where the terms of the entries equal to ``M`` are replaced by ``x_c - M`` (0 in value,
+derivative 1 = exp(0), as ``expm1(x_c - M)`` would be but without evaluating it: the
+gradient stays exact under the ``stop_gradient`` shift) and
+counted (``H``, psum-ed with the rest); ``t`` adds back ``H - 1`` of their ones.  No
+arg-max is needed, and the local work is one pass for the maximum and one fused pass
+for the sums.
 
 A vocabulary ``V`` not divisible by the number of devices ``n`` is padded inside
 the function with ``-inf`` classes up to ``ceil(V / n) * n``; the padding enters
@@ -101,19 +105,22 @@ def _local_rows(xs, ys, *, axis_name, V, width, eps, alpha, beta, z, ignore_inde
     d = xs - M[:, None]                                   # <= 0; -inf for masked / padding
 
     # 2. local statistics
-    tgt = (cols == ys[:, None]) & kept[:, None]           # this device holds the target
-    D = jnp.sum(jnp.where(tgt, -d, 0), axis=-1)           # M - x_y (one device contributes)
-    has = m_loc == M                                      # holds a global maximum
-    is_a = (j == jnp.argmax(xs, axis=-1)[:, None]) & has[:, None]
-    f = jnp.where(is_a, jnp.expm1(d), jnp.exp(d))         # the arg-max's 1 split out as expm1
-    stats = [D, jnp.sum(f, axis=-1), has.astype(dt)]
+    own = kept & (ys >= k * width) & (ys < (k + 1) * width)   # this device holds the target
+    ly = jnp.clip(ys - k * width, 0, width - 1)                # its local index
+    D = jnp.where(own, -jnp.take_along_axis(d, ly[:, None], axis=-1)[:, 0], 0)   # M - x_y
+    at_max = d == 0                                       # entries equal to the global maximum
+    f = jnp.where(at_max, d, jnp.exp(d))                  # their 1s split out: d = 0 in value,
+    #                                                       derivative 1 = exp(0) (like expm1)
+    stats = [D, jnp.sum(f, axis=-1), jnp.sum(at_max.astype(dt), axis=-1)]
     if eps > 0:
-        valid = cols < V                                   # the padding is not a class
-        stats.append(jnp.sum(jnp.where(valid & ~tgt, -d, 0), axis=-1))   # sum_{c != y} M - x_c
+        # sum_{c != y} (M - x_c) over the real classes (not the padding), target excluded
+        # by index (subtracting M - x_y from the full sum could cancel)
+        drop = (cols >= V) | ((j == ly[:, None]) & own[:, None])
+        stats.append(jnp.sum(jnp.where(drop, 0, -d), axis=-1))
 
     # 3. all-reduce SUM of the stacked statistics
     S = lax.psum(jnp.stack(stats, axis=-1), axis_name)
-    t = S[:, 1] + (S[:, 2] - 1)                           # ties on several devices count once
+    t = S[:, 1] + (S[:, 2] - 1)                           # every maximum's 1 but one
     L = jnp.log1p(t)
     rows = alpha * S[:, 0] + L
     if eps > 0:
@@ -126,7 +133,7 @@ def _local_rows(xs, ys, *, axis_name, V, width, eps, alpha, beta, z, ignore_inde
 
 def vocab_parallel_cross_entropy(logits, targets, *, mesh, axis_name, label_smoothing=0.0,
                                  smoothing="uniform", z_loss=0.0, ignore_index=None,
-                                 reduction="mean"):
+                                 reduction="mean", batch_axis=None):
     r"""Softmax cross-entropy with the class axis sharded over ``mesh.shape[axis_name]`` devices.
 
     Parameters
@@ -145,6 +152,11 @@ def vocab_parallel_cross_entropy(logits, targets, *, mesh, axis_name, label_smoo
         The mesh axis that splits the class axis.  Other mesh axes replicate.
     label_smoothing, smoothing, z_loss, ignore_index, reduction
         As :func:`ce_reference.parallel.vocab_parallel_cross_entropy`.
+    batch_axis : str, optional
+        A second mesh axis that splits the rows (data parallelism): each device then
+        holds ``rows / n_batch`` rows and ``V / n`` classes, and the per-row losses
+        stay sharded along it (the ``sum``/``mean`` reduce across it).  The number
+        of rows (the product of the batch shape) must be divisible by its size.
 
     Returns
     -------
@@ -186,7 +198,15 @@ def vocab_parallel_cross_entropy(logits, targets, *, mesh, axis_name, label_smoo
 
     local = functools.partial(_local_rows, axis_name=axis_name, V=V, width=Vp // n, eps=eps,
                               alpha=alpha, beta=beta, z=z, ignore_index=ignore_index)
-    smap = jax.shard_map(local, mesh=mesh, in_specs=(P(None, axis_name), P()), out_specs=P())
+    if batch_axis is not None:
+        if batch_axis == axis_name or batch_axis not in mesh.shape:
+            raise ValueError(f"batch_axis={batch_axis!r} must be another axis of the mesh "
+                             f"{tuple(mesh.shape)}")
+        if x2.shape[0] % mesh.shape[batch_axis]:
+            raise ValueError(f"{x2.shape[0]} rows do not split evenly over batch_axis "
+                             f"{batch_axis!r} of size {mesh.shape[batch_axis]}")
+    xspec, yspec = P(batch_axis, axis_name), P(batch_axis)
+    smap = jax.shard_map(local, mesh=mesh, in_specs=(xspec, yspec), out_specs=yspec)
     if _has_explicit_axes(mesh):
         # an Explicit mesh (jax.make_mesh's default) wants the arguments' types to match
         # in_specs: reshard them, which needs the mesh context of jax.set_mesh
@@ -196,7 +216,7 @@ def vocab_parallel_cross_entropy(logits, targets, *, mesh, axis_name, label_smoo
                 f"mesh has Explicit axes {mesh.axis_names} (jax.make_mesh's default): call "
                 "this under `with jax.set_mesh(mesh):`, or build the mesh with "
                 "axis_types=(jax.sharding.AxisType.Auto, ...) / jax.sharding.Mesh(devices, names)")
-        rows = smap(jax.sharding.reshard(x2, P(None, axis_name)), jax.sharding.reshard(y, P()))
+        rows = smap(jax.sharding.reshard(x2, xspec), jax.sharding.reshard(y, yspec))
     else:
         rows = smap(x2, y)
     rows = rows.reshape(batch)

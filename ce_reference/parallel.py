@@ -19,17 +19,17 @@ the global row maximum, ``a`` one arg-max of the whole row)
 
    * :math:`D_k = M - x_y` if it owns the target, else 0 (the target logit,
      shifted; exactly one shard contributes);
-   * :math:`t_k = \sum_{c \in k} e^{d_c}`, except that a shard whose maximum
-     equals ``M`` counts its first arg-max as :math:`\operatorname{expm1}(0) = 0`
-     instead of 1, and reports :math:`h_k = 1` (else 0);
+   * :math:`t_k = \sum_{c \in k,\, x_c \ne M} e^{d_c}` (the entries equal to the
+     maximum contribute :math:`\operatorname{expm1}(0) = 0` instead of 1) and their
+     number :math:`h_k`;
    * for label smoothing, :math:`R_k = \sum_{c \in k,\, c \ne y} (M - x_c)`
      (the row-logit sum, shifted by the global maximum: every term is
      non-negative, so it has no cancellation).
 
 3. **SUM** of :math:`(D_k, t_k, h_k, R_k)` over the shards, in shard order.
    Then :math:`t = \sum_k t_k + (H - 1)` with :math:`H = \sum_k h_k \ge 1`
-   (ties of the maximum on several shards: each but one contributes its
-   :math:`e^0 = 1`), which is :math:`\sum_{c \ne a} e^{x_c - M}`, and
+   (every maximum but one contributes its :math:`e^0 = 1`: ties, on one shard or
+   several), which is :math:`\sum_{c \ne a} e^{x_c - M}` for one arg-max ``a``, and
 
    .. math::
 
@@ -216,11 +216,11 @@ def _local_max(x):
     return np.max(x, axis=-1)
 
 
-def _local_stats(x, off, P: _Problem, M, m_local, want_R):
+def _local_stats(x, off, P: _Problem, M, want_R):
     """Step 2 on one shard: ``(D_k, t_k, h_k, R_k)`` in the accumulation dtype, and ``e``.
 
     ``x`` is the shard (compute dtype), ``off`` its first global class index,
-    ``M`` the global maxima (compute dtype), ``m_local`` this shard's maxima.
+    ``M`` the global maxima (compute dtype).
     """
     w = x.shape[-1]
     batch = x.shape[:-1]
@@ -233,15 +233,10 @@ def _local_stats(x, off, P: _Problem, M, m_local, want_R):
     ly = np.where(own, P.y - off, 0)                        # local target index
     D = np.where(own, -np.take_along_axis(d, ly[..., None], axis=-1)[..., 0], 0).astype(_ACC)
     e = np.exp(d)
-    has = m_local == M                                     # this shard holds a global maximum
-    a = np.argmax(x, axis=-1)[..., None]                   # its first local arg-max
-    te = e.copy()
-    # the global maximum's own term is expm1(0) = 0 (it is the "1" of 1 + t)
-    ea = np.take_along_axis(te, a, axis=-1)
-    np.put_along_axis(te, a, np.where(has[..., None], np.expm1(np.take_along_axis(d, a, -1)), ea),
-                      axis=-1)
-    t = np.sum(te, axis=-1, dtype=_ACC)
-    h = has.astype(_ACC)
+    at_max = d == 0                                        # entries equal to the global maximum
+    # their terms are expm1(0) = 0 (the "1"s of 1 + t, counted separately in h)
+    t = np.sum(np.where(at_max, np.expm1(d), e), axis=-1, dtype=_ACC)
+    h = np.count_nonzero(at_max, axis=-1).astype(_ACC)
     if want_R:
         nd = -d.astype(_ACC)                               # M - x_c >= 0 (inf for -inf logits)
         put = np.where(own, 0.0, np.take_along_axis(nd, ly[..., None], axis=-1)[..., 0])
@@ -322,8 +317,7 @@ def vocab_parallel_cross_entropy(logit_shards, targets, *, label_smoothing=0.0,
                          "no class has probability")
 
     # 2. local statistics, 3. all-reduce SUM (one payload per shard, in shard order)
-    local = [_local_stats(x, off, P, M, mk, want_R)
-             for x, off, mk in zip(P.shards, P.offsets, m_local)]
+    local = [_local_stats(x, off, P, M, want_R) for x, off in zip(P.shards, P.offsets)]
     D = _allreduce([s[0] for s in local], "sum")
     t = _allreduce([s[1] for s in local], "sum")
     H = _allreduce([s[2] for s in local], "sum")

@@ -101,6 +101,21 @@ for V, dname, opts, vs_one, vs_twin in CONFIGS:
         entry["twin_grad_eps"] = grad_units(grad, np.asarray(gt), xx, y, dtype, **sum_opts)
     report["rows"].append(entry)
 
+# rows split over a second mesh axis too (data x vocab)
+if N >= 4:
+    dmesh = Mesh(np.array(jax.devices()).reshape(2, N // 2), ("data", "vocab"))
+    xb, yb = batches[11, "float64"]
+    xb, yb = xb[: len(xb) // 2 * 2], yb[: len(yb) // 2 * 2]
+    opts = {"label_smoothing": 0.1, "z_loss": 1e-3, "ignore_index": 2}
+    xb = np.where(np.isneginf(xb), -30.0, xb)
+    fb = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(vocab_parallel_cross_entropy(
+        a, b, mesh=dmesh, axis_name="vocab", batch_axis="data", **opts))))
+    lb, gb = fb(xb, yb)
+    ev, eg = mp_loss_grad(xb, yb, **opts)
+    report["batch_axis"] = {"mp_value_ulps": value_ulps(float(lb), ev, np.float64),
+                            "mp_grad_eps": grad_units(np.asarray(gb), eg, xb, yb, np.float64,
+                                                      **opts)}
+
 # the collectives are really there: the compiled HLO of N > 1 has all-reduces
 txt = jax.jit(lambda a, b: total(a, b, mesh, {"label_smoothing": 0.1})).lower(
     np.zeros((2, 16), np.float32), np.zeros(2, np.int32)).compile().as_text()

@@ -46,10 +46,17 @@ def test_on_simulated_cpu_devices(tmp_path, n_devices):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads(out.read_text())
+    if os.environ.get("CE_PARALLEL_REPORT_DIR"):       # keep the numbers (docs/parallel.md)
+        with open(os.path.join(os.environ["CE_PARALLEL_REPORT_DIR"],
+                               f"jax-{n_devices}-devices.json"), "w") as fh:
+            fh.write(out.read_text())
     assert rep["devices"] == n_devices
     if n_devices > 1:
         assert rep["all_reduce_ops"] >= 1
     assert np.isclose(rep["explicit_mesh_loss"], np.log(16))
+    if n_devices >= 4:                     # rows over a "data" axis, classes over "vocab"
+        b = rep["batch_axis"]
+        assert b["mp_value_ulps"] <= GATE_MP and b["mp_grad_eps"] <= GATE_MP, b
     for r in rep["rows"]:
         where = f"{n_devices} devices, V={r['V']} {r['dtype']} {r['options']}"
         assert r["finite"], where
@@ -102,6 +109,10 @@ def test_two_processes_loopback_only(tmp_path):
         evidence                           # the coordinator was seen, on loopback
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-4000:]
     reps = [json.loads(o.read_text()) for o in outs]
+    if os.environ.get("CE_PARALLEL_REPORT_DIR"):
+        with open(os.path.join(os.environ["CE_PARALLEL_REPORT_DIR"], "jax-2-processes.json"),
+                  "w") as fh:
+            json.dump({"seconds": seconds, "loopback": evidence, "processes": reps}, fh)
     assert [r["process"] for r in reps] == [0, 1]
     for a, b in zip(reps[0]["results"], reps[1]["results"]):
         assert a["options"] == b["options"] and a["shard"] != b["shard"]
@@ -176,6 +187,12 @@ def test_masked_classes_no_nan(mesh1):
 def test_bad_options(mesh1, opts, exc, match):
     with pytest.raises(exc, match=match):
         _f(mesh1, **opts)(np.zeros((1, 3)), np.array([0]))
+
+
+def test_bad_batch_axis(mesh1):
+    with pytest.raises(ValueError, match="batch_axis"):
+        vocab_parallel_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), mesh=mesh1,
+                                     axis_name="vocab", batch_axis="vocab")
 
 
 def test_explicit_mesh_needs_the_mesh_context():
