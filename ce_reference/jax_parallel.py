@@ -214,9 +214,13 @@ def vocab_parallel_cross_entropy(logits, targets, *, mesh, axis_name, label_smoo
         if getattr(am, "empty", True) or axis_name not in am.axis_names:
             raise ValueError(
                 f"mesh has Explicit axes {mesh.axis_names} (jax.make_mesh's default): call "
-                "this under `with jax.set_mesh(mesh):`, or build the mesh with "
+                "this under `with jax.set_mesh(mesh):` (jax < 0.7: jax.sharding.use_mesh), or "
+                "build the mesh with "
                 "axis_types=(jax.sharding.AxisType.Auto, ...) / jax.sharding.Mesh(devices, names)")
-        rows = smap(jax.sharding.reshard(x2, xspec), jax.sharding.reshard(y, yspec))
+        reshard = getattr(jax.sharding, "reshard", None)
+        if reshard is None:                                # jax < 0.7: jax.experimental.shard
+            from jax.experimental.shard import reshard
+        rows = smap(reshard(x2, xspec), reshard(y, yspec))
     else:
         rows = smap(x2, y)
     rows = rows.reshape(batch)

@@ -519,6 +519,7 @@ def run_audit(*, seed=0, quick=False, tp_sizes=TP_SIZES, fused=True, progress=No
     cat = catalogue()
     by_id = {f.id: f for f in cat}
     rows, unclassified, outputs, groups = [], [], {}, []
+    own_tmp = workdir is None
     tmp = workdir or tempfile.mkdtemp(prefix="ce-megatron-")
     groups_ref = []
 
@@ -607,6 +608,9 @@ def run_audit(*, seed=0, quick=False, tp_sizes=TP_SIZES, fused=True, progress=No
     rep["ok"] = not unclassified and mon.ok
     rep["exit_code"] = 0 if rep["ok"] else 1
     rep["seconds"] = round(time.monotonic() - t0, 1)
+    if own_tmp:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
     return rep
 
 
