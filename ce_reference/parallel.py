@@ -83,7 +83,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -475,21 +474,22 @@ class InvarianceReport:
         return all(r.ok for r in self.rows)
 
     def __str__(self) -> str:
-        head = (f"check_invariance: logits {self.shape} {self.dtype}, tolerance {self.tol_eps:g} "
-                f"eps x operand; {'OK' if self.ok else 'FAIL'}")
-        lines = [head, f"{'options':44s} {'splits':>10s} {'vs reference (loss/grad)':>26s} "
-                       f"{'between splits (loss/grad)':>28s}  result"]
+        lines = [f"check_invariance: logits {self.shape} {self.dtype}; errors in eps x operand "
+                 f"(tolerance {self.tol_eps:g}); {'OK' if self.ok else 'FAIL'}"]
         for r in self.rows:
-            lab = _label(r.options)
+            head = f"  [{'ok' if r.ok else 'FAIL'}] {_label(r.options)}"
             sp = ",".join(map(str, r.splits_run))
             if r.error:
-                lines.append(f"{lab:44s} {sp:>10s} {'-':>26s} {'-':>28s}  ERROR {r.error}")
+                lines += [head, f"      splits {sp}: ERROR {r.error}"]
                 continue
-            lines.append(f"{lab:44s} {sp:>10s} {r.loss_err:12.3g}/{r.grad_err:<12.3g} "
-                         f"{r.split_loss_err:13.3g}/{r.split_grad_err:<13.3g}  "
-                         f"{'ok' if r.ok else 'FAIL'}")
+            lines += [head, f"      splits {sp}: vs reference loss {r.loss_err:.3g}, grad "
+                            f"{r.grad_err:.3g} (worst split {r.worst_split}); between splits "
+                            f"loss {r.split_loss_err:.3g}, grad {r.split_grad_err:.3g}"]
+            if r.splits_skipped:
+                lines.append(f"      skipped (more shards than classes): "
+                             f"{','.join(map(str, r.splits_skipped))}")
             if r.witness:
-                lines.append(f"    smallest input: {r.witness['describe']}")
+                lines.append(f"      smallest input: {r.witness['describe']}")
         return "\n".join(lines)
 
 
