@@ -164,13 +164,19 @@ def _prepare(logit_shards, targets, label_smoothing, smoothing, z_loss, ignore_i
                          f"V >= 2 classes, got V={Vtot}")
     z = _check_z_loss(z_loss)
     reduction = V.check_reduction(reduction)
-    # targets: class indices of the batch shape (the shards' shape without the class axis)
-    if V.as_numeric_array("targets", targets).dtype.kind not in "iu":
+    index, keep = _index_targets(targets, batch + (Vtot,), ignore_index)
+    return _Problem(shards, offsets, Vtot, index, keep, eps, smoothing, z, reduction,
+                    cdt, rdt, batch)
+
+
+def _index_targets(targets, x_shape, ignore_index):
+    """Global class indices of the batch shape (the input's shape without the last axis)."""
+    ignore_index = V.check_ignore_index(ignore_index)
+    t = V.as_numeric_array("targets", targets)
+    if t.dtype.kind not in "iu":
         raise TypeError("targets must be integer class indices (global, in [0, V)); "
                         "probability targets are not supported by the vocab-parallel loss")
-    T = V.class_targets(targets, batch + (Vtot,), len(batch), cdt, ignore_index)
-    return _Problem(shards, offsets, Vtot, T.index, T.keep, eps, smoothing, z, reduction,
-                    cdt, rdt, batch)
+    return V.index_targets(t, x_shape, len(x_shape) - 1, ignore_index)
 
 
 def _check_z_loss(z_loss) -> float:
@@ -366,16 +372,17 @@ def reference_cross_entropy(logits, targets, *, label_smoothing=0.0, smoothing="
 
     Composed from the library's single-device pieces, never from the sharded
     algorithm: ``smoothing="uniform"`` is :func:`ce_reference.softmax_cross_entropy`
-    (and its ``_grad``) with ``label_smoothing``; ``"others"`` feeds the targets
-    smoothed by :func:`ce_reference.conventions.smooth_labels` (``scheme="off_class"``)
-    to ``softmax_cross_entropy`` as probability rows; ``z_loss`` adds
-    :math:`z \operatorname{lse}^2` per kept row with gradient :math:`2 z \operatorname{lse}\, p`,
-    ``lse`` and ``p`` from :func:`ce_reference._special.log_softmax_parts`.
-    ``mean`` divides by the number of kept rows.  Returns ``(loss, grad)``.
+    (and its ``_grad``) with ``label_smoothing`` and ``z_loss``; ``"others"`` feeds
+    the targets smoothed by :func:`ce_reference.conventions.smooth_labels`
+    (``scheme="off_class"``) to ``softmax_cross_entropy`` as probability rows (the
+    ignored rows zeroed) and adds :math:`z \operatorname{lse}^2` per kept row, with
+    gradient :math:`2 z \operatorname{lse}\, p` (``lse`` and ``p`` from
+    :func:`ce_reference._special.log_softmax_parts`).  ``mean`` divides by the number
+    of kept rows.  Returns ``(loss, grad)``.
     """
-    from . import categorical as _cat
-    from .conventions import smooth_labels
+    from . import softmax_cross_entropy, softmax_cross_entropy_grad
     from ._special import log_softmax_parts
+    from .conventions import smooth_labels
 
     x, cdt, rdt = V.as_input("logits", logits)
     if x.ndim == 0:
@@ -386,38 +393,27 @@ def reference_cross_entropy(logits, targets, *, label_smoothing=0.0, smoothing="
     reduction = V.check_reduction(reduction)
     if smoothing not in SMOOTHING:
         raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}")
-    T = V.class_targets(targets, x.shape, x.ndim - 1, cdt, ignore_index)
-    if T.index is None:
-        raise TypeError("targets must be integer class indices")
-    keep = T.keep
+    index, keep = _index_targets(targets, x.shape, ignore_index)
+    if smoothing == "uniform" or eps == 0:
+        kw = dict(ignore_index=ignore_index, label_smoothing=eps, z_loss=z, reduction=reduction)
+        return softmax_cross_entropy(x, targets, **kw), softmax_cross_entropy_grad(x, targets, **kw)
+    # "others": per-row losses and the gradient of their sum, then our own reduction
+    if Vn < 2:
+        raise ValueError("smoothing='others' needs V >= 2 classes")
     denom = float(np.count_nonzero(keep))
-    if z == 0 and (smoothing == "uniform" or eps == 0):
-        kw = dict(ignore_index=ignore_index, label_smoothing=eps, reduction=reduction)
-        return (_cat.softmax_cross_entropy(x, targets, **kw),
-                _cat.softmax_cross_entropy_grad(x, targets, **kw))
-    # per-row losses and the gradient of their sum, then our own reduction
-    if smoothing == "others" and eps > 0:
-        if Vn < 2:
-            raise ValueError("smoothing='others' needs V >= 2 classes")
-        q = smooth_labels(T.index, eps, num_classes=Vn, scheme="off_class").astype(cdt)
-        q = np.where(keep[..., None], q, cdt.type(0))
-        rows = _cat.softmax_cross_entropy(x, q, reduction="none").astype(_ACC)
-        grad = _cat.softmax_cross_entropy_grad(x, q, reduction="sum").astype(cdt)
-    else:
-        kw = dict(ignore_index=ignore_index, label_smoothing=eps)
-        rows = _cat.softmax_cross_entropy(x, targets, reduction="none", **kw).astype(_ACC)
-        grad = _cat.softmax_cross_entropy_grad(x, targets, reduction="sum", **kw).astype(cdt)
-    if x.size and np.isneginf(np.max(x, axis=-1)).any():
-        raise ValueError("logits has a row whose entries are all -inf")
-    neg_logp, p = log_softmax_parts(x)
-    a = np.argmax(x, axis=-1)[..., None]
-    lse = (np.take_along_axis(x, a, -1) + np.take_along_axis(neg_logp, a, -1))[..., 0]
-    lse = lse.astype(_ACC)
-    rows = np.where(keep, rows + z * lse * lse, 0.0)
-    grad = np.where(keep[..., None], grad + (2 * z * lse).astype(cdt)[..., None] * p, 0)
+    q = smooth_labels(index, eps, num_classes=Vn, scheme="off_class").astype(cdt)
+    q = np.where(keep[..., None], q, cdt.type(0))
+    rows = softmax_cross_entropy(x, q, reduction="none").astype(_ACC)
+    grad = softmax_cross_entropy_grad(x, q, reduction="sum").astype(cdt)
+    if z:
+        _, p, lse = log_softmax_parts(x, with_lse=True)
+        lse = lse[..., 0].astype(_ACC)
+        rows = rows + z * lse * lse
+        grad = grad + (2 * z * lse).astype(cdt)[..., None] * p
+    rows = np.where(keep, rows, 0.0)
+    grad = np.where(keep[..., None], grad, cdt.type(0))
     loss = reduce_loss(rows, reduction, denom, rdt)
-    g = to_result(grad * cdt.type(grad_scale(reduction, denom)), rdt)
-    return loss, g
+    return loss, to_result(grad * cdt.type(grad_scale(reduction, denom)), rdt)
 
 
 def split_logits(logits, n):

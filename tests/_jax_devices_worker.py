@@ -38,7 +38,7 @@ def main():
         (11, "float64", {}, True, True),
         (11, "float64", {"label_smoothing": 0.1}, False, False),
         (11, "float64", {"label_smoothing": 0.1, "smoothing": "others"}, False, False),
-        (11, "float64", {"z_loss": 1e-4, "ignore_index": 2}, False, False),
+        (11, "float64", {"z_loss": 1e-4, "ignore_index": 2}, False, True),
         (11, "float64", {"z_loss": 0.5, "label_smoothing": 0.3, "smoothing": "others",
                          "reduction": "sum"}, False, False),
         (11, "float64", {"reduction": "none", "label_smoothing": 0.05}, False, False),
