@@ -5,7 +5,8 @@ log-sigmoid, ``xlogy``), never from the hand-derived gradient formulas of the
 NumPy implementation, so ``jax.grad`` of a twin checks those formulas
 independently.  They live with each loss's other oracles in
 ``ce_reference.oracles.<name>`` (the twin is the function named like the
-loss) and are all exported here.  Signatures and conventions are the NumPy
+loss) and are all exported here, with :func:`vocab_parallel_cross_entropy`, the
+sharded algorithm of :mod:`ce_reference.jax_parallel`.  Signatures and conventions are the NumPy
 ones (see :mod:`ce_reference`); results are ``jax.Array``.  The twins are
 jit-compatible: ``axis``, ``ignore_index``, ``label_smoothing``, ``eps`` and
 ``reduction`` are Python values (static under ``jax.jit``), arrays may be
@@ -33,4 +34,8 @@ for _info in sorted(pkgutil.iter_modules(_oracles.__path__), key=lambda i: i.nam
         _TWINS[_info.name] = getattr(_module, _info.name)
 
 globals().update(_TWINS)
-__all__ = sorted(_TWINS)
+
+# Vocab-parallel cross-entropy on jax.shard_map (not a twin: the sharded algorithm itself).
+from .jax_parallel import vocab_parallel_cross_entropy  # noqa: E402
+
+__all__ = sorted([*_TWINS, "vocab_parallel_cross_entropy"])

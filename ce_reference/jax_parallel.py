@@ -12,7 +12,7 @@ mathematically) and one ``lax.psum`` of the stacked
 The result is replicated on every device.  Differentiable (``jax.grad`` through it
 equals the single-device gradient) and jit-compatible: ``mesh``, ``axis_name``
 and the options are static Python values, ``logits`` and ``targets`` may be
-traced.  It will become ``ce_reference.jax.vocab_parallel_cross_entropy``.
+traced.  :mod:`ce_reference.jax` exports it as ``vocab_parallel_cross_entropy``.
 
 Per row, with ``M`` the global maximum (see :mod:`ce_reference.parallel`):
 
