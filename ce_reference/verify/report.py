@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 
+from .._format import clean_json  # noqa: F401 - re-exported for report readers
 from .runner import MEASURES
 
 HEADERS = ("loss", "option set", "dtype", "region", "n") + MEASURES + ("ok",)
@@ -129,24 +130,6 @@ def to_json(report, path) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(clean_json(report.to_dict()), fh, indent=1, allow_nan=False)
         fh.write("\n")
-
-
-def clean_json(o):
-    """Replace non-finite floats by strings and NumPy scalars by Python ones."""
-    if isinstance(o, dict):
-        return {str(k): clean_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [clean_json(v) for v in o]
-    if hasattr(o, "item") and not isinstance(o, (str, bytes)):
-        try:
-            o = o.item()
-        except (ValueError, TypeError):
-            return str(o)
-    if isinstance(o, float) and not math.isfinite(o):
-        return "nan" if math.isnan(o) else ("inf" if o > 0 else "-inf")
-    if o is None or isinstance(o, (str, int, float, bool)):
-        return o
-    return str(o)
 
 
 def to_markdown(report, path) -> None:

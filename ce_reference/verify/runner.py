@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import registry
-from . import errors, inputs, mp, oracles
+from .. import cases as inputs
+from . import errors, mp, oracles
 from . import tolerances as T
 
 MEASURES = ("mpmath", "fused", "grad ULP", "jax", "check_grad", "complex step", "hvp", "hvp jax")
