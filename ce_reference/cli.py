@@ -35,7 +35,7 @@ def _int(text):
 
 def build_parser() -> argparse.ArgumentParser:
     from .verify.runner import DEFAULT_CASES
-    from .verify.audit import DEFAULT_CASES as AUDIT_CASES
+    from .auditing import DEFAULT_CASES as AUDIT_CASES
 
     parser = argparse.ArgumentParser(
         prog="ce-reference",
@@ -171,7 +171,7 @@ def _audit(parser, args) -> int:
     fn = _load(parser, args.target, "the audited function")
     grad = _load(parser, args.grad, "--grad") if args.grad else None
 
-    from .verify.audit import audit
+    from .auditing import audit
 
     result = audit(fn, loss=args.loss, grad=grad, cases=args.cases, seed=args.seed)
     print(result)
