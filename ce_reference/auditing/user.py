@@ -60,6 +60,7 @@ class Mismatch:
     got: np.ndarray | None    # None: the call raised or timed out
     expected: np.ndarray
     message: str = ""         # exception text, shape problem or worst element
+    shrunk: bool = True       # False: the first failing input, as drawn
 
     def describe(self) -> str:
         c = self.case
@@ -67,7 +68,8 @@ class Mismatch:
                  f"case(s), worst {fmt_eps(self.worst_eps)} eps ({c.dtype.name})"]
         if self.message:
             lines.append(f"  {self.message}")
-        lines.append("  smallest input found:")
+        lines.append("  smallest input found:" if self.shrunk else
+                     "  input (not shrunk):")
         lines.append(f"    x = {fmt_array(c.x)}")
         lines.append(f"    targets = {fmt_array(c.targets)}")
         for k, v in c.kwargs.items():
@@ -82,6 +84,7 @@ class Mismatch:
                            "count": self.count, "worst_eps": self.worst_eps,
                            "message": self.message, "x": c.x, "targets": c.targets,
                            "kwargs": c.kwargs, "dtype": c.dtype.name,
+                           "shrunk": self.shrunk,
                            "got": None if self.got is None else np.asarray(self.got),
                            "expected": np.asarray(self.expected)})
 
@@ -363,6 +366,8 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
     try:
         for opt, dtype, region, lays in work:
             for i in range(per_row):
+                if runner.stopped:
+                    break
                 if progress is not None:
                     progress(done, total, f"{opt.name} | {dtype.name} | {region}")
                 done += 1
@@ -389,11 +394,12 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
         mismatches = []
         for (q, optname), g in groups.items():
             case, o = g["first"]
-            if shrink and not o.timed_out and not runner.stopped:
+            shrunk = shrink and not o.timed_out and not runner.stopped
+            if shrunk:
                 case, o = runner.shrink(case, q, o)
             case = case.replace(kwargs={k: v for k, v in case.kwargs.items() if k in acc})
             mismatches.append(Mismatch(q, optname, g["count"], g["worst"], case, o.got,
-                                       o.expected, o.message))
+                                       o.expected, o.message, shrunk))
     finally:
         runner.close()
     inconclusive = []
@@ -411,8 +417,8 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
             counts[(k, d.name)] for d in args.dtypes)]
     notes = []
     if runner.stopped:
-        notes.append(f"the function timed out {runner.timeouts} times; it was not called "
-                     "again (the remaining cases count as not run)")
+        notes.append(f"the function timed out {runner.timeouts} times; the audit stopped "
+                     f"there ({total - done} of {total} planned cases not run)")
     return AuditResult(spec.name, _name(fn), n, exercised, not_exercised, mismatches,
                        checked_grad=grad is not None,
                        worst={d: w for d, w in worst.items()},
@@ -460,6 +466,12 @@ def _layout_ok(lay, acc):
 
 
 @dataclass
+class _Failed:
+    message: str
+    timed_out: bool = False
+
+
+@dataclass
 class _Outcome:
     quantity: str
     err: float
@@ -489,13 +501,27 @@ class _Runner:
             self.isolated.close()
 
     def _call(self, q, case):
+        """The function's result as float64, or ``_Failed`` (it raised or timed out).
+
+        Failures of the worker machinery itself (it cannot start) are not the
+        function's: they propagate.
+        """
         kw = {k: v for k, v in case.kwargs.items() if k in self.acc}
         if self.isolated is None:
-            with warnings.catch_warnings():   # judge the numbers, not the warnings
-                warnings.simplefilter("ignore")
-                return np.asarray(self.functions[q](case.x, case.targets, **kw),
-                                  dtype=np.float64)
-        return self.isolated.call(q, case.x, case.targets, kw)
+            try:
+                with warnings.catch_warnings():   # judge the numbers, not the warnings
+                    warnings.simplefilter("ignore")
+                    return np.asarray(self.functions[q](case.x, case.targets, **kw),
+                                      dtype=np.float64)
+            except Exception as exc:  # noqa: BLE001 - the audited function failed
+                return _Failed(f"raised {type(exc).__name__}: {exc}")
+        try:
+            return self.isolated.call(q, case.x, case.targets, kw)
+        except CallTimeout as exc:
+            self.stopped = self.timeouts >= MAX_TIMEOUTS
+            return _Failed(f"timed out: {exc}", timed_out=True)
+        except RemoteError as exc:
+            return _Failed(f"raised {exc.kind}: {exc}")
 
     def _reference(self, case):
         """``(value, grad, operands)`` of the reference, or None for an invalid input."""
@@ -531,23 +557,11 @@ class _Runner:
         out = []
         for q, expected, op in todo:
             if self.stopped:
-                out.append(_Outcome(q, math.inf, False, None, expected,
-                                    "not run: the function timed out too often", True))
-                continue
-            try:
-                got = self._call(q, case)
-            except CallTimeout as exc:
-                self.stopped = self.timeouts >= MAX_TIMEOUTS
-                out.append(_Outcome(q, math.inf, False, None, expected,
-                                    f"timed out: {exc}", True))
-                continue
-            except RemoteError as exc:
-                out.append(_Outcome(q, math.inf, False, None, expected,
-                                    f"raised {exc.kind}: {exc}"))
-                continue
-            except Exception as exc:  # noqa: BLE001 - the audited function failed
-                out.append(_Outcome(q, math.inf, False, None, expected,
-                                    f"raised {type(exc).__name__}: {exc}"))
+                break
+            got = self._call(q, case)
+            if isinstance(got, _Failed):
+                out.append(_Outcome(q, math.inf, False, None, expected, got.message,
+                                    got.timed_out))
                 continue
             if got.shape != expected.shape:
                 if got.size == expected.size == 1:
