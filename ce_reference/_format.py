@@ -1,13 +1,15 @@
 """Text and JSON rendering shared by the verifier, the audits and the command line.
 
 A leaf module (NumPy only): arrays printed exactly (the shortest repr that
-round-trips, so a printed input can be pasted back), error sizes in eps, and
-JSON made strict (non-finite floats as strings).
+round-trips, so a printed input can be pasted back), error sizes in eps,
+JSON made strict (non-finite floats as strings), and the check that a report
+can be written before the work that produces it starts.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -63,3 +65,16 @@ def clean_json(o):
     if o is None or isinstance(o, (str, int, float, bool)):
         return o
     return str(o)
+
+
+def check_writable(path, what: str) -> None:
+    """``ValueError`` unless a file can be written at ``path`` (its directory exists and is
+    writable, it is not a directory): checked before the work that produces it."""
+    path = os.fspath(path)
+    if path == "" or os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a directory, not a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} {path!r}: directory {parent!r} does not exist")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise ValueError(f"{what} {path!r} is not writable")

@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from .._format import fmt_eps
+from .._format import check_writable, fmt_eps
 from ._core import (MAX_SHRINK, TOL_EPS, covers, evaluate, explains, probe_known, run_target,
                     shrink)
 
@@ -165,7 +165,7 @@ def _quick(t):
 
 
 def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, quick=False,
-                        strict=False, console=True) -> int:
+                        strict=False, console=True, progress=True) -> int:
     """Audit ``name`` (one of :data:`FRAMEWORKS`, or ``"all"``); return the exit status.
 
     Prints a summary table (``console=True``), writes the JSON report
@@ -175,16 +175,23 @@ def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, qui
     finding (known defects are reported, not failed), 1 when a deviation is
     not explained by the catalogue -- or, with ``strict=True``, when any defect
     is found.  A framework that is not installed is reported as skipped
-    (status 0).
+    (status 0).  ``progress`` prints one status line per audited function to
+    stderr (with ``console``).  The names, the seed and the output paths are
+    checked before any work (``ValueError``).
     """
     from . import _report
     names = FRAMEWORKS if name == "all" else (name,)
     for n in names:
         _adapter(n)                       # validate the names before any work
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    for path, what in ((json_path, "json_path"), (markdown_path, "markdown_path")):
+        if path:
+            check_writable(path, what)
     reports = []
     for n in names:
-        reports.append(audit_framework(n, seed=seed, quick=quick,
-                                       progress=_report.progress_printer() if console else None))
+        show = _report.progress_printer() if console and progress else None
+        reports.append(audit_framework(n, seed=seed, quick=quick, progress=show))
         if console:
             _report.print_console(reports[-1])
     code = 0
