@@ -408,10 +408,13 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
         if args.explicit_kinds:
             for k in args.kinds:
                 if not counts[(k, d.name)]:
-                    inconclusive.append((k, d.name, _why_none(spec, k, acc, skipped)))
+                    why = ("not run: the audit stopped after the timeouts" if runner.stopped
+                           else _why_none(spec, k, acc, skipped))
+                    inconclusive.append((k, d.name, why))
         elif not ran:
-            inconclusive.append(("any", d.name, "no option set could be exercised, or every "
-                                 "case was rejected by the reference"))
+            inconclusive.append(("any", d.name, "not run: the audit stopped after the timeouts"
+                                 if runner.stopped else "no option set could be exercised, "
+                                 "or every case was rejected by the reference"))
     skipped_kinds = [] if args.explicit_kinds else [
         (k, skipped[k]) for k in args.kinds if k in skipped and not any(
             counts[(k, d.name)] for d in args.dtypes)]

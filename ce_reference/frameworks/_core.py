@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from .._format import clean_json, fmt_array, fmt_eps
+from .._format import clean_json, fmt_array
 from ..auditing.tolerance import TOL_EPS, measure
 from ..cases import Case
 from ..cases import shrink as shrink_case
