@@ -13,7 +13,7 @@ from .registry import LOSSES, LossSpec, register
 globals().update(_PUBLIC)
 
 from . import testing  # noqa: E402
-from .verify.audit import audit  # noqa: E402
+from .auditing import audit  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,19 @@
 """Command line: ``ce-reference verify`` and ``ce-reference audit``.
 
-Exit status: 0 when everything passes / matches, 1 when anything fails /
-mismatches, 2 for usage errors (bad arguments, a function that cannot be
-imported, a framework audit that is not installed).
+``ce-reference audit`` is the one entry point of every audit: ``MODULE:FUNCTION``
+(a function against a reference loss, :func:`ce_reference.audit`) or a framework
+(``torch``, ``optax``, ``keras``, ``sklearn`` or ``all``,
+:mod:`ce_reference.frameworks`; ``python -m ce_reference.frameworks`` runs this
+same command).  Every argument is checked before any work starts, output paths
+included; an option that does not apply to the kind of audit asked for is a
+usage error.
+
+Exit status: 0 when everything passes / matches (framework audits: every
+deviation is a catalogued finding), 1 when anything fails, mismatches or is
+inconclusive (framework audits: a deviation not in the catalogue, or any
+defect with ``--strict``), 2 for usage errors (bad arguments, an output path
+that cannot be written, a function that cannot be imported, an unknown
+framework, or the framework audits missing from the installation).
 """
 
 from __future__ import annotations
@@ -11,9 +22,17 @@ import argparse
 import importlib
 import sys
 
+from ._format import check_writable
 from .registry import LOSSES
 
 FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
+#: Options of ``audit`` by the kind of audit they apply to (``dest`` names).
+FUNCTION_ONLY = {"loss": "--loss", "grad": "--grad", "targets": "--targets",
+                 "dtypes": "--dtypes", "rtol": "--rtol", "cases": "--cases",
+                 "timeout": "--timeout", "no_shrink": "--no-shrink"}
+FRAMEWORK_ONLY = {"quick": "--quick", "strict": "--strict"}
+#: Seconds per call of an audited function, by default (0: no timeout, in-process).
+DEFAULT_TIMEOUT = 60.0
 
 
 def _positive_int(text):
@@ -26,16 +45,42 @@ def _positive_int(text):
     return value
 
 
-def _int(text):
+def _seed(text):
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _nonneg_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):       # rejects NaN, inf and negatives
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _names(text):
+    """``a,b`` -> ``["a", "b"]`` (the options are also repeatable)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _min_verify_cases():
+    from .verify.runner import plan
+
+    return sum(n for *_, n in plan(list(LOSSES.values()), 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .auditing import DEFAULT_CASES as AUDIT_CASES
+    from .auditing.tolerance import TOL_EPS
     from .verify.runner import DEFAULT_CASES
-    from .verify.audit import DEFAULT_CASES as AUDIT_CASES
 
     parser = argparse.ArgumentParser(
         prog="ce-reference",
@@ -44,45 +89,104 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser(
         "verify", help="check every loss and gradient against independent oracles",
-        description="Run every loss x option set x dtype x input region through the oracles "
-                    "(mpmath, jax.grad, finite differences, complex step, Hessian-vector "
-                    "products) and print one row per combination. Exit 0 if all pass, 1 if any "
-                    "fails, 2 on usage errors.")
+        description="Run every loss x option set x dtype x input region (a row) through the "
+                    "oracles (mpmath, jax.grad, finite differences, complex step, "
+                    "Hessian-vector products). The terminal shows one compact table per loss "
+                    "(per row the largest worst-error / tolerance ratio over its oracles); "
+                    "--wide shows every oracle, --json and --markdown write every number. "
+                    "Exit 0 if all pass, 1 if any fails, 2 on usage errors.")
     v.add_argument("--loss", action="append", choices=sorted(LOSSES), metavar="NAME",
                    help="restrict to this loss (repeatable); one of: " + ", ".join(sorted(LOSSES)))
     v.add_argument("--cases", type=_positive_int, default=DEFAULT_CASES, metavar="N",
-                   help=f"total number of cases, spread over the rows (default {DEFAULT_CASES})")
-    v.add_argument("--seed", type=_int, default=0, metavar="S", help="seed (default 0)")
+                   help=f"target total number of cases (default {DEFAULT_CASES}), spread evenly "
+                        "over the rows: each row runs ceil(N / rows) cases and at least one per "
+                        "shape layout of its region, so the total can exceed N (with every "
+                        f"registered loss, --cases 1 runs {_min_verify_cases()}); the summary "
+                        "states the number run")
+    v.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="non-negative seed of the inputs (default 0)")
     v.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     v.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    v.add_argument("--wide", action="store_true",
+                   help="the full table: every oracle's worst (median) error per row")
     v.add_argument("--no-progress", action="store_true", help="no progress display")
 
     a = sub.add_parser(
-        "audit", help="compare another implementation with the reference",
-        description="Audit MODULE:FUNCTION (which takes NumPy arrays with the reference's "
-                    "signature and returns the loss) against the reference loss NAME, or run "
-                    "the built-in audit of a framework (torch, optax, keras, sklearn). Exit 0 "
-                    "if it matches, 1 if not, 2 on usage errors.")
-    a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS))
-    a.add_argument("--loss", choices=sorted(LOSSES), metavar="NAME",
-                   help="reference loss to compare with (required for MODULE:FUNCTION)")
-    a.add_argument("--grad", metavar="MODULE:FUNCTION",
-                   help="gradient of the loss with respect to its first argument")
-    a.add_argument("--cases", type=_positive_int, default=AUDIT_CASES, metavar="N",
-                   help=f"number of inputs (default {AUDIT_CASES})")
-    a.add_argument("--seed", type=_int, default=0, metavar="S", help="seed (default 0)")
-    a.add_argument("--json", metavar="PATH", help="also write the result as JSON")
-    a.add_argument("--markdown", metavar="PATH",
-                   help="also write the result as Markdown (framework audits, and functions)")
+        "audit", help="compare another implementation, or a framework, with the reference",
+        usage="%(prog)s MODULE:FUNCTION --loss NAME [function options] [common options]\n"
+              "       %(prog)s {" + ",".join(FRAMEWORKS) + ",all} [framework options] "
+              "[common options]",
+        description="Audit MODULE:FUNCTION (NumPy arrays in, with the reference's signature; "
+                    "the loss out) against the reference loss NAME, or run the built-in audit "
+                    "of a framework. Every argument is checked before the audit starts; an "
+                    "option that does not apply to the kind of audit is a usage error. Exit 0 "
+                    "on a match (framework audits: every deviation catalogued), 1 on a "
+                    "mismatch or an inconclusive audit (framework audits: a deviation not in "
+                    "the catalogue, or any defect with --strict), 2 on usage errors.")
+    a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS) + "|all")
+    fa = a.add_argument_group("function audits (MODULE:FUNCTION)")
+    fa.add_argument("--loss", choices=sorted(LOSSES), metavar="NAME",
+                    help="reference loss to compare with (required); one of: "
+                         + ", ".join(sorted(LOSSES)))
+    fa.add_argument("--grad", metavar="MODULE:FUNCTION",
+                    help="gradient of the loss with respect to its first argument")
+    fa.add_argument("--targets", action="append", type=_names, metavar="KIND[,KIND]",
+                    help="target kinds to audit (repeatable), some of the loss's kinds ("
+                         + "; ".join(f"{n}: {', '.join(s.targets)}"
+                                     for n, s in sorted(LOSSES.items()))
+                         + "); default all of them. A named kind that ends with no case "
+                         "makes the audit INCONCLUSIVE (exit 1)")
+    fa.add_argument("--dtypes", action="append", type=_names, metavar="DTYPE[,DTYPE]",
+                    help="input dtypes: float64 and/or float32 (default float64)")
+    fa.add_argument("--rtol", type=_nonneg_float, metavar="R",
+                    help="tolerance relative to the operands, unitless: |got - expected| <= "
+                         f"R * operand per element (default {TOL_EPS:g} eps of the dtype: "
+                         "5.7e-14 in float64, 3.1e-5 in float32)")
+    fa.add_argument("--cases", type=_positive_int, metavar="N",
+                    help=f"target number of inputs (default {AUDIT_CASES}), spread evenly over "
+                         "the rows (option set x dtype x region) the function can be audited "
+                         "on; every row gets at least one, so the total can exceed N")
+    fa.add_argument("--timeout", type=_nonneg_float, metavar="SECONDS",
+                    help="seconds per call of the function, which runs in a separate (spawned) "
+                         "process; a call that takes longer is abandoned and reported as a "
+                         f"mismatch with its input (default {DEFAULT_TIMEOUT:g}; 0: no "
+                         "timeout, the function runs in this process)")
+    fa.add_argument("--no-shrink", action="store_true",
+                    help="report mismatches with the first failing input, not shrunk")
+    fw = a.add_argument_group("framework audits (" + ", ".join(FRAMEWORKS) + ", all)")
+    fw.add_argument("--quick", action="store_true",
+                    help="sweep a subset of regions and option sets (the probes all run)")
+    fw.add_argument("--strict", action="store_true",
+                    help="exit 1 when any defect is found, catalogued or not")
+    co = a.add_argument_group("common options")
+    co.add_argument("--seed", type=_seed, default=0, metavar="S",
+                    help="non-negative seed of the inputs (default 0)")
+    co.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    co.add_argument("--markdown", metavar="PATH", help="also write the result as Markdown")
+    co.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.commands = {"verify": v, "audit": a}
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    sub = parser.commands[args.command]      # usage errors print the subcommand's usage
+    for flag in ("json", "markdown"):
+        _check_output(sub, getattr(args, flag), "--" + flag)
     if args.command == "verify":
         return _verify(args)
-    return _audit(parser, args)
+    return _audit(sub, args)
+
+
+def _check_output(parser, path, flag):
+    """A usage error, before any work, when ``path`` cannot be written."""
+    if path is None:
+        return
+    try:
+        check_writable(path, flag)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 # --------------------------------------------------------------------------- verify
@@ -96,7 +200,7 @@ def _verify(args) -> int:
         rep = verify(args.loss, cases=args.cases, seed=args.seed, progress=progress)
     finally:
         finish()
-    R.print_report(rep)
+    R.print_report(rep, wide=args.wide)
     if args.json:
         R.to_json(rep, args.json)
     if args.markdown:
@@ -109,8 +213,8 @@ def _progress(enabled):
     if not enabled:
         return None, lambda: None
     try:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     except ImportError:  # pragma: no cover - plain fallback
         return _plain_progress()
     console = Console(stderr=True)
@@ -161,9 +265,31 @@ def _load(parser, spec, what):
     return obj
 
 
+def _given(args, dests):
+    """The flags among ``dests`` that were given on the command line."""
+    out = []
+    for dest, flag in dests.items():
+        value = getattr(args, dest)
+        if value not in (None, False):
+            out.append(flag)
+    return out
+
+
 def _audit(parser, args) -> int:
-    if args.target in FRAMEWORKS:
+    frameworks = FRAMEWORKS + ("all",)
+    if args.target in frameworks:
+        extra = _given(args, FUNCTION_ONLY)
+        if extra:
+            parser.error(f"{', '.join(extra)}: only for MODULE:FUNCTION audits, not for the "
+                         f"framework audit {args.target!r}")
         return _framework(args)
+    if ":" not in args.target:
+        parser.error(f"unknown audit target {args.target!r}: expected MODULE:FUNCTION or a "
+                     f"framework, one of {', '.join(frameworks)}")
+    extra = _given(args, FRAMEWORK_ONLY)
+    if extra:
+        parser.error(f"{', '.join(extra)}: only for the framework audits "
+                     f"({', '.join(frameworks)}), not for MODULE:FUNCTION")
     if args.loss is None:
         parser.error("audit MODULE:FUNCTION needs --loss NAME")
     if "" not in sys.path and "." not in sys.path:
@@ -171,21 +297,38 @@ def _audit(parser, args) -> int:
     fn = _load(parser, args.target, "the audited function")
     grad = _load(parser, args.grad, "--grad") if args.grad else None
 
-    from .verify.audit import audit
+    from .auditing import DEFAULT_CASES, audit, check_arguments
 
-    result = audit(fn, loss=args.loss, grad=grad, cases=args.cases, seed=args.seed)
+    targets = None if args.targets is None else [k for group in args.targets for k in group]
+    dtypes = ("float64",) if args.dtypes is None else [d for group in args.dtypes for d in group]
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else (args.timeout or None)
+    options = dict(cases=args.cases or DEFAULT_CASES, seed=args.seed, dtypes=dtypes,
+                   rtol=args.rtol, targets=targets, timeout=timeout)
+    try:
+        check_arguments(fn, args.loss, grad, **options)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        for name in ("targets", "dtypes", "rtol", "cases", "seed", "timeout"):
+            if msg.startswith(name):                 # the Python argument's flag
+                msg = "--" + msg
+        parser.error(msg)
+    progress, finish = _progress(not args.no_progress)
+    try:
+        result = audit(fn, loss=args.loss, grad=grad, shrink=not args.no_shrink,
+                       progress=progress, **options)
+    finally:
+        finish()
     print(result)
     if args.json:
         import json
 
-        from .verify.report import clean_json
-
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(clean_json(result.to_dict()), fh, indent=1, allow_nan=False)
+            json.dump(result.to_dict(), fh, indent=1, allow_nan=False)
             fh.write("\n")
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(f"# Audit of `{result.function}`\n\n```\n{result}\n```\n")
+            fh.write(f"# Audit of `{result.function}`\n\n{result.verdict()}\n\n```\n{result}\n"
+                     "```\n")
     return 0 if result.ok else 1
 
 
@@ -204,7 +347,8 @@ def _framework(args) -> int:
         print("ce_reference.frameworks has no run_framework_audit()", file=sys.stderr)
         return 2
     return int(run(args.target, json_path=args.json, markdown_path=args.markdown,
-                   seed=args.seed))
+                   seed=args.seed, quick=args.quick, strict=args.strict,
+                   console=True, progress=not args.no_progress))
 
 
 if __name__ == "__main__":  # pragma: no cover

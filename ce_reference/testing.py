@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from .verify.audit import AuditResult, audit
+from .auditing import AuditResult, audit
 
 __all__ = ["assert_matches_reference"]
 
@@ -24,7 +24,7 @@ def assert_matches_reference(fn, loss: str, grad=None, **kwargs) -> AuditResult:
     ``seed``, ``dtypes``, ``rtol``, ``shrink``, ``targets``) and, on a mismatch, raises
     with its report as the message: each group of mismatches with the
     smallest input that shows it, what was returned and what was expected.
-    Returns the :class:`~ce_reference.verify.audit.AuditResult` when it matches.
+    Returns the :class:`~ce_reference.auditing.AuditResult` when it matches.
     """
     result = audit(fn, loss=loss, grad=grad, **kwargs)
     if not result.ok:

@@ -77,7 +77,7 @@ def test_framework_audit_dispatch(monkeypatch, capsys, tmp_path):
 
     calls = []
     fake = types.ModuleType("ce_reference.frameworks")
-    fake.run_framework_audit = lambda name, json_path=None, markdown_path=None, seed=0: (
+    fake.run_framework_audit = lambda name, json_path=None, markdown_path=None, seed=0, **kw: (
         calls.append((name, json_path, markdown_path, seed)) or 1)
     monkeypatch.setitem(sys.modules, "ce_reference.frameworks", fake)
     assert main(["audit", "torch", "--json", "x.json", "--seed", "7"]) == 1

@@ -61,7 +61,8 @@ CONVENTIONS = {
               "torch-smoothing-uniform"],
     "optax": ["optax-smoothing-uniform", "optax-int-label-range"],
     "keras": ["keras-clip", "keras-sum-over-batch-size", "keras-all-masked-zero",
-              "keras-smoothing-binary", "keras-clip-boundary-derivative"],
+              "keras-smoothing-binary", "keras-clip-boundary-derivative",
+              "keras-cce-clip-boundary-derivative", "keras-scce-clip-boundary-derivative"],
     "sklearn": ["sklearn-clip"],
 }
 
@@ -86,7 +87,7 @@ def test_known_defects_are_reproduced_with_small_inputs(reports, name):
         assert f["class"] == "defect", (fid, f)
         assert f["probe"]["reproduced"]
         # the probe input is tiny: at most two rows of at most three classes
-        x = f["probe"]["input"].split("y=")[0]
+        x = f["probe"]["input"].split("targets=")[0]
         assert x.count(",") <= 6, (fid, x)
 
 
@@ -99,7 +100,7 @@ def test_conventions_are_verified(reports, name):
 
 
 def test_matches_are_accurate(reports):
-    """Matching cases of the logits paths agree to a few eps (well inside TOL_ULPS)."""
+    """Matching cases of the logits paths agree to a few eps (well inside TOL_EPS)."""
     rep = report_for(reports, "torch")
     for r in rep["rows"]:
         if "with_logits" in r["target"] or "class indices" in r["target"]:
@@ -124,7 +125,7 @@ def test_torch_bce_backward_witness_is_shrunk(reports):
     rep = report_for(reports, "torch")
     f = finding(rep, "torch-bce-backward")
     assert f["sweep_cases"] > 0
-    x = f["sweep_witness"]["input"].split("y=")[0]
+    x = f["sweep_witness"]["input"].split("targets=")[0]
     assert x.count(",") <= 2, x          # shrunk from 6x3 to at most a couple of entries
 
 
@@ -139,18 +140,18 @@ def test_keras_import_does_not_leak_backend_env(reports):
 
 def _fake_target(factor):
     from ce_reference import conventions as conv
-    from ce_reference.frameworks import _cases
+    from ce_reference.cases import regions
 
     def ref(case):
-        r, g = conv.softmax_cross_entropy_rows(case.x, case.y)
+        r, g = conv.softmax_cross_entropy_rows(case.x, case.targets)
         return _core.Result({"value": r, "grad": g})
 
     def run(case):
         r = ref(case)
         return _core.Result({"value": r.arrays["value"], "grad": r.arrays["grad"] * factor})
 
-    return _core.Target("fake", "rows", run, ref, _cases.categorical("logits", "soft"), [{}],
-                        ("scale 1", "scale 10", "±1e4"), _core.operand_scales("logits", ref))
+    return _core.Target("fake", "rows", run, ref, regions.categorical("logits", "soft"), [{}],
+                        ("scale 1", "scale 10", "±1e4"), _core.operand_scales(ref))
 
 
 @pytest.mark.parametrize("factor, ok", [(1 + 1e-6, False), (1 + 1e-14, True)])
@@ -185,7 +186,7 @@ def test_shrink_reduces_to_the_culprit():
                      t.scales)
     x = np.arange(12.0).reshape(4, 3)
     y = np.full((4, 3), 1 / 3)
-    small = _core.shrink(t, _core.Case(x, y), lambda c, o: o.kind == "value")
+    small = _core.shrink(t, t.gen.case(x, y), lambda c, o: o.kind == "value")
     assert small.x.shape[0] == 1 and 7.0 in small.x
 
 

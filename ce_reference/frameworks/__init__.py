@@ -7,8 +7,9 @@ float32, and compared with :mod:`ce_reference` under the framework's own
 documented convention (:mod:`ce_reference.conventions`).  Every finding is
 classified as
 
-* ``match``: agrees within the tolerance (``TOL_ULPS`` machine epsilons,
-  normwise relative to the operands), or rejects an invalid input;
+* ``match``: agrees within the tolerance (:data:`~ce_reference.auditing.TOL_EPS`
+  = 256 machine epsilons of the operands, the tolerance of every audit), or
+  rejects an invalid input;
 * ``convention``: a named, documented convention difference, verified by
   running a witness input on which the framework follows its convention and
   differs from the exact formula;
@@ -42,7 +43,9 @@ import time
 
 import numpy as np
 
-from ._core import MAX_SHRINK, TOL_ULPS, covers, probe_known, run_target, shrink
+from .._format import check_writable, fmt_eps
+from ._core import (MAX_SHRINK, TOL_EPS, covers, evaluate, explains, probe_known, run_target,
+                    shrink)
 
 FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
 
@@ -64,7 +67,7 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     """
     mod = _adapter(name)
     t0 = time.perf_counter()
-    report = {"framework": name, "seed": seed, "quick": quick, "tolerance_eps": TOL_ULPS,
+    report = {"framework": name, "seed": seed, "quick": quick, "tolerance_eps": TOL_EPS,
               "python": platform.python_version(), "numpy": np.__version__}
     try:
         version = mod.load()
@@ -100,9 +103,9 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
         if k.id in attributed:
             count, case, o, t = attributed[k.id]
             f["sweep_cases"] = count
-            small = shrink(t, case, k.applies)
+            small = shrink(t, case, lambda c, o, k=k, t=t: explains(k, t, c, o))
             f["sweep_witness"] = {"target": t.name, "region": case.region,
-                                  "input": small.describe(), "detail": _detail(t, small)}
+                                  "input": small.arguments(), "detail": _detail(t, small)}
             if f["class"] == "not reproduced":      # the sweep shows it even if the probe not
                 f["class"] = k.kind if k.kind in ("defect", "convention") else "defect"
         else:
@@ -114,12 +117,12 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     seen, uncl = set(), []
     for t, c, o in unclassified:
         key = (t.name, o.kind)
-        entry = {"target": t.name, "dtype": c.dtype, "region": c.region, "kind": o.kind,
-                 "detail": o.detail}
+        entry = {"target": t.name, "dtype": c.dtype.name, "region": c.region, "kind": o.kind,
+                 "detail": o.detail, "worst_eps": max(o.errors.values(), default=float("inf"))}
         if key not in seen and len(seen) < MAX_SHRINK * 4:
             seen.add(key)
             small = shrink(t, c, lambda c2, o2, kind=o.kind: o2.kind == kind)
-            entry["input"] = small.describe()
+            entry["input"] = small.arguments()
             entry["detail"] = _detail(t, small)
             uncl.append(entry)
         elif key not in seen:
@@ -129,14 +132,29 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
     report["exit_code"] = 1 if unclassified else 0
     report["ok"] = not unclassified
+    report["worst_match_eps"] = max((v for r in rows for v in r.worst.values()), default=0.0)
+    report["verdict"] = _verdict(report, findings, unclassified)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
 
+def _verdict(report, findings, unclassified):
+    """One line with the worst errors in eps: of the matching cases, and of the unclassified
+    deviations if any."""
+    tol = f"tolerance {fmt_eps(TOL_EPS)} eps"
+    n = {k: sum(f["class"] == k for f in findings) for k in ("defect", "convention")}
+    known = f"{n['defect']} catalogued defect(s), {n['convention']} convention(s)"
+    head = f"worst matching case {fmt_eps(report['worst_match_eps'])} eps ({tol})"
+    if unclassified:
+        worst = max((max(o.errors.values(), default=float("inf")) for _, _, o in unclassified),
+                    default=float("inf"))
+        return (f"UNCLASSIFIED: {len(unclassified)} deviation(s) not in the catalogue, worst "
+                f"{fmt_eps(worst)} eps; {head}; {known}")
+    return f"ALL CLASSIFIED: {head}; {known}"
+
+
 def _detail(target, case):
-    from ._core import evaluate
-    o = evaluate(target, case)
-    return o.detail
+    return evaluate(target, case).detail
 
 
 def _quick(t):
@@ -147,7 +165,7 @@ def _quick(t):
 
 
 def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, quick=False,
-                        strict=False, console=True) -> int:
+                        strict=False, console=True, progress=True) -> int:
     """Audit ``name`` (one of :data:`FRAMEWORKS`, or ``"all"``); return the exit status.
 
     Prints a summary table (``console=True``), writes the JSON report
@@ -157,16 +175,23 @@ def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, qui
     finding (known defects are reported, not failed), 1 when a deviation is
     not explained by the catalogue -- or, with ``strict=True``, when any defect
     is found.  A framework that is not installed is reported as skipped
-    (status 0).
+    (status 0).  ``progress`` prints one status line per audited function to
+    stderr (with ``console``).  The names, the seed and the output paths are
+    checked before any work (``ValueError``).
     """
     from . import _report
     names = FRAMEWORKS if name == "all" else (name,)
     for n in names:
         _adapter(n)                       # validate the names before any work
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    for path, what in ((json_path, "json_path"), (markdown_path, "markdown_path")):
+        if path:
+            check_writable(path, what)
     reports = []
     for n in names:
-        reports.append(audit_framework(n, seed=seed, quick=quick,
-                                       progress=_report.progress_printer() if console else None))
+        show = _report.progress_printer() if console and progress else None
+        reports.append(audit_framework(n, seed=seed, quick=quick, progress=show))
         if console:
             _report.print_console(reports[-1])
     code = 0

@@ -7,97 +7,42 @@ convention (:mod:`ce_reference.conventions`, or the core functions where the
 framework follows PyTorch's definition).  :func:`run_target` sweeps a target
 over seeded random and extreme inputs and classifies every case:
 
-* ``match``: value and gradient agree within :data:`TOL_ULPS`;
+* ``match``: value and gradient agree within :data:`~ce_reference.auditing.tolerance.TOL_EPS`;
 * a known finding (a named convention difference, or a catalogued defect)
   whose ``applies`` predicate explains the deviation;
 * otherwise an *unclassified* deviation: a defect that is not in the
   catalogue (this is what makes the audit exit with status 1).
 
-Errors are measured normwise in units of the dtype's machine epsilon,
-relative to the larger of the reference result and the size of the operands
-that the computation cancels (see :func:`compare`).
+Errors are measured in the one tolerance scheme of the audits
+(:mod:`ce_reference.auditing.tolerance`): eps of the dtype times an operand
+scale, here a scalar per array -- the larger of the reference result's
+largest entry and the size of the operands that the computation cancels (see
+:func:`compare` and :func:`operand_scales`).  Cases come from the named regions
+of :mod:`ce_reference.cases.regions`, and deviations are shrunk by the one
+shrinker, :func:`ce_reference.cases.shrink`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-#: Largest accepted error, in units of the dtype's eps relative to the operand
-#: scale.  A framework evaluates log-softmax / log-sigmoid unfused in its own
-#: dtype: a handful of roundings per element, plus a float32 sum over at most
-#: ~100 terms (<= 100 eps relative to the sum of |terms|, usually ~10).  256 eps
-#: leaves head-room for that and for libm differences, yet is 4e3 times smaller
-#: in float64 (3e1 times in float32) than the smallest convention difference
-#: the audit must tell apart (label smoothing eps/C vs eps/(C-1) with eps=0.1,
-#: C <= 11 changes a loss by >= 1e-3 of its size).
-TOL_ULPS = 256.0
+from .._format import clean_json, fmt_array
+from ..auditing.tolerance import TOL_EPS, measure
+from ..cases import Case
+from ..cases import shrink as shrink_case
+from ..cases.regions import neutral_input
 
 #: Mismatches of a target that are shrunk to a smallest input (each shrink
 #: re-runs the framework a few dozen times).
 MAX_SHRINK = 3
-
-
-@dataclass
-class Case:
-    """One input to a loss: arrays with the class axis last, plus options.
-
-    ``x`` is the first argument (logits, log-probabilities or probabilities),
-    ``y`` the targets; ``opts`` holds concrete option values (``weight``
-    arrays, ``reduction`` strings, ...).  ``region`` names the input region it
-    was drawn from.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    opts: dict = field(default_factory=dict)
-    region: str = ""
-
-    @property
-    def dtype(self) -> str:
-        return str(self.x.dtype)
-
-    def replace(self, **kw) -> "Case":
-        return dataclasses.replace(self, **kw)
-
-    def to_json(self) -> dict:
-        def conv(v):
-            if isinstance(v, np.ndarray):
-                return {"dtype": str(v.dtype), "data": _jsonable(v.tolist())}
-            if isinstance(v, (np.floating, float)):
-                return _jsonable(float(v))
-            return v
-        return {"x": conv(self.x), "y": conv(self.y),
-                "opts": {k: conv(v) for k, v in self.opts.items()}, "region": self.region}
-
-    def describe(self) -> str:
-        """A short Python-like rendering of the case (used in the report)."""
-        parts = [f"x={_fmt_array(self.x)}", f"y={_fmt_array(self.y)}"]
-        parts += [f"{k}={_fmt_array(v) if isinstance(v, np.ndarray) else repr(v)}"
-                  for k, v in self.opts.items() if not k.startswith("_")]
-        if self.opts.get("_eager"):
-            parts.append("(run eagerly)")
-        return ", ".join(parts)
-
-
-def _jsonable(v):
-    if isinstance(v, list):
-        return [_jsonable(e) for e in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
-def _fmt_array(a) -> str:
-    a = np.asarray(a)
-    # floatmode="unique": the shortest repr that round-trips, so a printed input is exact
-    with np.printoptions(floatmode="unique", threshold=40, linewidth=10_000):
-        s = np.array2string(a, separator=", ").replace("\n", "")
-    return f"{s} ({a.dtype})" if a.dtype.kind == "f" else s
+#: ``still`` calls per shrunk witness.
+SHRINK_BUDGET = 150
 
 
 @dataclass
@@ -137,21 +82,17 @@ class Outcome:
 
 
 def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
-    r"""Compare named arrays; errors in units of ``eps(dtype)``, normwise.
+    r"""Compare named arrays in eps of ``dtype`` (:func:`ce_reference.auditing.tolerance.measure`).
 
     For each name, with :math:`a` the framework's array and :math:`r` the
-    reference's:
-
-    * where :math:`r` is NaN, :math:`a` must be NaN; where :math:`r` is
-      :math:`\pm\infty`, :math:`a` must equal it; where :math:`r` is finite,
-      :math:`a` must be finite (else the error is ``inf``);
-    * on the finite entries, ``err = max|a - r| / (eps * S)`` with
-      ``S = max(max|r|, scales[name])``: relative to the largest reference entry
-      or the operand scale, whichever is larger (a confident row's
-      ``p - y`` cancels by design, so its absolute error is measured against
-      the size of the operands, not the tiny result).
+    reference's: NaN must meet NaN, ``±inf`` the same infinity, a finite
+    entry a finite one (else the error is ``inf``); on the finite entries
+    ``err = max|a - r| / (eps * S)`` with the scalar operand
+    ``S = max(max|r|, scales[name])``: relative to the largest reference entry
+    or the operand scale, whichever is larger (a confident row's ``p - y``
+    cancels by design, so its absolute error is measured against the size of
+    the operands, not the tiny result).
     """
-    eps = float(np.finfo(np.dtype(dtype)).eps)
     errors, worst_kind, detail = {}, None, []
     for k, r in ref.arrays.items():
         if k not in fw.arrays:
@@ -166,29 +107,15 @@ def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
                 detail.append(f"{k}: shape {a.shape} != reference {r.shape}")
                 worst_kind = worst_kind or k
                 continue
-        rn, an = np.isnan(r), np.isnan(a)
-        rinf = np.isinf(r)
-        bad = (rn != an) | (rinf & (a != r)) | (np.isfinite(r) & ~np.isfinite(a))
-        if bad.any():
-            errors[k] = math.inf
-            i = _index(np.argmax(bad), bad.shape)
-            detail.append(f"{k}{list(i) if i else ''}: framework {float(a[i])!r} vs reference "
-                          f"{float(r[i])!r}")
-            worst_kind = worst_kind or k
-            continue
         fin = np.isfinite(r)
-        if not fin.any():
-            errors[k] = 0.0
-            continue
-        S = max(float(np.max(np.abs(r[fin]))), float(scales.get(k, 0.0)), np.finfo(np.float64).tiny)
-        err = float(np.max(np.abs(a[fin] - r[fin]))) / (eps * S)
-        errors[k] = err
-        if err > TOL_ULPS:
+        S = max(float(np.max(np.abs(r[fin]), initial=0.0)), float(scales.get(k, 0.0)),
+                np.finfo(np.float64).tiny)
+        m = measure(a, r, S, dtype, TOL_EPS, name=k)
+        errors[k] = m.worst
+        if m.detail:
             worst_kind = worst_kind or k
-            d = np.where(fin, np.abs(a - r), 0)
-            i = _index(np.argmax(d), d.shape)
-            detail.append(f"{k}{list(i) if i else ''}: framework {float(a[i])!r} vs reference "
-                          f"{float(r[i])!r} ({err:.3g} eps)")
+            detail.append(m.detail.replace(": got ", ": framework ").replace(
+                ", expected ", " vs reference "))
     ok = worst_kind is None
     return Outcome(ok, "match" if ok else worst_kind, errors, "; ".join(detail), fw, ref)
 
@@ -202,8 +129,8 @@ class Known:
     """A catalogued finding: a named convention difference or a known defect.
 
     ``applies(case, outcome)`` says whether a sweep deviation is explained by
-    this finding.  ``probe`` is a hand-picked smallest input (``Case``) for the
-    target named ``target``; ``check(case, outcome)`` says whether the probe
+    this finding.  ``probe`` is a hand-picked smallest input (a ``Case``; its
+    structure is taken from the target's generator) for the target named ``target``; ``check(case, outcome)`` says whether the probe
     reproduces the finding (default: the framework deviates from the
     reference).  For conventions, ``exact`` is the convention-free reference
     (the core library's exact formula): a convention difference is *verified*
@@ -239,7 +166,8 @@ class Target:
 
     ``run(case) -> Result`` calls the framework; ``reference(case) -> Result``
     evaluates :mod:`ce_reference` under the framework's convention;
-    ``gen(rng, dtype, opts, region) -> Case`` builds inputs; ``option_sets`` are
+    ``gen`` is a :class:`ce_reference.cases.regions.Generator` (``gen(rng, dtype,
+    options, region) -> Case``); ``option_sets`` are
     the option dicts swept; ``regions`` the input regions; ``scales(case)``
     the operand scales used by :func:`compare`.
     """
@@ -257,160 +185,33 @@ class Target:
 
 
 def evaluate(target: Target, case: Case) -> Outcome:
-    """Run the framework and the reference on ``case`` and compare them."""
-    ref = target.reference(case)
+    """Run the framework and the reference on ``case`` and compare them (the numbers are
+    judged, not the warnings either side emits)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = target.reference(case)
+        scales = target.scales(case)
     try:
         fw = target.run(case)
     except Exception as exc:  # the framework refused a valid input
         return Outcome(False, "exception", {}, f"{type(exc).__name__}: {exc}".splitlines()[0],
                        None, ref)
-    return compare(fw, ref, case.dtype, target.scales(case))
-
-
-def _row_count(case: Case) -> int:
-    return case.x.shape[0] if case.x.ndim else 1
+    return compare(fw, ref, case.dtype, scales)
 
 
 def shrink(target: Target, case: Case, still: Callable[[Case, Outcome], bool],
-           budget: int = 150) -> Case:
-    """Greedy shrink of ``case`` while ``still(case, outcome)`` holds.
-
-    Tries, in order: dropping rows, dropping options (back to defaults),
-    dropping classes/columns, and simplifying values (to 0, to round numbers).
-    Candidates stay inside the documented domain: probability rows are never
-    edited entry by entry, a class column is dropped only where its target
-    mass is 0, and only candidates that the reference accepts count.
-    Deterministic.
-    """
-    calls = [0]
-
-    def holds(c: Case) -> bool:
-        if calls[0] >= budget:
-            return False
-        calls[0] += 1
+           budget: int = SHRINK_BUDGET) -> Case:
+    """The smallest case found (:func:`ce_reference.cases.shrink`) that the framework still
+    gets wrong with ``still(case, outcome)``; only candidates the reference accepts count."""
+    def holds(c: Case):
         try:
             o = evaluate(target, c)
-        except (ValueError, TypeError, IndexError):  # the reference rejects the candidate
-            return False
-        return (not o.ok) and still(c, o)
-
-    cur = case
-    changed = True
-    while changed and calls[0] < budget:
-        changed = False
-        # 1. drop rows
-        n = _row_count(cur)
-        i = 0
-        while n > 1 and i < n:
-            cand = _drop_row(cur, i)
-            if cand is not None and holds(cand):
-                cur, n, changed = cand, n - 1, True
-            else:
-                i += 1
-        # 2. drop optional arrays / simplify options
-        for k in list(cur.opts):
-            v = cur.opts[k]
-            for alt in _option_alternatives(k, v):
-                opts = dict(cur.opts)
-                if alt is _DROP:
-                    opts.pop(k)
-                else:
-                    opts[k] = alt
-                cand = cur.replace(opts=opts)
-                if holds(cand):
-                    cur, changed = cand, True
-                    break
-        # 3. drop columns (classes)
-        if cur.x.ndim == 2:
-            j = 0
-            while cur.x.shape[1] > 2 and j < cur.x.shape[1]:
-                cand = _drop_col(cur, j)
-                if cand is not None and holds(cand):
-                    cur, changed = cand, True
-                else:
-                    j += 1
-        # 4. simplify values of x, then y
-        for attr in ("x", "y"):
-            arr = getattr(cur, attr)
-            if arr.dtype.kind != "f":
-                continue
-            if attr == "y" and arr.ndim == 2 and arr.shape == cur.x.shape:
-                continue                 # probability rows: changing one entry breaks the row
-            for idx in np.ndindex(arr.shape):
-                v = arr[idx]
-                for alt in _simpler_values(v):
-                    new = arr.copy()
-                    new[idx] = alt
-                    if attr == "x" and cur.opts.get("_rows_sum_to_one"):
-                        continue
-                    cand = cur.replace(**{attr: new})
-                    if holds(cand):
-                        cur, arr, changed = cand, new, True
-                        break
-    return cur
-
-
-_DROP = object()
-
-
-def _option_alternatives(k, v):
-    if k.startswith("_"):
-        return []
-    if k == "reduction":
-        return [] if v in ("sum", "none") else ["sum"]
-    if isinstance(v, np.ndarray):
-        return [_DROP, np.ones_like(v)]
-    if k in ("label_smoothing",) and v:
-        return [_DROP]
-    return []
-
-
-def _simpler_values(v):
-    v = float(v)
-    if not math.isfinite(v) or v == 0:
-        return []
-    out = [0.0]
-    r = float(f"{v:.1g}")
-    if r != v:
-        out.append(r)
-    return out
-
-
-def _drop_row(c: Case, i: int):
-    if c.x.ndim == 0:
-        return None
-    x = np.delete(c.x, i, axis=0)
-    y = np.delete(c.y, i, axis=0) if c.y.ndim else c.y
-    opts = dict(c.opts)
-    for k in ("sample_weight",):
-        if isinstance(opts.get(k), np.ndarray) and opts[k].shape[:1] == c.x.shape[:1]:
-            opts[k] = np.delete(opts[k], i, axis=0)
-    return c.replace(x=x, y=y, opts=opts)
-
-
-def _drop_col(c: Case, j: int):
-    x = np.delete(c.x, j, axis=1)
-    y = c.y
-    if y.ndim == 2 and y.shape == c.x.shape:
-        if np.any(y[:, j] != 0):        # keep target rows summing to what they summed to
+        except Exception:  # noqa: BLE001 - the reference rejects the candidate
             return None
-        y = np.delete(y, j, axis=1)
-    elif y.ndim == 1 and y.dtype.kind in "iu":
-        valid = (y >= 0) & (y < c.x.shape[1])
-        if np.any(valid & (y == j)):
-            return None
-        y = np.where(valid & (y > j), y - 1, y)
-    elif y.ndim == 1 and y.dtype.kind == "f" and c.x.ndim == 2:
-        if np.any(y == j):
-            return None
-        y = np.where(y > j, y - 1, y)
-    if c.opts.get("_rows_sum_to_one"):
-        return None
-    opts = dict(c.opts)
-    for k in ("weight", "pos_weight"):
-        if isinstance(opts.get(k), np.ndarray) and opts[k].shape == (c.x.shape[1],):
-            opts[k] = np.delete(opts[k], j)
-    return c.replace(x=x, y=y, opts=opts)
+        return o if (not o.ok) and still(c, o) else None
+
+    small, _ = shrink_case(case, holds, budget=budget)
+    return small
 
 
 # --------------------------------------------------------------------------- sweeping
@@ -430,17 +231,13 @@ class RowStats:
     def to_json(self):
         return {"target": self.target, "options": self.options, "dtype": self.dtype,
                 "cases": self.cases, "matches": self.matches,
-                "worst_eps": {k: _jsonable(v) for k, v in self.worst.items()},
+                "worst_eps": clean_json(self.worst),
                 "findings": self.findings}
 
 
 def options_label(opts: dict) -> str:
-    parts = []
-    for k, v in opts.items():
-        if k.startswith("_"):
-            continue
-        parts.append(f"{k}={v}" if not isinstance(v, np.ndarray) else k)
-    return ", ".join(parts) or "defaults"
+    return ", ".join(f"{k}={v}" if not isinstance(v, np.ndarray) else k
+                     for k, v in opts.items()) or "defaults"
 
 
 def run_target(target: Target, known: list, seed: int, progress=None):
@@ -468,13 +265,12 @@ def run_target(target: Target, known: list, seed: int, progress=None):
                         for k, v in o.errors.items():
                             st.worst[k] = max(st.worst.get(k, 0.0), v)
                         continue
-                    for k in relevant:
-                        if k.applies(case, o):
-                            a = attributed.setdefault(k.id, [0, case, o])
-                            a[0] += 1
-                            st.findings[k.id] = st.findings.get(k.id, 0) + 1
-                            break
-                    else:
+                    ids = attribute(target, relevant, case, o)
+                    for fid in ids:
+                        a = attributed.setdefault(fid, [0, case, o])
+                        a[0] += 1
+                        st.findings[fid] = st.findings.get(fid, 0) + 1
+                    if not ids:
                         unclassified.append((case, o))
                         st.findings["unclassified"] = st.findings.get("unclassified", 0) + 1
                     if progress is not None:
@@ -483,13 +279,54 @@ def run_target(target: Target, known: list, seed: int, progress=None):
     return rows, attributed, unclassified
 
 
+def parts(target: Target, case: Case, o: Outcome) -> list:
+    """One outcome per deviating array of ``o`` (the other arrays left out)."""
+    if o.framework is None or o.reference is None:
+        return []
+    out = []
+    for name, err in o.errors.items():
+        if err <= TOL_EPS:
+            continue
+        sub = compare(Result({name: o.framework.arrays[name]}),
+                      Result({name: o.reference.arrays[name]}), case.dtype, target.scales(case))
+        out.append(sub)
+    return out
+
+
+def explains(k: Known, target: Target, case: Case, o: Outcome) -> bool:
+    """``k`` explains the deviation of ``case``, or of one of its deviating arrays."""
+    return bool(k.applies(case, o)) or any(k.applies(case, p) for p in parts(target, case, o))
+
+
+def attribute(target: Target, relevant: list, case: Case, o: Outcome) -> list:
+    """The ids of the catalogued findings that explain a deviating case ([] if none do).
+
+    The first finding whose ``applies`` holds for the whole case explains it.
+    Otherwise, when every deviating array (value, gradient, ...) on its own is
+    explained by some finding, the case is explained by those findings (it then
+    counts under each): an input can show two known defects at once.
+    """
+    for k in relevant:
+        if k.applies(case, o):
+            return [k.id]
+    subs = parts(target, case, o)
+    if len(subs) < 2:
+        return []
+    ids = []
+    for sub in subs:
+        k = next((k for k in relevant if k.applies(case, sub)), None)
+        if k is None:
+            return []
+        ids.append(k.id)
+    return list(dict.fromkeys(ids))
+
+
 def covers(known_target: str, target_name: str) -> bool:
     """A finding about ``F.x`` also explains deviations of the variants ``F.x <suffix>``."""
     return target_name == known_target or target_name.startswith(known_target + " ")
 
 
 def _stable(name: str) -> int:
-    import zlib
     return zlib.crc32(name.encode())
 
 
@@ -505,8 +342,9 @@ def probe_known(k: Known, target: Target) -> dict:
       (silent acceptance), ``convention`` when it returns NaN/inf (the
       documented JAX out-of-bounds behaviour, for instance).
     """
-    case = k.probe()
-    out = {"input": case.describe(), "dtype": case.dtype}
+    p = k.probe()
+    case = target.gen.case(p.x, p.targets, p.kwargs, region="probe", flags=p.flags)
+    out = {"input": case.arguments(), "dtype": case.dtype.name}
     if k.kind == "validation":
         try:
             r = target.run(case)
@@ -544,10 +382,10 @@ def probe_known(k: Known, target: Target) -> dict:
 
 
 def _fmt_result(r: Result) -> str:
-    return "; ".join(f"{k}={_fmt_array(np.asarray(v))}" for k, v in r.arrays.items())
+    return "; ".join(f"{k}={fmt_array(np.asarray(v))}" for k, v in r.arrays.items())
 
 
-def operand_scales(inputs: str, reference: Callable[[Case], Result]):
+def operand_scales(reference: Callable[[Case], Result]):
     """``scales(case)`` for :func:`compare`: the size of the operands.
 
     * ``value``: ``W * max(1, max|x|)`` for logits / log-probabilities (the
@@ -555,27 +393,25 @@ def operand_scales(inputs: str, reference: Callable[[Case], Result]):
       probabilities, times the number of terms for a ``sum``; ``W`` is the
       product of the largest entries (at least 1) of the weight arrays.
     * ``grad``: the largest reference gradient entry at the neutral input
-      (logits 0, uniform probabilities), i.e. the size of ``p`` and ``q`` in
-      ``p - q`` after weighting and the reduction's scale.
+      (:func:`ce_reference.cases.regions.neutral_input`: logits 0, uniform
+      probabilities), i.e. the size of ``p`` and ``q`` in ``p - q`` after
+      weighting and the reduction's scale.
     * ``hess``: ``W / 4`` (the largest value of ``p (1 - p)``).
     """
-    from ._cases import neutral_input
-
     def scales(case: Case) -> dict:
         W = 1.0
-        for k in ("weight", "sample_weight", "pos_weight"):
-            v = case.opts.get(k)
-            if isinstance(v, np.ndarray) and v.size:
+        for k, v in case.kwargs.items():
+            if k in case.arrays and isinstance(v, np.ndarray) and v.size:
                 W *= max(1.0, float(np.max(v)))
         xs = 1.0
-        if inputs in ("logits", "binary-logits", "logprobs"):
+        if case.domain in ("logits", "log_probs"):
             xf = np.abs(case.x[np.isfinite(case.x)]).astype(np.float64)
             xs = max(1.0, float(xf.max())) if xf.size else 1.0
-        nsum = case.x.size if (case.opts.get("reduction") == "sum"
-                               or case.opts.get("normalize") is False) else 1
+        nsum = case.x.size if (case.kwargs.get("reduction") == "sum"
+                               or case.kwargs.get("normalize") is False) else 1
         out = {"value": W * xs * nsum, "hess": W / 4}
         try:
-            g = reference(case.replace(x=neutral_input(case, inputs))).arrays.get("grad")
+            g = reference(case.replace(x=neutral_input(case))).arrays.get("grad")
         except (ValueError, TypeError):
             g = None
         if g is not None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import conventions as conv
-from . import _cases
-from ._core import Case, Known, Result, Target, operand_scales
+from ..cases import Case, regions
+from ._core import Known, Result, Target, operand_scales
 
 NAME = "optax"
 _optax = _jax = _jnp = None
@@ -52,7 +52,7 @@ def _compiled(fn, tangent):
 
 def _run(fn, case: Case, tangent=False) -> Result:
     with _jax.enable_x64(True):
-        x, y = _jnp.asarray(case.x), _jnp.asarray(case.y)
+        x, y = _jnp.asarray(case.x), _jnp.asarray(case.targets)
         if tangent:
             v, t = _compiled(fn, True)(x, y, _jnp.asarray(_tangent(case)))
             return Result({"value": np.asarray(v), "jvp": np.asarray(t)})
@@ -67,24 +67,24 @@ def _tangent(case):
 
 
 def _rows_ref(case):
-    rows, g = conv.softmax_cross_entropy_rows(case.x, case.y)
+    rows, g = conv.softmax_cross_entropy_rows(case.x, case.targets)
     return Result({"value": rows, "grad": g})
 
 
 def _jvp_ref(case):
-    rows, g = conv.softmax_cross_entropy_rows(case.x, case.y)
+    rows, g = conv.softmax_cross_entropy_rows(case.x, case.targets)
     return Result({"value": rows, "jvp": np.sum(g * _tangent(case), axis=-1)})
 
 
 def _jvp_scales(case):
-    s = operand_scales("logits", _rows_ref)(case)
-    q = np.asarray(case.y, np.float64)
+    s = operand_scales(_rows_ref)(case)
+    q = np.asarray(case.targets, np.float64)
     s["jvp"] = float(np.max(np.sum(np.abs(q), axis=-1))) if q.size else 0.0
     return s
 
 
 def _sig_ref(case):
-    loss, g = conv.sigmoid_cross_entropy_elements(case.x, case.y)
+    loss, g = conv.sigmoid_cross_entropy_elements(case.x, case.targets)
     return Result({"value": loss, "grad": g})
 
 
@@ -92,14 +92,14 @@ _SMOOTHED: dict = {}
 
 
 def _smooth_run(case):
-    a = case.opts["label_smoothing"]
+    a = case.kwargs["label_smoothing"]
     if a not in _SMOOTHED:
         _SMOOTHED[a] = lambda x, y: _optax.softmax_cross_entropy(x, _optax.smooth_labels(y, a))
     return _run(_SMOOTHED[a], case)
 
 
 def _smooth_ref(case):
-    q = conv.smooth_labels(case.y, case.opts["label_smoothing"], scheme="uniform")
+    q = conv.smooth_labels(case.targets, case.kwargs["label_smoothing"], scheme="uniform")
     rows, g = conv.softmax_cross_entropy_rows(case.x, q)
     return Result({"value": rows, "grad": g})
 
@@ -113,7 +113,7 @@ SMOOTH = "smooth_labels + softmax_cross_entropy"
 
 
 def targets() -> list[Target]:
-    regions = _cases.LOGIT_REGIONS[:-1]
+    logit_regions = regions.LOGIT_REGIONS[:-1]
     T = []
     for name in (SCE, SAFE):
         for tk in ("onehot", "soft"):
@@ -121,41 +121,43 @@ def targets() -> list[Target]:
             T.append(Target(f"{name}" + (" one-hot" if tk == "onehot" else ""),
                             "conventions.softmax_cross_entropy_rows (no-reduction)",
                             lambda c, fn=fn: _run(fn, c), _rows_ref,
-                            _cases.categorical("logits", tk), [{}], regions,
-                            operand_scales("logits", _rows_ref), repeats=2))
+                            regions.categorical("logits", tk), [{}], logit_regions,
+                            operand_scales(_rows_ref), repeats=2))
     T.append(Target(SAFE_JVP, "directional derivative of softmax_cross_entropy_rows",
                     lambda c: _run(_optax.safe_softmax_cross_entropy, c, tangent=True),
-                    _jvp_ref, _cases.categorical("logits", "soft"), [{}], regions,
+                    _jvp_ref, regions.categorical("logits", "soft"), [{}], logit_regions,
                     _jvp_scales))
     T.append(Target(SCE_INT, "conventions.softmax_cross_entropy_rows, index targets "
                              "(no-reduction)",
                     lambda c: _run(_optax.softmax_cross_entropy_with_integer_labels, c),
-                    _rows_ref, _cases.categorical("logits", "index"), [{}], regions,
-                    operand_scales("logits", _rows_ref), repeats=2))
+                    _rows_ref, regions.categorical("logits", "index"), [{}], logit_regions,
+                    operand_scales(_rows_ref), repeats=2))
     T.append(Target(SMOOTH, "smooth_labels(scheme='uniform') + softmax_cross_entropy_rows",
-                    _smooth_run, _smooth_ref, _cases.categorical("logits", "onehot"),
-                    [{"label_smoothing": 0.1}, {"label_smoothing": 0.7}], regions[:6],
-                    operand_scales("logits", _smooth_ref)))
+                    _smooth_run, _smooth_ref,
+                    regions.categorical("logits", "onehot", fixed=("label_smoothing",)),
+                    [{"label_smoothing": 0.1}, {"label_smoothing": 0.7}], logit_regions[:6],
+                    operand_scales(_smooth_ref)))
     for tk in ("hard", "soft"):
         T.append(Target(SIG + (" hard targets" if tk == "hard" else ""),
                         "conventions.sigmoid_cross_entropy_elements (no-reduction)",
                         lambda c: _run(_optax.sigmoid_binary_cross_entropy, c), _sig_ref,
-                        _cases.binary("logits", tk), [{}], _cases.BINARY_LOGIT_REGIONS,
-                        operand_scales("binary-logits", _sig_ref), repeats=2))
+                        regions.binary("logits", tk), [{}], regions.BINARY_LOGIT_REGIONS,
+                        operand_scales(_sig_ref), repeats=2))
     return T
 
 
 def _c(x, y, **opts):
-    return lambda: Case(np.asarray(x), np.asarray(y), dict(opts), "probe")
+    """A catalogue probe (its structure comes from the target's generator)."""
+    return lambda: Case(x=np.asarray(x), targets=np.asarray(y), kwargs=dict(opts), region="probe")
 
 
 def _neginf_zero_label(case, o):
-    return bool(np.any(np.isneginf(case.x) & (case.y == 0))) and (
+    return bool(np.any(np.isneginf(case.x) & (case.targets == 0))) and (
         o.nonfinite.get("value", False) or o.nonfinite.get("jvp", False))
 
 
 def _off_class_ref(case):
-    q = conv.smooth_labels(case.y, case.opts["label_smoothing"], scheme="off_class")
+    q = conv.smooth_labels(case.targets, case.kwargs["label_smoothing"], scheme="off_class")
     rows, g = conv.softmax_cross_entropy_rows(case.x, q)
     return Result({"value": rows, "grad": g})
 

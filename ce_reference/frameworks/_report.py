@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import sys
+
+from .._format import fmt_eps as _fmt_eps
 
 _CLASS_ORDER = {"defect": 0, "convention": 1, "match": 2, "not reproduced": 3}
 
@@ -13,16 +14,6 @@ def progress_printer():
     def show(msg):
         print(f"  auditing {msg}", file=sys.stderr, flush=True)
     return show
-
-
-def _fmt_eps(v):
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.3g}"
 
 
 def _worst(row, key):
@@ -42,8 +33,7 @@ def print_console(rep):
         print(f"{rep['framework']}: skipped ({rep['reason']})")
         return
     head = (f"{rep['framework']} {rep['version']}: {sum(r['cases'] for r in rep['rows'])} cases, "
-            f"{len(rep['defects'])} defect(s), {rep['unclassified_cases']} unclassified "
-            f"deviation(s), {rep['seconds']} s")
+            f"{rep['seconds']} s -- {rep['verdict']}")
     if Console is None:
         print(head)
         for f in sorted(rep["findings"], key=lambda f: _CLASS_ORDER.get(f["class"], 9)):
@@ -81,14 +71,16 @@ def markdown(doc):
            "formula); **defect** (value or gradient wrong for the framework's own documented "
            "definition, NaN where the mathematics is finite, or silent acceptance of an input "
            "outside the documented domain); **not reproduced** (a catalogued issue that this "
-           "version does not show).  Errors are in machine epsilons of the input dtype, "
-           "normwise, relative to the larger of the reference result and the operands; the "
+           "version does not show).  Errors are in machine epsilons of the input dtype times "
+           "the operand scale (the larger of the reference result's largest entry and the "
+           "size of the operands), the one tolerance scheme of every ce_reference audit; the "
            f"tolerance is {_fmt_eps(doc['frameworks'][0]['tolerance_eps'] if doc['frameworks'] else 0)} eps.", ""]
-    out += ["## Summary", "", "| framework | version | cases | matches | defects | conventions "
-            "| not reproduced | unclassified |", "|---|---|---:|---:|---|---|---|---:|"]
+    out += ["## Summary", "", "| framework | version | cases | matches | worst match (eps) "
+            "| defects | conventions | not reproduced | unclassified |",
+            "|---|---|---:|---:|---:|---|---|---|---:|"]
     for r in doc["frameworks"]:
         if r["status"] != "ran":
-            out.append(f"| {r['framework']} | skipped: {_md_escape(r['reason'])} | | | | | | |")
+            out.append(f"| {r['framework']} | skipped: {_md_escape(r['reason'])} | | | | | | | |")
             continue
         cls = {}
         for f in r["findings"]:
@@ -96,6 +88,7 @@ def markdown(doc):
         out.append(f"| {r['framework']} | {_md_escape(r['version'])} | "
                    f"{sum(x['cases'] for x in r['rows'])} | "
                    f"{sum(x['matches'] for x in r['rows'])} | "
+                   f"{_fmt_eps(r['worst_match_eps'])} | "
                    f"{', '.join(cls.get('defect', [])) or '-'} | "
                    f"{', '.join(cls.get('convention', [])) or '-'} | "
                    f"{', '.join(cls.get('not reproduced', [])) or '-'} | "
@@ -111,7 +104,7 @@ def _md_framework(r):
     if r["status"] != "ran":
         return out + [f"Skipped: {r['reason']}.", ""]
     out += [f"Version: {r['version']}.  Python {r['python']}, NumPy {r['numpy']}.  "
-            f"{sum(x['cases'] for x in r['rows'])} sweep cases.", ""]
+            f"{sum(x['cases'] for x in r['rows'])} sweep cases.  {r['verdict']}.", ""]
     out += ["### Findings", ""]
     for f in sorted(r["findings"], key=lambda f: (_CLASS_ORDER.get(f["class"], 9), f["id"])):
         p = f["probe"]

@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 
 from .. import conventions as conv
-from . import _cases
-from ._core import Case, Known, Result, Target, operand_scales
+from ..cases import Case, regions
+from ._core import Known, Result, Target, operand_scales
 
 NAME = "sklearn"
 _log_loss = _HB = _HM = None
@@ -47,45 +47,45 @@ def _quiet(fn):
 
 def _ll_kw(case):
     kw = {}
-    if "sample_weight" in case.opts:
-        kw["sample_weight"] = case.opts["sample_weight"]
-    if "normalize" in case.opts:
-        kw["normalize"] = case.opts["normalize"]
+    if "sample_weight" in case.kwargs:
+        kw["sample_weight"] = case.kwargs["sample_weight"]
+    if "normalize" in case.kwargs:
+        kw["normalize"] = case.kwargs["normalize"]
     return kw
 
 
 @_quiet
 def _ll_run(case):
     C = case.x.shape[1]
-    return Result({"value": np.float64(_log_loss(case.y, case.x, labels=np.arange(C),
+    return Result({"value": np.float64(_log_loss(case.targets, case.x, labels=np.arange(C),
                                                  **_ll_kw(case)))})
 
 
 def _ll_ref(case):
     rows, _ = conv.clipped_categorical_cross_entropy_rows(
-        case.x, case.y, eps=float(np.finfo(case.x.dtype).eps), renormalize=False)
-    red = "mean" if case.opts.get("normalize", True) else "sum"
-    v, _ = conv.weighted_reduction(rows, None, sample_weight=case.opts.get("sample_weight"),
+        case.x, case.targets, eps=float(np.finfo(case.x.dtype).eps), renormalize=False)
+    red = "mean" if case.kwargs.get("normalize", True) else "sum"
+    v, _ = conv.weighted_reduction(rows, None, sample_weight=case.kwargs.get("sample_weight"),
                                    reduction=red)
     return Result({"value": v})
 
 
 @_quiet
 def _ll_bin_run(case):
-    y = case.y.astype(np.int64)
+    y = case.targets.astype(np.int64)
     return Result({"value": np.float64(_log_loss(y, case.x, labels=[0, 1], **_ll_kw(case)))})
 
 
 def _ll_bin_ref(case):
     p = case.x
     P = np.stack([1 - p, p], axis=1)          # scikit-learn forms 1 - p in the input dtype
-    return _ll_ref(case.replace(x=P, y=case.y.astype(np.int64)))
+    return _ll_ref(case.replace(x=P, targets=case.targets.astype(np.int64)))
 
 
 def _half(case, loss):
-    sw = case.opts.get("sample_weight")
+    sw = case.kwargs.get("sample_weight")
     x = np.ascontiguousarray(case.x)
-    y = np.ascontiguousarray(case.y.astype(x.dtype))
+    y = np.ascontiguousarray(case.targets.astype(x.dtype))
     kw = dict(y_true=y, raw_prediction=x, sample_weight=sw)
     value = loss.loss(**kw)
     grad = loss.gradient(**kw)
@@ -108,8 +108,8 @@ def _hm_run(case):
 
 
 def _half_ref(fn, case):
-    sw = case.opts.get("sample_weight")
-    loss, grad, hess = fn(case.x, case.y)
+    sw = case.kwargs.get("sample_weight")
+    loss, grad, hess = fn(case.x, case.targets)
     mean, _ = conv.weighted_reduction(loss, None, sample_weight=sw)
     if sw is not None:
         s = np.asarray(sw, np.float64).reshape((-1,) + (1,) * (grad.ndim - 1))
@@ -124,11 +124,11 @@ def _hb_ref(case):
 
 
 def _hm_ref(case):
-    return _half_ref(conv.half_multinomial, case.replace(y=case.y.astype(np.int64)))
+    return _half_ref(conv.half_multinomial, case.replace(targets=case.targets.astype(np.int64)))
 
 
-def _scales(inputs, ref):
-    base = operand_scales(inputs, ref)
+def _scales(ref):
+    base = operand_scales(ref)
 
     def scales(case):
         s = base(case)
@@ -136,13 +136,6 @@ def _scales(inputs, ref):
         s["grad (gradient_hessian)"] = s["grad (loss_gradient)"] = s.get("grad", 0.0)
         return s
     return scales
-
-
-def _float_labels(gen):
-    def g(rng, dtype, spec, region):
-        c = gen(rng, dtype, spec, region)
-        return None if c is None else c.replace(y=c.y.astype(dtype))
-    return g
 
 
 LOG_LOSS = "metrics.log_loss"
@@ -154,31 +147,32 @@ HM = "HalfMultinomialLoss"
 def targets() -> list[Target]:
     SW = {"sample_weight": "random"}
     sets = [{}, SW, {"normalize": False}, {**SW, "normalize": False}]
-    prob_regions = ("scale 1", "scale 3") + _cases.PROB_REGIONS
+    prob_regions = ("scale 1", "scale 3") + regions.PROB_REGIONS
     return [
         Target(LOG_LOSS, "clipped_categorical_cross_entropy_rows(eps=finfo.eps, "
                          "renormalize=False) (sklearn-clip), sample-weight-mean",
-               _ll_run, _ll_ref, _cases.categorical("probs", "index"), sets, prob_regions,
-               operand_scales("probs", _ll_ref)),
+               _ll_run, _ll_ref, regions.categorical("probs", "index"), sets, prob_regions,
+               operand_scales(_ll_ref)),
         Target(LOG_LOSS_BIN, "the same on [1 - p, p]", _ll_bin_run, _ll_bin_ref,
-               _cases.binary("probs", "hard", shape=(_cases.N_ROWS,)), sets,
-               _cases.BINARY_PROB_REGIONS, operand_scales("binary-probs", _ll_bin_ref)),
+               regions.binary("probs", "hard", shape=(regions.N_ROWS,)), sets,
+               regions.BINARY_PROB_REGIONS, operand_scales(_ll_bin_ref)),
         Target(HB, "conventions.half_binomial (loss, gradient, Hessian; np.average)",
-               _hb_run, _hb_ref, _cases.binary("logits", "soft", shape=(8,)), [{}, SW],
-               _cases.BINARY_LOGIT_REGIONS, _scales("binary-logits", _hb_ref), repeats=2),
+               _hb_run, _hb_ref, regions.binary("logits", "soft", shape=(8,)), [{}, SW],
+               regions.BINARY_LOGIT_REGIONS, _scales(_hb_ref), repeats=2),
         Target(HM, "conventions.half_multinomial (loss, gradient, Hessian diagonal)",
-               _hm_run, _hm_ref, _float_labels(_cases.categorical("logits", "index")),
-               [{}, SW], _cases.LOGIT_REGIONS[:-1], _scales("logits", _hm_ref), repeats=2),
+               _hm_run, _hm_ref, regions.categorical("logits", "index", float_labels=True),
+               [{}, SW], regions.LOGIT_REGIONS[:-1], _scales(_hm_ref), repeats=2),
     ]
 
 
 def _c(x, y, **opts):
-    return lambda: Case(np.asarray(x), np.asarray(y), dict(opts), "probe")
+    """A catalogue probe (its structure comes from the target's generator)."""
+    return lambda: Case(x=np.asarray(x), targets=np.asarray(y), kwargs=dict(opts), region="probe")
 
 
 def _exact_ll(case):
     from ..losses.categorical_cross_entropy import categorical_cross_entropy
-    return Result({"value": categorical_cross_entropy(case.x, case.y)})
+    return Result({"value": categorical_cross_entropy(case.x, case.targets)})
 
 
 def known() -> list[Known]:

@@ -18,8 +18,8 @@ from ..losses.binary_cross_entropy_with_logits import (
     binary_cross_entropy_with_logits_value_and_grad)
 from ..losses.softmax_cross_entropy import softmax_cross_entropy_value_and_grad
 from .. import conventions as conv
-from . import _cases
-from ._core import Case, Known, Result, Target, nan_with_neginf, operand_scales
+from ..cases import Case, regions
+from ._core import Known, Result, Target, nan_with_neginf, operand_scales
 
 NAME = "torch"
 _torch = None
@@ -41,7 +41,7 @@ def _t(a):
 
 def _run(fn, case: Case, **kw) -> Result:
     x = _torch.tensor(case.x, requires_grad=True)
-    out = fn(x, _t(case.y), **kw)
+    out = fn(x, _t(case.targets), **kw)
     out.sum().backward()
     return Result({"value": out.detach().numpy(), "grad": x.grad.numpy()})
 
@@ -49,8 +49,8 @@ def _run(fn, case: Case, **kw) -> Result:
 def _kw(case: Case, *names, tensors=("weight", "pos_weight")) -> dict:
     kw = {}
     for k in names:
-        if k in case.opts:
-            v = case.opts[k]
+        if k in case.kwargs:
+            v = case.kwargs[k]
             kw[k] = _t(v) if k in tensors else v
     return kw
 
@@ -71,9 +71,9 @@ def _ce_run(case):
 
 
 def _ce_ref(case):
-    kw = {k: case.opts[k] for k in ("weight", "ignore_index", "label_smoothing", "reduction")
-          if k in case.opts}
-    return _vg(*softmax_cross_entropy_value_and_grad(case.x, case.y, **kw))
+    kw = {k: case.kwargs[k] for k in ("weight", "ignore_index", "label_smoothing", "reduction")
+          if k in case.kwargs}
+    return _vg(*softmax_cross_entropy_value_and_grad(case.x, case.targets, **kw))
 
 
 def _nll_run(case):
@@ -81,8 +81,8 @@ def _nll_run(case):
 
 
 def _nll_ref(case):
-    kw = {k: case.opts[k] for k in ("weight", "ignore_index", "reduction") if k in case.opts}
-    return _vg(*conv.nll_loss(case.x, case.y, **kw))
+    kw = {k: case.kwargs[k] for k in ("weight", "ignore_index", "reduction") if k in case.kwargs}
+    return _vg(*conv.nll_loss(case.x, case.targets, **kw))
 
 
 def _bce_run(case):
@@ -90,8 +90,8 @@ def _bce_run(case):
 
 
 def _bce_ref(case):
-    kw = {k: case.opts[k] for k in ("weight", "reduction") if k in case.opts}
-    return _vg(*conv.clamped_binary_cross_entropy(case.x, case.y, **kw))
+    kw = {k: case.kwargs[k] for k in ("weight", "reduction") if k in case.kwargs}
+    return _vg(*conv.clamped_binary_cross_entropy(case.x, case.targets, **kw))
 
 
 def _bcel_run(case):
@@ -100,8 +100,8 @@ def _bcel_run(case):
 
 
 def _bcel_ref(case):
-    kw = {k: case.opts[k] for k in ("weight", "pos_weight", "reduction") if k in case.opts}
-    return _vg(*binary_cross_entropy_with_logits_value_and_grad(case.x, case.y, **kw))
+    kw = {k: case.kwargs[k] for k in ("weight", "pos_weight", "reduction") if k in case.kwargs}
+    return _vg(*binary_cross_entropy_with_logits_value_and_grad(case.x, case.targets, **kw))
 
 
 CE_INDEX = "F.cross_entropy (class indices)"
@@ -117,34 +117,34 @@ def targets() -> list[Target]:
     T.append(Target(
         CE_INDEX, "core softmax_cross_entropy (PyTorch's definition: mean-target-weight, "
                   "smoothing-uniform)",
-        _ce_run, _ce_ref, _cases.categorical("logits", "index"),
-        _product([{}, W, I, LS, {**W, **I, **LS}]), _cases.LOGIT_REGIONS,
-        operand_scales("logits", _ce_ref)))
+        _ce_run, _ce_ref, regions.categorical("logits", "index"),
+        _product([{}, W, I, LS, {**W, **I, **LS}]), regions.LOGIT_REGIONS,
+        operand_scales(_ce_ref)))
     for tk in ("onehot", "soft"):
         T.append(Target(
             CE_PROBS + ("" if tk == "soft" else " one-hot"),
             "core softmax_cross_entropy, probability targets (mean-rows, smoothing-uniform)",
-            _ce_run, _ce_ref, _cases.categorical("logits", tk),
-            _product([{}, W, LS, {**W, **LS}]), _cases.LOGIT_REGIONS[:-1],
-            operand_scales("logits", _ce_ref)))
+            _ce_run, _ce_ref, regions.categorical("logits", tk),
+            _product([{}, W, LS, {**W, **LS}]), regions.LOGIT_REGIONS[:-1],
+            operand_scales(_ce_ref)))
     T.append(Target(
         NLL, "conventions.nll_loss (mean-target-weight)",
-        _nll_run, _nll_ref, _cases.categorical("logprobs", "index"),
-        _product([{}, W, I, {**W, **I}]), _cases.LOGIT_REGIONS,
-        operand_scales("logprobs", _nll_ref)))
+        _nll_run, _nll_ref, regions.categorical("log_probs", "index"),
+        _product([{}, W, I, {**W, **I}]), regions.LOGIT_REGIONS,
+        operand_scales(_nll_ref)))
     for tk in ("hard", "soft"):
         T.append(Target(
             BCE + ("" if tk == "soft" else " hard targets"),
             "conventions.clamped_binary_cross_entropy (torch-log-clamp, mean-rows)",
-            _bce_run, _bce_ref, _cases.binary("probs", tk),
-            _product([{}, W]), _cases.BINARY_PROB_REGIONS,
-            operand_scales("binary-probs", _bce_ref)))
+            _bce_run, _bce_ref, regions.binary("probs", tk),
+            _product([{}, W]), regions.BINARY_PROB_REGIONS,
+            operand_scales(_bce_ref)))
         T.append(Target(
             BCEL + ("" if tk == "soft" else " hard targets"),
             "core binary_cross_entropy_with_logits (mean-rows)",
-            _bcel_run, _bcel_ref, _cases.binary("logits", tk),
+            _bcel_run, _bcel_ref, regions.binary("logits", tk),
             _product([{}, W, {"pos_weight": "random"}, {**W, "pos_weight": "random"}]),
-            _cases.BINARY_LOGIT_REGIONS, operand_scales("binary-logits", _bcel_ref)))
+            regions.BINARY_LOGIT_REGIONS, operand_scales(_bcel_ref)))
     return T
 
 
@@ -157,7 +157,8 @@ def _bce_small_denominator(case: Case, o) -> bool:
 
 
 def _c(x, y, **opts):
-    return lambda: Case(np.asarray(x), np.asarray(y), dict(opts), "probe")
+    """A catalogue probe (its structure comes from the target's generator)."""
+    return lambda: Case(x=np.asarray(x), targets=np.asarray(y), kwargs=dict(opts), region="probe")
 
 
 def _all_ignored_check(case, o):
@@ -171,15 +172,15 @@ def _zero_mean(case):
 
 
 def _index_path(case):
-    y = np.argmax(case.y, axis=-1)
-    return _ce_ref(case.replace(y=y))
+    y = np.argmax(case.targets, axis=-1)
+    return _ce_ref(case.replace(targets=y))
 
 
 def _off_class_ref(case):
-    q = conv.smooth_labels(case.y, case.opts["label_smoothing"], num_classes=case.x.shape[-1],
+    q = conv.smooth_labels(case.targets, case.kwargs["label_smoothing"], num_classes=case.x.shape[-1],
                            scheme="off_class")
     rows, g = conv.softmax_cross_entropy_rows(case.x, q)
-    return _vg(*conv.weighted_reduction(rows, g, reduction=case.opts.get("reduction", "mean"),
+    return _vg(*conv.weighted_reduction(rows, g, reduction=case.kwargs.get("reduction", "mean"),
                                         denominator="count"))
 
 
@@ -243,7 +244,7 @@ def known() -> list[Known]:
               "binary_cross_entropy clamps each log at -100: a certain wrong prediction "
               "costs 100, not inf", BCE, "documented in the BCELoss docs",
               probe=_c(np.array([0.0, 0.5]), np.array([1.0, 1.0])), fields=("value",),
-              exact=lambda c: _vg(*binary_cross_entropy_value_and_grad(c.x, c.y))),
+              exact=lambda c: _vg(*binary_cross_entropy_value_and_grad(c.x, c.targets))),
         Known("torch-smoothing-uniform", "convention",
               "label_smoothing spreads eps/C over all classes (true class 1-eps+eps/C), not "
               "eps/(C-1) over the other classes (Megatron-LM, t5x)", CE_INDEX, "",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import tolerances as T
-from .inputs import batch_shape
+from ..cases import batch_shape
 
 
 @dataclass

@@ -9,7 +9,8 @@ mpmath          value and gradient vs the exact (mpmath) ones          both
 fused           the same for ``NAME_value_and_grad`` (fused kernels)     both
 grad ULP        the same gradient error in plain ULP (information)     both
 jax             value and gradient vs the JAX twin + ``jax.grad``      both
-check_grad      gradient vs forward differences of the value (norm)    float64
+check_grad      gradient vs central differences of the row losses      float64
+                (normwise, relative to the operands)
 complex step    gradient vs complex step through the value formulas  both (analytic)
 hvp             ``NAME_hvp`` vs the exact ``H v`` (mpmath)                both
 hvp jax         ``NAME_hvp`` vs ``jax.jvp(jax.grad)`` (elementwise) and    both
@@ -34,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import registry
-from . import errors, inputs, mp, oracles
+from .. import cases as inputs
+from . import errors, mp, oracles
 from . import tolerances as T
 
 MEASURES = ("mpmath", "fused", "grad ULP", "jax", "check_grad", "complex step", "hvp", "hvp jax")
@@ -127,9 +129,12 @@ def _measure_doc(m):
     return {
         "mpmath": "max over value and gradient elements of min(ULP, error/(eps*operand)) vs mpmath",
         "fused": "as mpmath, for the fused kernels of NAME_value_and_grad",
-        "grad ULP": "max gradient error in ULP vs mpmath (information: large where p - y cancels)",
+        "grad ULP": "max gradient error in ULP vs mpmath (information only, gates nothing: "
+                    "large where p - y cancels)",
         "jax": "as mpmath, against the JAX twin and jax.grad in float64",
-        "check_grad": "||g - fd|| / ||g|| (forward differences, float64 only)",
+        "check_grad": "||g - fd|| / ||operands||, fd the central differences of the per-row "
+                      "losses (scipy.optimize.approx_fprime with steps +h and -h), over "
+                      "the resolvable elements; kink points checked one-sided; float64 only",
         "complex step": "as mpmath, against Im f(x + ih)/h (analytic losses)",
         "hvp": "as mpmath, NAME_hvp against the exact (mpmath) H v",
         "hvp jax": "as jax, NAME_hvp against jax.jvp(jax.grad); jax.hessian @ v checked "
@@ -162,7 +167,12 @@ def resolve_specs(losses=None, specs=None):
 
 
 def plan(specs, cases=DEFAULT_CASES, dtypes=inputs.DTYPES, option_sets=None, regions=None):
-    """``[(spec, option_set, dtype, region, n_cases)]`` for a sweep of ``cases`` cases."""
+    """``[(spec, option_set, dtype, region, n_cases)]`` for a sweep of about ``cases`` cases.
+
+    Each row gets ``ceil(cases / rows)`` cases, and at least one per shape layout
+    of its region, so the total is at least ``cases`` and at least the number of
+    layouts over all rows (``plan(specs, 1)``).
+    """
     rows = [r for r in inputs.rows(specs, dtypes)
             if (option_sets is None or r[1].name in option_sets)
             and (regions is None or r[3] in regions)]
@@ -187,6 +197,8 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
     """
     if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
         raise ValueError(f"cases must be a positive int, got {cases!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     specs = resolve_specs(losses, specs)
     work = plan(specs, cases, dtypes, option_sets, regions)
     total = sum(n for *_, n in work)
