@@ -52,7 +52,7 @@ class Option:
         call it); it raises ``ValueError``/``TypeError`` naming the option.
     sample : callable, optional
         ``sample(rng, draw) -> value``: how the verifier draws the option when
-        an option set uses it (``draw`` is a :class:`~ce_reference.verify.inputs.Draw`).
+        an option set uses it (``draw`` is a :class:`~ce_reference.options.Draw`).
     targets : bool
         The option changes the targets (``ignore_index`` marks rows); the
         verifier samples it while it draws the targets.

@@ -17,7 +17,8 @@ from ce_reference import jax as twins
 from ce_reference._special import sech2
 from ce_reference.oracles import softmax_cross_entropy as oracle
 from ce_reference.registry import LOSSES
-from ce_reference.verify import errors, inputs, mp
+from ce_reference import cases
+from ce_reference.verify import errors, mp
 
 EPS64 = np.finfo(np.float64).eps
 NINF = -np.inf
@@ -27,7 +28,7 @@ SPEC = LOSSES["softmax_cross_entropy"]
 
 def _case(x, t, v=None, reduction="mean", **kw):
     x = np.asarray(x, np.float64)
-    return inputs.Case(SPEC.name, "test", x.dtype, "test", 0, 0, x, np.asarray(t),
+    return cases.Case(SPEC.name, "test", x.dtype, "test", 0, 0, x, np.asarray(t),
                        {"axis": -1, **kw, "reduction": reduction},
                        np.zeros_like(x) if v is None else np.asarray(v, np.float64))
 

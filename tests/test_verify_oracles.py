@@ -1,18 +1,19 @@
-"""The oracles themselves: mpmath written without cancellation, error measures, inputs."""
+"""The oracles themselves: mpmath written without cancellation, error measures, cases."""
 
 import mpmath
 import numpy as np
 import pytest
 
 from ce_reference.registry import LOSSES
-from ce_reference.verify import errors, inputs, mp, oracles
+from ce_reference import cases
+from ce_reference.verify import errors, mp, oracles
 from ce_reference.verify import tolerances as T
 
 
 def _case(loss, x, targets, **kw):
     kw.setdefault("reduction", "sum")
     x = np.asarray(x)
-    return inputs.Case(loss, "test", x.dtype, "test", 0, 0, x, np.asarray(targets), kw,
+    return cases.Case(loss, "test", x.dtype, "test", 0, 0, x, np.asarray(targets), kw,
                        np.ones_like(x))
 
 
@@ -47,9 +48,9 @@ def test_mp_gradient_formulas_match_mpmath_diff(loss):
     """Each gradient formula of the oracle, cross-checked once by mpmath.diff of its value."""
     spec = LOSSES[loss]
     opt = spec.option_sets[-1]                               # the richest option set
-    layout = inputs.Layout((7,), None, "none") if spec.structure == "elementwise" else \
-        inputs.Layout((3, 4), -1, "none")
-    case = inputs.make_case(spec, opt, np.float64, "random", 1, seed=3, layout=layout)
+    layout = cases.Layout((7,), None, "none") if spec.structure == "elementwise" else \
+        cases.Layout((3, 4), -1, "none")
+    case = cases.make_case(spec, opt, np.float64, "random", 1, seed=3, layout=layout)
     _, grads = mp.exact_parts(spec, case)
     flat_grads = list(np.asarray(grads, dtype=object).reshape(-1))
     x = case.x.reshape(-1)
@@ -57,7 +58,7 @@ def test_mp_gradient_formulas_match_mpmath_diff(loss):
         def f(t, i=i):
             z = np.array([mpmath.mpf(float(v)) for v in x], dtype=object)
             z[i] = t
-            c = inputs.Case(loss, "", case.dtype, "", 0, 0, z.reshape(case.x.shape),
+            c = cases.Case(loss, "", case.dtype, "", 0, 0, z.reshape(case.x.shape),
                             case.targets, case.kwargs, case.v)
             return mpmath.fsum(mp.exact_parts(spec, c, 300)[0])
         with mpmath.workdps(60):
@@ -84,20 +85,20 @@ def test_error_measures_ulp_and_operand():
 def test_inputs_are_reproducible_and_cover_the_ranges():
     spec = LOSSES["softmax_cross_entropy"]
     opt = spec.option_sets[4]
-    a = inputs.make_case(spec, opt, np.float32, "extreme", 5, seed=11)
-    b = inputs.make_case(spec, opt, np.float32, "extreme", 5, seed=11)
-    c = inputs.make_case(spec, opt, np.float32, "extreme", 5, seed=12)
+    a = cases.make_case(spec, opt, np.float32, "extreme", 5, seed=11)
+    b = cases.make_case(spec, opt, np.float32, "extreme", 5, seed=11)
+    c = cases.make_case(spec, opt, np.float32, "extreme", 5, seed=12)
     assert np.array_equal(a.x, b.x) and np.array_equal(a.targets, b.targets)
     assert not np.array_equal(a.x, c.x)
     assert a.x.dtype == np.float32
-    shapes = {inputs.make_case(spec, opt, np.float64, "random", i).x.shape for i in range(6)}
+    shapes = {cases.make_case(spec, opt, np.float64, "random", i).x.shape for i in range(6)}
     assert (2, 1000) in shapes and (5, 1) in shapes and (3, 4, 2) in shapes
-    xs = np.concatenate([inputs.make_case(spec, opt, np.float64, "extreme", i).x.ravel()
+    xs = np.concatenate([cases.make_case(spec, opt, np.float64, "extreme", i).x.ravel()
                          for i in range(30)])
     assert np.abs(xs).max() >= 1e4
     bce = LOSSES["binary_cross_entropy"]
     clip = [o for o in bce.option_sets if "eps" in o.options][0]
-    cases = [inputs.make_case(bce, clip, np.float64, "clip", i) for i in range(10)]
+    cases = [cases.make_case(bce, clip, np.float64, "clip", i) for i in range(10)]
     assert any(c.kink is not None and c.kink.any() for c in cases)
     assert any((c.x == 0).any() or (c.x == 1).any() for c in cases)
 

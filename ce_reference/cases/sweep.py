@@ -119,7 +119,6 @@ def make_case(spec: LossSpec, opt: OptionSet, dtype, region: str, i: int, seed: 
                 ignore=ignore)
 
 
-
 def _reduction(spec, layout, i):
     """The layout's reduction; a loss's own further reductions (``batchmean``) take every
     other ``mean`` case; a reduction the loss lacks becomes its default."""
