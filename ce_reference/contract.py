@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from . import cases
+from .cases import DTYPES, batch_shape, layouts, make_case
 from .verify import errors, oracles
 from .verify import tolerances as T
 
@@ -47,14 +47,14 @@ FUSED_EPS = 8.0
 REDUCTION_EPS = 4.0
 
 
-def contract_cases(spec, dtypes=cases.DTYPES, per_set=1, seed=20261201):
+def contract_cases(spec, dtypes=DTYPES, per_set=1, seed=20261201):
     """A few verifier cases of every option set, dtype and region of ``spec``."""
     out = []
     for opt in spec.option_sets:
         for dtype in dtypes:
             for region in opt.regions:
                 for i in range(per_set):
-                    out.append(cases.make_case(spec, opt, dtype, region, i, seed))
+                    out.append(make_case(spec, opt, dtype, region, i, seed))
     return out
 
 
@@ -147,7 +147,7 @@ def check_hvp(spec, case):
 
 
 def check_dtypes(spec, case):
-    batch = cases.batch_shape(spec, case)
+    batch = batch_shape(spec, case)
     red = case.kwargs["reduction"]
     value, grad = _call(spec.value, case), _call(spec.grad, case)
     assert np.asarray(value).dtype == case.dtype and np.asarray(grad).dtype == case.dtype, \
@@ -261,5 +261,5 @@ def error_case(spec):
     opt = next((o for o in spec.option_sets if o.targets == "index"), spec.option_sets[0])
     richest = max((o for o in spec.option_sets if o.targets == opt.targets),
                   key=lambda o: len(o.options))
-    layout = cases.layouts(spec, "random")[1]
-    return cases.make_case(spec, richest, np.float64, "random", 1, seed=7, layout=layout)
+    layout = layouts(spec, "random")[1]
+    return make_case(spec, richest, np.float64, "random", 1, seed=7, layout=layout)

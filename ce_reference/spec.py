@@ -186,8 +186,21 @@ class LossSpec:
     reductions : tuple of str
         Accepted ``reduction`` values, the default first.
     wrt : tuple of str
-        The differentiable arguments; ``grad`` returns one array per entry
-        (a tuple when there are several).
+        The differentiable arguments (``"input"`` is the first argument, the
+        others are keywords of the case); ``grad`` returns one array per entry
+        (a tuple when there are several; None for an absent optional one).
+    positional : tuple of str
+        How a case is passed: the positional parameters, ``"input"`` (the
+        case's ``x``), ``"targets"``, or a keyword of the case (linear
+        cross-entropy: ``("input", "linear_weight", "targets")``).
+    make_case : callable, optional
+        ``make_case(spec, option_set, dtype, region, i, seed, layout)``: the
+        loss's own verifier inputs, for a loss whose arguments the generic
+        generator (by structure and input domain) cannot draw.
+    dtype_policy : {"package", "exact"}
+        ``package``: the package's dtype policy (float16 computed in float32,
+        returned as float16); ``exact``: float16 and bfloat16 are computed and
+        returned in float64 (a reference for low-precision kernels).
     benchmarks : tuple of :class:`BenchCase`
         The cases ``python -m benchmarks`` times for this loss.
     short : str
@@ -211,6 +224,9 @@ class LossSpec:
     oracle: Any = None
     reductions: tuple = ("mean", "sum", "none")
     wrt: tuple = ("input",)
+    positional: tuple = ("input", "targets")
+    make_case: Callable | None = None
+    dtype_policy: str = "package"
     benchmarks: tuple = ()
     short: str = ""
     ref: str | None = None
@@ -232,6 +248,22 @@ class LossSpec:
             extra = set(s.options) - set(names)
             if extra:
                 raise ValueError(f"option set {s.name!r} uses unknown option(s) {sorted(extra)}")
+
+    def call(self, fn, case, *extra, **override):
+        """``fn`` applied to ``case`` as this loss's functions take it (see ``positional``);
+        ``extra`` positionals follow (an HVP's direction), ``override`` replaces keywords."""
+        kwargs = {**case.kwargs, **override}
+        args = [case.x if name == "input" else case.targets if name == "targets"
+                else kwargs.pop(name) for name in self.positional]
+        return fn(*args, *extra, **kwargs)
+
+    def grad_parts(self, grad) -> tuple:
+        """The gradient as one array per ``wrt`` entry (None for an absent optional one)."""
+        return (grad,) if len(self.wrt) == 1 else tuple(grad)
+
+    def wrt_arrays(self, case) -> tuple:
+        """The case's arrays the loss is differentiated with respect to (``wrt`` order)."""
+        return tuple(case.x if name == "input" else case.kwargs.get(name) for name in self.wrt)
 
     @property
     def option_names(self) -> tuple:

@@ -28,7 +28,7 @@ from ..cases import batch_shape
 @dataclass
 class MpResult:
     value: np.ndarray        # float64 (scalar array for mean/sum)
-    grad: np.ndarray         # float64, shape of x
+    grad: np.ndarray         # float64, shape of x (a tuple of arrays for several ``wrt``)
     disagreement: str | None  # None, or which quantity differed between precisions
 
 
@@ -42,7 +42,7 @@ def oracle(spec, case) -> MpResult | None:
     second = _evaluate(spec, case, T.MP_DPS_EXTREME)
     note = None
     for name in ("value", "grad"):
-        a, b = np.asarray(getattr(first, name)), np.asarray(getattr(second, name))
+        a, b = _as_vector(getattr(first, name)), _as_vector(getattr(second, name))
         diff = np.abs(a - b)
         if np.any((diff > np.spacing(np.abs(b)))
                   & (diff >= T.ABS_FLOOR * np.finfo(np.float64).tiny)):
@@ -62,6 +62,20 @@ def exact_parts(spec, case, dps: int = T.MP_DPS):
     with mpmath.workdps(dps):
         losses, grads, _ = spec.resolve_oracle().exact(mpmath.mp, case)
     return losses, grads
+
+
+def _as_vector(a):
+    """A value, a gradient, or a tuple of gradients (several ``wrt``) as one float64 vector."""
+    if isinstance(a, tuple):
+        return np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in a if g is not None])
+    return np.asarray(a, np.float64).reshape(-1)
+
+
+def _scaled(grads, s, shape):
+    """The exact gradient(s) times the reduction scale, as float64 array(s)."""
+    if isinstance(grads, tuple):
+        return tuple(None if g is None else _scaled(g, s, np.shape(g)) for g in grads)
+    return _f64([g * s for g in np.asarray(grads, dtype=object).reshape(-1)]).reshape(shape)
 
 
 def _f64(a):
@@ -89,9 +103,8 @@ def _evaluate(spec, case, dps: int) -> MpResult:
             value = np.array(float(mp.fsum(losses)))
         else:                        # a mean; over a zero denominator NaN, as the losses
             value = np.array(float(mp.fsum(losses) / denom) if denom else np.nan)
-        s = _scale_exact(mp, case, denom)
-        grad = _f64([g * s for g in np.asarray(grads, dtype=object).reshape(-1)])
-    return MpResult(value, grad.reshape(case.x.shape), None)
+        grad = _scaled(grads, _scale_exact(mp, case, denom), case.x.shape)
+    return MpResult(value, grad, None)
 
 
 def hvp_oracle(spec, case):

@@ -32,25 +32,43 @@ def _jax():
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(twin, static, array_keys, want_hvp, want_hessian):
+def _jitted(twin, static, array_keys, positional, wrt, want_hvp, want_hessian):
+    """The jitted twin: value, ``jax.grad`` with respect to the ``wrt`` arrays (the input
+    and array keywords) and, for a single ``wrt``, ``jax.jvp(jax.grad)`` and the dense
+    Hessian applied to ``v``."""
     jax = _jax()
     import jax.numpy as jnp
 
     def call(x, t, arrays):
         kw = dict(static)
         kw.update(zip(array_keys, arrays))
-        return twin(x, t, **kw)
+        args = [x if n == "input" else t if n == "targets" else kw.pop(n) for n in positional]
+        return twin(*args, **kw)
 
-    def total(x, t, arrays):
+    def substitute(diffs, x, arrays):
+        """``x`` and ``arrays`` with the differentiated ones replaced by ``diffs``."""
+        arrays = list(arrays)
+        for name, value in zip(wrt, diffs):
+            if name == "input":
+                x = value
+            elif name in array_keys:
+                arrays[array_keys.index(name)] = value
+        return x, tuple(arrays)
+
+    def total(diffs, x, t, arrays):
+        x, arrays = substitute(diffs, x, arrays)
         return jnp.sum(call(x, t, arrays))     # reduction "none": gradient of the sum
 
     def run(x, t, arrays, v):
-        grad = jax.grad(total)
-        out = {"value": call(x, t, arrays), "grad": grad(x, t, arrays)}
+        diffs = tuple(x if n == "input" else arrays[array_keys.index(n)]
+                      for n in wrt if n == "input" or n in array_keys)
+        grads = jax.grad(total)(diffs, x, t, arrays)
+        out = {"value": call(x, t, arrays), "grad": grads}
         if want_hvp:
-            out["hvp"] = jax.jvp(lambda z: grad(z, t, arrays), (x,), (v,))[1]
+            g = jax.grad(lambda z: total((z,), z, t, arrays))
+            out["hvp"] = jax.jvp(g, (x,), (v,))[1]
         if want_hessian:
-            H = jax.hessian(total)(x, t, arrays).reshape(x.size, x.size)
+            H = jax.hessian(lambda z: total((z,), z, t, arrays))(x).reshape(x.size, x.size)
             out["hessian_v"] = (H @ v.reshape(-1)).reshape(x.shape)
         return out
 
@@ -66,7 +84,8 @@ def jax_oracle(spec, case, want_hvp=False):
     t = np.asarray(case.targets)
     t = t if t.dtype.kind in "iu" else t.astype(np.float64)
     want_hessian = want_hvp and case.x.size <= T.HESSIAN_MAX_SIZE
-    fn = _jitted(spec.twin, static, array_keys, bool(want_hvp), bool(want_hessian))
+    fn = _jitted(spec.twin, static, array_keys, tuple(spec.positional), tuple(spec.wrt),
+                 bool(want_hvp), bool(want_hessian))
     x = case.x.astype(np.float64)
     v = case.v.astype(np.float64)
     inside = None
@@ -80,12 +99,24 @@ def jax_oracle(spec, case, want_hvp=False):
         inside = (x >= lo) & (x <= hi)
         x = np.clip(x, lo, hi)
         v = np.where(inside, v, 0.0)        # the Hessians of these losses are diagonal
-    out = {k: np.asarray(val, np.float64) for k, val in fn(x, t, arrays, v).items()}
+    result = fn(x, t, arrays, v)
+    out = {k: np.asarray(val, np.float64) for k, val in result.items() if k != "grad"}
+    out["grad"] = _gradient_parts(spec, case, result["grad"])
     if inside is not None:
         for k in ("grad", "hvp", "hessian_v"):
             if k in out:
                 out[k] = np.where(inside, out[k], 0.0)
     return out
+
+
+def _gradient_parts(spec, case, grads):
+    """jax.grad's tuple in the NumPy functions' form: one array for a single ``wrt``, else a
+    tuple with None for an absent optional array."""
+    grads = [np.asarray(g, np.float64) for g in grads]
+    if len(spec.wrt) == 1:
+        return grads[0]
+    it = iter(grads)
+    return tuple(None if a is None else next(it) for a in spec.wrt_arrays(case))
 
 
 # --------------------------------------------------------------------------- finite differences

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import registry
-from .. import cases
+from ..cases import Case, DTYPES, batch_shape, layouts, make_case, rows as case_rows
 from . import errors, mp, oracles
 from . import tolerances as T
 
@@ -58,7 +58,7 @@ WORST_SHOWN = 3
 
 @dataclass
 class CaseResult:
-    case: cases.Case
+    case: Case
     errors: dict                       # measure -> float (None: not applicable)
     details: dict = field(default_factory=dict)   # measure -> text about the worst element
     problems: list = field(default_factory=list)  # API / oracle problems (always failures)
@@ -166,26 +166,26 @@ def resolve_specs(losses=None, specs=None):
     return [registry.get(n) for n in names]
 
 
-def plan(specs, cases=DEFAULT_CASES, dtypes=cases.DTYPES, option_sets=None, regions=None):
+def plan(specs, cases=DEFAULT_CASES, dtypes=DTYPES, option_sets=None, regions=None):
     """``[(spec, option_set, dtype, region, n_cases)]`` for a sweep of about ``cases`` cases.
 
     Each row gets ``ceil(cases / rows)`` cases, and at least one per shape layout
     of its region, so the total is at least ``cases`` and at least the number of
     layouts over all rows (``plan(specs, 1)``).
     """
-    rows = [r for r in cases.rows(specs, dtypes)
+    rows = [r for r in case_rows(specs, dtypes)
             if (option_sets is None or r[1].name in option_sets)
             and (regions is None or r[3] in regions)]
     per_row = math.ceil(cases / max(len(rows), 1))
     out = []
     for spec, opt, dtype, region in rows:
-        n = max(per_row, len(cases.layouts(spec, region)))
+        n = max(per_row, len(layouts(spec, region)))
         out.append((spec, opt, dtype, region, n))
     return out
 
 
 def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None,
-           dtypes=cases.DTYPES, hvp=True, progress=None, option_sets=None,
+           dtypes=DTYPES, hvp=True, progress=None, option_sets=None,
            regions=None) -> Report:
     """Run the protocol on ``losses`` (names; default all) and return a :class:`Report`.
 
@@ -217,7 +217,7 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
             hvp_fn = spec.hvp if hvp else None
         label = f"{spec.name} | {opt.name} | {dtype.name} | {region}"
         for i in range(n):
-            case = cases.make_case(spec, opt, dtype, region, i, seed)
+            case = make_case(spec, opt, dtype, region, i, seed)
             results.append(evaluate(spec, case, hvp_fn))
             done += 1
             if progress is not None:
@@ -228,21 +228,43 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
 
 # --------------------------------------------------------------------------- one case
 
-def _call(fn, case, **override):
-    kw = dict(case.kwargs)
-    kw.update(override)
-    return fn(case.x, case.targets, **kw)
+def _flat(parts):
+    """One float64 vector of the gradient parts (several for a loss with several ``wrt``)."""
+    parts = [np.asarray(p, np.float64).reshape(-1) for p in parts if p is not None]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _flat_grad(spec, grad):
+    return _flat(spec.grad_parts(grad))
+
+
+def _kink_mask(spec, case):
+    """The clip-boundary flags of the input, padded for the other ``wrt`` parts."""
+    if case.kink is None:
+        return None
+    others = [a for a in spec.wrt_arrays(case)[1:] if a is not None]
+    return _flat([case.kink] + [np.zeros(np.shape(a), bool) for a in others]).astype(bool)
+
+
+def _compare(res, measure, got, want, operand, dtype, what, **kw):
+    """Record the worst error of ``got`` against ``want`` under ``measure`` (keeping the
+    worst of several comparisons and its detail); returns the worst plain ULP."""
+    err, ulp, k = errors.combined(got, want, operand, dtype, **kw)
+    if res.errors[measure] is None or err >= res.errors[measure]:
+        res.errors[measure] = err
+        res.details[measure] = _detail(what, got, want, k)
+    return ulp
 
 
 def evaluate(spec, case, hvp_fn=None) -> CaseResult:
+    """Every applicable oracle on one case (see the module docstring)."""
     res = CaseResult(case, {m: None for m in MEASURES})
-    dtype = case.dtype
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            value = _call(spec.value, case)
-            grad = _call(spec.grad, case)
-            both = _call(spec.value_and_grad, case)
+            value = spec.call(spec.value, case)
+            grad = spec.call(spec.grad, case)
+            both = spec.call(spec.value_and_grad, case)
     except Exception as exc:
         res.problems.append(f"raised {type(exc).__name__}: {exc}")
         for m in GATES:
@@ -251,126 +273,151 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
         return res
     _check_api(spec, case, value, grad, both, res)
     ops = errors.operands(spec, case, case.v if hvp_fn is not None else None)
-    v_op, g_op, h_op = ops.value, ops.grad, ops.hvp
-    value64 = np.asarray(value, np.float64)
-    grad64 = np.asarray(grad, np.float64)
-    kink = case.kink
-
-    # ---- mpmath (exact)
-    exact = mp.oracle(spec, case)
-    if exact is not None:
-        ev, _, kv = errors.combined(value64, exact.value, v_op, dtype)
-        eg, ulp, kg = errors.combined(grad64, exact.grad, g_op, dtype)
-        res.errors["mpmath"] = max(ev, eg)
-        res.errors["grad ULP"] = ulp
-        res.details["mpmath"] = (_detail("value", value64, exact.value, kv) if ev >= eg
-                                 else _detail("grad", grad64, exact.grad, kg))
-        if exact.disagreement:
-            res.problems.append(f"mpmath oracle disagreement: {exact.disagreement}")
-        # The fused kernels (NAME_value_and_grad) evaluate the same formulas in another
-        # order, so they are held to the same exact oracle and gate, not to bitwise
-        # equality with NAME / NAME_grad.
-        fvalue64, fgrad64 = (np.asarray(a, np.float64) for a in both)
-        fv, _, kfv = errors.combined(fvalue64, exact.value, v_op, dtype)
-        fg, _, kfg = errors.combined(fgrad64, exact.grad, g_op, dtype)
-        res.errors["fused"] = max(fv, fg)
-        res.details["fused"] = (_detail("value", fvalue64, exact.value, kfv) if fv >= fg
-                                else _detail("grad", fgrad64, exact.grad, kfg))
-
-    # ---- JAX twin
-    out = oracles.jax_oracle(spec, case, want_hvp=hvp_fn is not None)
-
-    # A warning is a failure unless the exact result itself overflows the dtype.
+    got = {"value": np.asarray(value, np.float64), "grad": _flat_grad(spec, grad),
+           "fused value": np.asarray(both[0], np.float64),
+           "fused grad": _flat_grad(spec, both[1])}
+    exact = _mpmath(spec, case, got, ops, res)
+    out = _jax(spec, case, got, ops, res, want_hvp=hvp_fn is not None)
     if caught:
-        ref = exact if exact is not None else None
-        vals = [out["value"], out["grad"]] + ([ref.value, ref.grad] if ref is not None else [])
-        big = np.finfo(dtype).max
-        if not any(np.any(np.abs(np.asarray(a)) > big) for a in vals):
-            res.problems.append("emitted " + "; ".join(
-                sorted({f"{w.category.__name__}: {w.message}" for w in caught})))
-    floor = T.JAX_ABS_FLOOR if dtype == np.float64 else None
-    ev, _, kv = errors.combined(value64, out["value"], ops.value_jax, dtype, floor=floor)
-    eg, _, kg = errors.combined(grad64, out["grad"], ops.grad_jax, dtype, mask=kink,
-                                floor=floor)
-    res.errors["jax"] = max(ev, eg)
-    res.details["jax"] = (_detail("value", value64, out["value"], kv) if ev >= eg
-                          else _detail("grad", grad64, out["grad"], kg))
-
-    # ---- finite differences (float64 only)
-    if dtype in T.FD_DTYPES:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                err, info = oracles.fd_check(spec, case, spec.value, spec.grad)
-        except Exception as exc:
-            err, info = math.inf, {"error": f"{type(exc).__name__}: {exc}"}
-        res.errors["check_grad"] = err
-        res.details["check_grad"] = ", ".join(f"{k}={v}" for k, v in info.items())
-
-    # ---- complex step (analytic losses)
+        _warnings(case, caught, out, exact, res)
+    if case.dtype in T.FD_DTYPES:
+        _finite_differences(spec, case, res)
     cs = oracles.complex_step(spec, case)
     if cs is not None:
-        e, _, k = errors.combined(grad64, cs, g_op, dtype, mask=np.isnan(cs))
-        res.errors["complex step"] = e
-        res.details["complex step"] = _detail("grad", grad64, cs, k)
-
-    # ---- second order
+        cs = _flat_grad(spec, cs)
+        _compare(res, "complex step", got["grad"], cs, _flat_grad(spec, ops.grad), case.dtype,
+                 "grad", mask=np.isnan(cs))
     if hvp_fn is not None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                hv = np.asarray(hvp_fn(case.x, case.targets, case.v, **case.kwargs), np.float64)
-            if hv.shape != case.x.shape:
-                raise ValueError(f"hvp returned shape {hv.shape}, expected {case.x.shape}")
-            # JAX gives NaN where the exact Hessian entry overflows and the weight is 0
-            # (0 * inf inside JAX; the reference's convention is 0): no oracle there.
-            skip = np.isnan(out["hvp"]) if kink is None else (kink | np.isnan(out["hvp"]))
-            e1, _, k1 = errors.combined(hv, out["hvp"], ops.hvp_jax, dtype, mask=skip,
-                                        floor=floor)
-            res.errors["hvp jax"] = e1
-            res.details["hvp jax"] = _detail("hvp", hv, out["hvp"], k1)
-            exact_h = mp.hvp_oracle(spec, case)
-            if exact_h is not None:
-                e0, _, k0 = errors.combined(hv, exact_h, h_op, dtype, mask=kink)
-                res.errors["hvp"], res.details["hvp"] = e0, _detail("hvp", hv, exact_h, k0)
-            if "hessian_v" in out:
-                # jax.hessian (forward-over-reverse, dense) is only normwise accurate
-                # (saturated sigmoids: ~eps absolute), so it cross-checks normwise.
-                ref = out["hessian_v"]
-                ok_elems = ~skip & np.isfinite(ref) & np.isfinite(hv)
-                scale = float(np.max(np.where(ok_elems, np.maximum(np.abs(ref), ops.hvp_jax),
-                                              0.0), initial=0.0))
-                diff = float(np.max(np.abs(np.where(ok_elems, hv - ref, 0.0)), initial=0.0))
-                rel = 0.0 if diff == 0 else (diff / scale if scale > 0 else math.inf)
-                if not rel <= T.TOL_HESSIAN_NORMWISE[dtype]:
-                    res.problems.append(f"hvp differs from jax.hessian @ v: max |diff| / "
-                                        f"max operand = {rel:.3g}")
-        except Exception as exc:
-            for m in ("hvp", "hvp jax"):
-                res.errors[m] = math.inf
-                res.details[m] = f"raised {type(exc).__name__}: {exc}"
+        _second_order(spec, case, hvp_fn, out, ops, res)
     return res
 
 
+def _mpmath(spec, case, got, ops, res):
+    """The exact oracle: value and gradient of NAME / NAME_grad and of the fused
+    NAME_value_and_grad (held to the same gate, not to bitwise equality)."""
+    exact = mp.oracle(spec, case)
+    if exact is None:
+        return None
+    g_op, exact_grad = _flat_grad(spec, ops.grad), _flat_grad(spec, exact.grad)
+    _compare(res, "mpmath", got["value"], exact.value, ops.value, case.dtype, "value")
+    res.errors["grad ULP"] = _compare(res, "mpmath", got["grad"], exact_grad, g_op, case.dtype,
+                                      "grad")
+    _compare(res, "fused", got["fused value"], exact.value, ops.value, case.dtype, "value")
+    _compare(res, "fused", got["fused grad"], exact_grad, g_op, case.dtype, "grad")
+    if exact.disagreement:
+        res.problems.append(f"mpmath oracle disagreement: {exact.disagreement}")
+    return exact
+
+
+def _jax(spec, case, got, ops, res, want_hvp):
+    """The JAX twin's value and ``jax.grad`` (float64, looser operands: see errors.py)."""
+    out = oracles.jax_oracle(spec, case, want_hvp=want_hvp)
+    floor = T.JAX_ABS_FLOOR if case.dtype == np.float64 else None
+    _compare(res, "jax", got["value"], out["value"], ops.value_jax, case.dtype, "value",
+             floor=floor)
+    _compare(res, "jax", got["grad"], _flat_grad(spec, out["grad"]),
+             _flat_grad(spec, ops.grad_jax), case.dtype, "grad", mask=_kink_mask(spec, case),
+             floor=floor)
+    return out
+
+
+def _warnings(case, caught, out, exact, res):
+    """A warning is a failure unless the exact result itself overflows the dtype."""
+    vals = [out["value"]] + list(np.atleast_1d(out["grad"]) if not isinstance(out["grad"], tuple)
+                                 else [g for g in out["grad"] if g is not None])
+    if exact is not None:
+        vals.append(exact.value)
+    big = np.finfo(case.dtype).max
+    if not any(np.any(np.abs(np.asarray(a, np.float64)) > big) for a in vals):
+        res.problems.append("emitted " + "; ".join(
+            sorted({f"{w.category.__name__}: {w.message}" for w in caught})))
+
+
+def _finite_differences(spec, case, res):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            err, info = oracles.fd_check(spec, case, spec.value, spec.grad)
+    except Exception as exc:
+        err, info = math.inf, {"error": f"{type(exc).__name__}: {exc}"}
+    res.errors["check_grad"] = err
+    res.details["check_grad"] = ", ".join(f"{k}={v}" for k, v in info.items())
+
+
+def _second_order(spec, case, hvp_fn, out, ops, res):
+    """NAME_hvp against jax.jvp(jax.grad), the exact H v and (small inputs) jax.hessian."""
+    dtype, kink = case.dtype, case.kink
+    floor = T.JAX_ABS_FLOOR if dtype == np.float64 else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            hv = np.asarray(spec.call(hvp_fn, case, case.v), np.float64)
+        if hv.shape != case.x.shape:
+            raise ValueError(f"hvp returned shape {hv.shape}, expected {case.x.shape}")
+        # JAX gives NaN where the exact Hessian entry overflows and the weight is 0
+        # (0 * inf inside JAX; the reference's convention is 0): no oracle there.
+        skip = np.isnan(out["hvp"]) if kink is None else (kink | np.isnan(out["hvp"]))
+        e1, _, k1 = errors.combined(hv, out["hvp"], ops.hvp_jax, dtype, mask=skip, floor=floor)
+        res.errors["hvp jax"] = e1
+        res.details["hvp jax"] = _detail("hvp", hv, out["hvp"], k1)
+        exact_h = mp.hvp_oracle(spec, case)
+        if exact_h is not None:
+            e0, _, k0 = errors.combined(hv, exact_h, ops.hvp, dtype, mask=kink)
+            res.errors["hvp"], res.details["hvp"] = e0, _detail("hvp", hv, exact_h, k0)
+        if "hessian_v" in out:
+            _dense_hessian(hv, out, ops, skip, dtype, res)
+    except Exception as exc:
+        for m in ("hvp", "hvp jax"):
+            res.errors[m] = math.inf
+            res.details[m] = f"raised {type(exc).__name__}: {exc}"
+
+
+def _dense_hessian(hv, out, ops, skip, dtype, res):
+    """jax.hessian (forward-over-reverse, dense) is only normwise accurate (saturated
+    sigmoids: ~eps absolute), so it cross-checks normwise."""
+    ref = out["hessian_v"]
+    ok_elems = ~skip & np.isfinite(ref) & np.isfinite(hv)
+    scale = float(np.max(np.where(ok_elems, np.maximum(np.abs(ref), ops.hvp_jax), 0.0),
+                         initial=0.0))
+    diff = float(np.max(np.abs(np.where(ok_elems, hv - ref, 0.0)), initial=0.0))
+    rel = 0.0 if diff == 0 else (diff / scale if scale > 0 else math.inf)
+    if not rel <= T.TOL_HESSIAN_NORMWISE[dtype]:
+        res.problems.append(f"hvp differs from jax.hessian @ v: max |diff| / "
+                            f"max operand = {rel:.3g}")
+
+
 def _check_api(spec, case, value, grad, both, res):
+    """Shapes and dtypes of the results, and value_and_grad's agreement with them."""
     red = case.kwargs["reduction"]
-    batch = cases.batch_shape(spec, case)
+    batch = batch_shape(spec, case)
     want_value_shape = batch if red == "none" else ()
     if np.shape(value) != want_value_shape:
         res.problems.append(f"value has shape {np.shape(value)}, expected {want_value_shape}")
-    if np.shape(grad) != case.x.shape:
-        res.problems.append(f"grad has shape {np.shape(grad)}, expected {case.x.shape}")
-    for name, a in (("value", value), ("grad", grad)):
-        if np.asarray(a).dtype != case.dtype:
-            res.problems.append(f"{name} has dtype {np.asarray(a).dtype}, expected {case.dtype}")
-    if not (isinstance(both, tuple) and len(both) == 2
-            and np.shape(both[0]) == np.shape(value) and np.shape(both[1]) == np.shape(grad)
-            and np.asarray(both[0]).dtype == np.asarray(value).dtype
-            and np.asarray(both[1]).dtype == np.asarray(grad).dtype):
+    if np.asarray(value).dtype != case.dtype:
+        res.problems.append(f"value has dtype {np.asarray(value).dtype}, expected {case.dtype}")
+    parts = spec.grad_parts(grad)
+    for name, g, a in zip(spec.wrt, parts, spec.wrt_arrays(case)):
+        if (g is None) != (a is None) or (a is not None and np.shape(g) != np.shape(a)):
+            res.problems.append(f"gradient for {name} has shape {np.shape(g)}, "
+                                f"expected {np.shape(a)}")
+        elif g is not None and np.asarray(g).dtype != case.dtype:
+            res.problems.append(f"gradient for {name} has dtype {np.asarray(g).dtype}, "
+                                f"expected {case.dtype}")
+    if not (isinstance(both, tuple) and len(both) == 2 and _same_structure(
+            spec, (value, grad), both)):
         res.problems.append("value_and_grad differs from (value, grad) in shape or dtype")
     elif not (np.array_equal(np.isnan(both[0]), np.isnan(value))
-              and np.array_equal(np.isinf(both[1]), np.isinf(grad))):
+              and all(np.array_equal(np.isinf(a), np.isinf(b)) for a, b in
+                      zip(spec.grad_parts(both[1]), parts) if b is not None)):
         res.problems.append("value_and_grad differs from (value, grad) in NaN/inf pattern")
+
+
+def _same_structure(spec, plain, fused):
+    pairs = [(plain[0], fused[0])] + list(zip(spec.grad_parts(plain[1]),
+                                              spec.grad_parts(fused[1])))
+    return all((a is None) == (b is None) and (a is None or (
+        np.shape(a) == np.shape(b) and np.asarray(a).dtype == np.asarray(b).dtype))
+        for a, b in pairs)
 
 
 def _detail(what, got, exact, k):
