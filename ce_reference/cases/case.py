@@ -70,6 +70,12 @@ class Case:
     ``flags``
         Free-form run modes of an adapter (e.g. ``"run eagerly"``), shown by
         :meth:`describe`.
+    ``class_multiple``
+        The number of classes must stay a multiple of this (default 1: any
+        number).  A function that splits the class axis into ``k`` equal
+        shards (Megatron-LM's tensor parallelism, ``k`` ranks) needs ``k``:
+        the shrinker then drops ``k`` classes at a time and keeps at least
+        ``k``.
     """
 
     loss: str = ""
@@ -91,6 +97,7 @@ class Case:
     fixed: frozenset = field(default=frozenset(), kw_only=True)
     ignore: str | None = field(default=None, kw_only=True)
     flags: tuple = field(default=(), kw_only=True)
+    class_multiple: int = field(default=1, kw_only=True)
 
     def __post_init__(self):
         if self.x is None or self.targets is None:

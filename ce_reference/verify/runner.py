@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import registry
-from .. import cases
+from ..cases import Case, DTYPES, batch_shape, layouts, make_case, rows as case_rows
 from . import errors, mp, oracles
 from . import tolerances as T
 
@@ -58,7 +58,7 @@ WORST_SHOWN = 3
 
 @dataclass
 class CaseResult:
-    case: cases.Case
+    case: Case
     errors: dict                       # measure -> float (None: not applicable)
     details: dict = field(default_factory=dict)   # measure -> text about the worst element
     problems: list = field(default_factory=list)  # API / oracle problems (always failures)
@@ -166,26 +166,26 @@ def resolve_specs(losses=None, specs=None):
     return [registry.get(n) for n in names]
 
 
-def plan(specs, cases=DEFAULT_CASES, dtypes=cases.DTYPES, option_sets=None, regions=None):
+def plan(specs, cases=DEFAULT_CASES, dtypes=DTYPES, option_sets=None, regions=None):
     """``[(spec, option_set, dtype, region, n_cases)]`` for a sweep of about ``cases`` cases.
 
     Each row gets ``ceil(cases / rows)`` cases, and at least one per shape layout
     of its region, so the total is at least ``cases`` and at least the number of
     layouts over all rows (``plan(specs, 1)``).
     """
-    rows = [r for r in cases.rows(specs, dtypes)
+    rows = [r for r in case_rows(specs, dtypes)
             if (option_sets is None or r[1].name in option_sets)
             and (regions is None or r[3] in regions)]
     per_row = math.ceil(cases / max(len(rows), 1))
     out = []
     for spec, opt, dtype, region in rows:
-        n = max(per_row, len(cases.layouts(spec, region)))
+        n = max(per_row, len(layouts(spec, region)))
         out.append((spec, opt, dtype, region, n))
     return out
 
 
 def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None,
-           dtypes=cases.DTYPES, hvp=True, progress=None, option_sets=None,
+           dtypes=DTYPES, hvp=True, progress=None, option_sets=None,
            regions=None) -> Report:
     """Run the protocol on ``losses`` (names; default all) and return a :class:`Report`.
 
@@ -217,7 +217,7 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
             hvp_fn = spec.hvp if hvp else None
         label = f"{spec.name} | {opt.name} | {dtype.name} | {region}"
         for i in range(n):
-            case = cases.make_case(spec, opt, dtype, region, i, seed)
+            case = make_case(spec, opt, dtype, region, i, seed)
             results.append(evaluate(spec, case, hvp_fn))
             done += 1
             if progress is not None:
@@ -354,7 +354,7 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
 
 def _check_api(spec, case, value, grad, both, res):
     red = case.kwargs["reduction"]
-    batch = cases.batch_shape(spec, case)
+    batch = batch_shape(spec, case)
     want_value_shape = batch if red == "none" else ()
     if np.shape(value) != want_value_shape:
         res.problems.append(f"value has shape {np.shape(value)}, expected {want_value_shape}")
