@@ -232,3 +232,16 @@ def test_cli_usage_errors():
     assert e.value.code == 2
     with pytest.raises(ValueError, match="unknown framework"):
         run_framework_audit("jax", console=False)
+
+
+def test_megatron_without_ss_is_skipped(monkeypatch, tmp_path):
+    """No `ss`, no loopback evidence: the multi-process audit is skipped, never run blind."""
+    import ce_reference._loopback as lb
+    monkeypatch.setattr(lb, "ss_available", lambda: False)
+    rep = audit_framework("megatron")
+    assert rep["status"] == "skipped" and rep["exit_code"] == 0
+    if importlib.util.find_spec("megatron") is not None:
+        assert "ss" in rep["reason"] and "loopback" in rep["reason"]
+    md = tmp_path / "m.md"
+    assert run_framework_audit("megatron", markdown_path=str(md), console=False) == 0
+    assert "Skipped: not available" in md.read_text()
