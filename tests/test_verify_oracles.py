@@ -98,9 +98,9 @@ def test_inputs_are_reproducible_and_cover_the_ranges():
     assert np.abs(xs).max() >= 1e4
     bce = LOSSES["binary_cross_entropy"]
     clip = [o for o in bce.option_sets if "eps" in o.options][0]
-    cases = [cases.make_case(bce, clip, np.float64, "clip", i) for i in range(10)]
-    assert any(c.kink is not None and c.kink.any() for c in cases)
-    assert any((c.x == 0).any() or (c.x == 1).any() for c in cases)
+    clipped = [cases.make_case(bce, clip, np.float64, "clip", i) for i in range(10)]
+    assert any(c.kink is not None and c.kink.any() for c in clipped)
+    assert any((c.x == 0).any() or (c.x == 1).any() for c in clipped)
 
 
 def test_finite_differences_skip_kinks_and_check_them_one_sided():
