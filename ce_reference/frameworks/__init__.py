@@ -1,4 +1,4 @@
-"""Audit PyTorch, optax, Keras 3 and scikit-learn against the reference.
+"""Audit PyTorch, optax, Keras 3, scikit-learn and megatron-core against the reference.
 
 Each framework's cross-entropy functions are run (values, and gradients
 through the framework's own autograd; scikit-learn's ``_loss`` gives its own
@@ -18,8 +18,12 @@ classified as
   input outside the documented domain; with the smallest input found (shrunk
   from the sweep, or a hand-minimised probe) and the framework's version.
 
-Run it with ``python -m ce_reference.frameworks torch|optax|keras|sklearn|all``
-(or ``ce-reference audit NAME``), or from Python with
+megatron-core's vocab-parallel cross-entropy runs on ``torch.distributed``
+(gloo) in 1, 2 and 4 worker processes of this machine, every socket checked to
+stay on loopback (:mod:`._megatron`).
+
+Run it with ``ce-reference audit torch|optax|keras|sklearn|megatron|all`` (or
+``python -m ce_reference.frameworks NAME``), or from Python with
 :func:`run_framework_audit`.  A framework that is not installed is reported
 as skipped, not failed.
 
@@ -36,6 +40,7 @@ Exit status of :func:`run_framework_audit` (and of the command line)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import platform
@@ -47,7 +52,7 @@ from .._format import check_writable, fmt_eps
 from ._core import (MAX_SHRINK, TOL_EPS, covers, evaluate, explains, probe_known, run_target,
                     shrink)
 
-FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
+FRAMEWORKS = ("torch", "optax", "keras", "sklearn", "megatron")
 
 __all__ = ["FRAMEWORKS", "audit_framework", "run_framework_audit"]
 
@@ -64,6 +69,14 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     ``quick`` sweeps a subset (every third input region, the first two option
     sets of each function): the catalogue probes still all run.  ``progress``,
     if given, is called with a short status string as the audit proceeds.
+
+    An adapter may define ``session(seed=, quick=, progress=)``, a context
+    manager that holds what its targets need for the whole audit (Megatron's
+    worker processes and their loopback monitor); the sweep, the probes and the
+    shrinking run inside it, and afterwards its ``finish(report)`` adds its
+    evidence to the report: further keys, ``"sections"`` (Markdown lines),
+    ``"notes"`` (console lines) and ``"failed"`` (a reason that makes the audit
+    fail, exit status 1, whatever the classification).
     """
     mod = _adapter(name)
     t0 = time.perf_counter()
@@ -76,6 +89,26 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
                       rows=[], findings=[], unclassified=[], exit_code=0, ok=True)
         return report
     report.update(status="ran", version=version)
+    hook = getattr(mod, "session", None)
+    ctx = hook(seed=seed, quick=quick, progress=progress) if hook else contextlib.nullcontext()
+    with ctx as sess:
+        rows, findings, unclassified = _sweep_and_probe(mod, name, report, seed, quick, progress)
+    if sess is not None:
+        sess.finish(report)
+    failed = report.pop("failed", None)
+    report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
+    report["exit_code"] = 1 if unclassified or failed else 0
+    report["ok"] = not unclassified and not failed
+    report["worst_match_eps"] = max((v for r in rows for v in r.worst.values()), default=0.0)
+    report["verdict"] = _verdict(report, findings, unclassified)
+    if failed:
+        report["verdict"] = f"FAILED: {failed}; {report['verdict']}"
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _sweep_and_probe(mod, name, report, seed, quick, progress):
+    """The sweep of every target, the catalogue probes and the shrunk witnesses."""
     targets = mod.targets()
     if quick:
         targets = [_quick(t) for t in targets]
@@ -129,13 +162,7 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
             uncl.append(entry)
     report["unclassified"] = uncl
     report["unclassified_cases"] = len(unclassified)
-    report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
-    report["exit_code"] = 1 if unclassified else 0
-    report["ok"] = not unclassified
-    report["worst_match_eps"] = max((v for r in rows for v in r.worst.values()), default=0.0)
-    report["verdict"] = _verdict(report, findings, unclassified)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    return report
+    return rows, findings, unclassified
 
 
 def _verdict(report, findings, unclassified):

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from .._format import clean_json, fmt_array
-from ..auditing.tolerance import TOL_EPS, measure
+from ..auditing.tolerance import TOL_EPS, measure, operand_scale
 from ..cases import Case
 from ..cases import shrink as shrink_case
 from ..cases.regions import neutral_input
@@ -107,10 +107,7 @@ def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
                 detail.append(f"{k}: shape {a.shape} != reference {r.shape}")
                 worst_kind = worst_kind or k
                 continue
-        fin = np.isfinite(r)
-        S = max(float(np.max(np.abs(r[fin]), initial=0.0)), float(scales.get(k, 0.0)),
-                np.finfo(np.float64).tiny)
-        m = measure(a, r, S, dtype, TOL_EPS, name=k)
+        m = measure(a, r, operand_scale(r, scales.get(k, 0.0)), dtype, TOL_EPS, name=k)
         errors[k] = m.worst
         if m.detail:
             worst_kind = worst_kind or k
@@ -135,7 +132,15 @@ class Known:
     reference).  For conventions, ``exact`` is the convention-free reference
     (the core library's exact formula): a convention difference is *verified*
     when the framework matches its convention's reference and differs from
-    ``exact`` on the probe.
+    ``exact`` on the probe.  ``check`` may return ``(holds, note)``: the note
+    (a sentence of evidence) is shown with the probe.
+
+    ``kind`` is ``"defect"``, ``"convention"``, ``"validation"`` (see
+    :func:`probe_known`) or ``"match"``: a documented behaviour that stays within
+    the tolerance (``check`` says the probe shows it).  ``scope`` names further
+    targets (and their variants) whose sweep deviations the finding explains,
+    besides ``target``, where its probe runs (one defect of a function seen at
+    several tensor-parallel sizes, for instance).
     """
 
     id: str
@@ -149,6 +154,12 @@ class Known:
     check: Callable | None = None
     exact: Callable | None = None
     fields: tuple | None = None      # compare only these arrays when verifying a convention
+    scope: tuple = ()                # further targets whose deviations it explains
+
+
+def relevant(k: Known, target_name: str) -> bool:
+    """``k`` explains deviations of ``target_name``: its target, a scope entry, or a variant."""
+    return any(covers(t, target_name) for t in (k.target, *k.scope))
 
 
 def nan_with_neginf(case: Case, o: Outcome) -> bool:
@@ -182,6 +193,8 @@ class Target:
     scales: Callable[[Case], dict]
     dtypes: tuple = ("float64", "float32")
     repeats: int = 1
+    seed_key: str = ""              # seeds the cases (default: the name); shared by variants
+                                    # that must see the same inputs
 
 
 def evaluate(target: Target, case: Case) -> Outcome:
@@ -247,13 +260,14 @@ def run_target(target: Target, known: list, seed: int, progress=None):
     ``unclassified`` is a list of ``(case, outcome)``.
     """
     rows, attributed, unclassified = [], {}, []
-    relevant = [k for k in known if k.applies is not None and covers(k.target, target.name)]
+    relevant_known = [k for k in known if k.applies is not None and relevant(k, target.name)]
     for oi, spec in enumerate(target.option_sets):
         for dtype in target.dtypes:
             st = RowStats(target.name, options_label(spec), dtype)
             for ri, region in enumerate(target.regions):
                 for rep in range(target.repeats):
-                    rng = np.random.default_rng([seed, _stable(target.name), oi, ri, rep,
+                    rng = np.random.default_rng([seed, _stable(target.seed_key or target.name),
+                                                 oi, ri, rep,
                                                  0 if dtype == "float64" else 1])
                     case = target.gen(rng, dtype, spec, region)
                     if case is None:
@@ -265,7 +279,7 @@ def run_target(target: Target, known: list, seed: int, progress=None):
                         for k, v in o.errors.items():
                             st.worst[k] = max(st.worst.get(k, 0.0), v)
                         continue
-                    ids = attribute(target, relevant, case, o)
+                    ids = attribute(target, relevant_known, case, o)
                     for fid in ids:
                         a = attributed.setdefault(fid, [0, case, o])
                         a[0] += 1
@@ -339,8 +353,12 @@ def probe_known(k: Known, target: Target) -> dict:
       reference (or ``k.check`` holds) *and* differs from ``k.exact``.
     * ``validation`` (an input outside the documented domain): ``match`` when
       the framework raises, ``defect`` when it returns finite numbers
-      (silent acceptance), ``convention`` when it returns NaN/inf (the
+      (silent acceptance; with ``k.check``, only when the check also holds,
+      else ``not reproduced``), ``convention`` when it returns NaN/inf (the
       documented JAX out-of-bounds behaviour, for instance).
+    * ``match``: ``match`` when the framework agrees with the reference within
+      the tolerance and ``k.check`` holds (a documented behaviour that is no
+      defect); otherwise ``not reproduced``.
     """
     p = k.probe()
     case = target.gen.case(p.x, p.targets, p.kwargs, region="probe", flags=p.flags)
@@ -357,6 +375,9 @@ def probe_known(k: Known, target: Target) -> dict:
         out.update({"class": "defect" if finite else "convention", "reproduced": True,
                     "framework": ("returns " if finite else "returns non-finite ")
                     + _fmt_result(r)})
+        if finite and k.check is not None:
+            holds = _checked(k, case, Outcome(False, "validation", {}, "", r, None), out)
+            out.update({"class": "defect" if holds else "not reproduced", "reproduced": holds})
         return out
     o = evaluate(target, case)
     out["framework"] = _fmt_result(o.framework) if o.framework else o.detail
@@ -366,7 +387,7 @@ def probe_known(k: Known, target: Target) -> dict:
         if k.fields is not None and o.framework is not None:
             sub = lambda r: Result({n: v for n, v in r.arrays.items() if n in k.fields})
             o = compare(sub(o.framework), sub(o.reference), case.dtype, target.scales(case))
-        follows = o.ok if k.check is None else bool(k.check(case, o))
+        follows = o.ok if k.check is None else _checked(k, case, o, out)
         differs = False
         if k.exact is not None and o.framework is not None:
             ex = k.exact(case)
@@ -375,10 +396,25 @@ def probe_known(k: Known, target: Target) -> dict:
         out["reproduced"] = bool(follows and differs)
         out["class"] = "convention" if out["reproduced"] else "not reproduced"
         return out
-    reproduced = (not o.ok) if k.check is None else bool(k.check(case, o))
+    if k.kind == "match":
+        reproduced = o.ok and (k.check is None or _checked(k, case, o, out))
+        out["reproduced"] = reproduced
+        out["class"] = "match" if reproduced else "not reproduced"
+        return out
+    reproduced = (not o.ok) if k.check is None else _checked(k, case, o, out)
     out["reproduced"] = reproduced
     out["class"] = "defect" if reproduced else "not reproduced"
     return out
+
+
+def _checked(k: Known, case: Case, o: Outcome, out: dict) -> bool:
+    """``k.check(case, o)`` as a bool; a ``(holds, note)`` answer leaves its note in ``out``."""
+    got = k.check(case, o)
+    if isinstance(got, tuple):
+        got, note = got
+        if note:
+            out["note"] = note
+    return bool(got)
 
 
 def _fmt_result(r: Result) -> str:
