@@ -258,14 +258,14 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
 
 @helper
 def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, ls, z, cap,
-               scale, zscale, W, rows, zrows, Y, S, V, VT):
+               scale, zscale, W, rows, zrows, Y, S, V, VT, TI):
     """One block of the (pre, C, post) layout: columns ``j0 <= j < j1`` of slab ``p``.
 
     ``X``, ``O``, ``Q`` are (pre', C, post') C-contiguous arrays: logits, gradient,
     target probabilities (any shape when unused).  Problem row ``rbase + (j - j0)``
     owns column ``j`` (targets, per-row losses).  ``Y``, ``S``: (C, B) scratch for the
-    soft-cap; ``V``: (12, B) float64 and ``VT``: (3, B) input-dtype scratch of
-    per-column vectors.  Every loop runs
+    soft-cap; ``V``: (12, B) float64, ``VT``: (4, B) input-dtype and ``TI``: (B,) int64
+    scratch of per-column vectors.  Every loop runs
     over ``j`` (contiguous); sums over classes run in class order per column.
     Returns the block's error bits (nothing is written into ``O`` when non-zero).
     """
@@ -318,22 +318,28 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
             for jj in range(B):
                 MT[jj] = fmaximum(MT[jj], X[p, c, j0 + jj])
     bad = 0
+    nbad = 0
     for jj in range(B):
         mm = MT[jj]
         M[jj] = np.float64(mm)
-        ok = (mm < pinf) & (mm > ninf)
-        if capped:
-            ok = ok & (MXT[jj] < pinf)
-        if not ok:
-            bad |= BAD_LOGITS
+        nbad += not ((mm < pinf) & (mm > ninf))
+    if capped:
+        for jj in range(B):
+            nbad += not (MXT[jj] < pinf)
+    if nbad:
+        bad |= BAD_LOGITS
     if not prob:
+        # KEEP: 1.0 / 0.0 (ignored); TI: the target, or 0 for an ignored row (a safe
+        # index: every later gather and the target write run unconditionally)
         for jj in range(B):
             yi = tgt[rbase + jj]
-            KEEP[jj] = 1.0
-            if has_ign and yi == ign:
-                KEEP[jj] = 0.0
-            elif yi < 0 or yi >= C:
-                bad |= BAD_TARGET
+            ig = has_ign & (yi == ign)
+            oor = (yi < 0) | (yi >= C)
+            nbad += (not ig) & oor
+            KEEP[jj] = 0.0 if ig else 1.0
+            TI[jj] = 0 if (ig | oor) else yi
+        if nbad:
+            bad |= BAD_TARGET
     if bad:
         return bad
     # ---- pass 2: gap sums (smoothing / probability targets), target logits
@@ -367,45 +373,54 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
             if bad:
                 return bad
     if mode != 2:
-        for jj in range(B):
-            yi = tgt[rbase + jj]
-            if KEEP[jj] != 0.0:
-                YY[jj] = np.float64(Y[yi, jj] if capped else X[p, yi, j0 + jj])
-    # ---- pass 3: e' into O, t and the number of maxima per column
-    for jj in range(B):
-        T[jj] = 0.0
-        CNT[jj] = 0.0
+        if capped:
+            for jj in range(B):
+                YY[jj] = np.float64(Y[TI[jj], jj])
+        else:
+            for jj in range(B):
+                YY[jj] = np.float64(X[p, TI[jj], j0 + jj])
+    # ---- pass 3: e' into O;  then t and the number of maxima per column (float64)
     for c in range(C):
         if capped:
             for jj in range(B):
                 d = Y[c, jj] - MT[jj]
                 e = exp_nonpos(d)
-                ev = e if d < zero else mone
-                O[p, c, j0 + jj] = ev
-                T[jj] += np.float64(e) if d < zero else 0.0
-                CNT[jj] += d >= zero
+                O[p, c, j0 + jj] = e if d < zero else mone
         elif inplace:
             for jj in range(B):
                 d = O[p, c, j0 + jj] - MT[jj]
                 e = exp_nonpos(d)
-                ev = e if d < zero else mone
-                O[p, c, j0 + jj] = ev
-                T[jj] += np.float64(e) if d < zero else 0.0
-                CNT[jj] += d >= zero
+                O[p, c, j0 + jj] = e if d < zero else mone
         else:
             for jj in range(B):
                 d = X[p, c, j0 + jj] - MT[jj]
                 e = exp_nonpos(d)
-                ev = e if d < zero else mone
-                O[p, c, j0 + jj] = ev
-                T[jj] += np.float64(e) if d < zero else 0.0
-                CNT[jj] += d >= zero
-    # ---- per-column scalars (vectorised over columns)
-    if mode != 2:
+                O[p, c, j0 + jj] = e if d < zero else mone
+    for jj in range(B):
+        T[jj] = 0.0
+        CNT[jj] = 0.0
+    for c in range(C):
         for jj in range(B):
-            EY[jj] = abs(np.float64(O[p, tgt[rbase + jj], j0 + jj])) if KEEP[jj] != 0.0 else 0.0
-    _col_scalars(mode, B, C, has_w, w, tgt, rbase, ls, z, scale, zscale, W, M, T, CNT, YY, EY,
-                 SW, SA, KEEP, KK, GY, CW, rows, zrows)
+            v = np.float64(O[p, c, j0 + jj])
+            T[jj] += v if v > 0.0 else 0.0
+            CNT[jj] += v < 0.0
+    # ---- per-column scalars (gathers first, then loops that vectorise over columns)
+    if mode != 2:
+        # e_y = exp(y_y - m), the very value pass 3 computed at the target
+        for jj in range(B):
+            EY[jj] = np.float64(exp_nonpos(as_dtype_of(X, YY[jj]) - MT[jj]))
+        if has_w:
+            for jj in range(B):
+                SA[jj] = np.float64(w[TI[jj]]) * KEEP[jj]           # w_y (0 if ignored)
+        else:
+            for jj in range(B):
+                SA[jj] = KEEP[jj]
+    _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA, KEEP, KK, GY,
+                 CW, V[1], rows[rbase:rbase + B])
+    if z != 0.0:
+        zr = zrows[rbase:rbase + B]
+        for jj in range(B):
+            zr[jj] = V[1, jj]
     for jj in range(B):
         KT[jj] = as_dtype_of(X, KK[jj])
         CWT[jj] = as_dtype_of(X, CW[jj])
@@ -429,54 +444,63 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
                 g = fma(abs(O[p, c, j0 + jj]), KT[jj], -(scT * A))
                 O[p, c, j0 + jj] = g * S[c, jj] if capped else g
     if mode != 2:
-        for jj in range(B):
-            if KEEP[jj] == 0.0:
-                continue
-            yi = tgt[rbase + jj]
-            g = as_dtype_of(X, GY[jj])
-            if capped:
-                g = g * S[yi, jj]
-            O[p, yi, j0 + jj] = g
+        # ignored columns: GY = 0 and TI = 0, and their gradient is 0 anyway
+        if capped:
+            for jj in range(B):
+                O[p, TI[jj], j0 + jj] = as_dtype_of(X, GY[jj]) * S[TI[jj], jj]
+        else:
+            for jj in range(B):
+                O[p, TI[jj], j0 + jj] = as_dtype_of(X, GY[jj])
     return 0
 
 
 @helper
-def _col_scalars(mode, B, C, has_w, w, tgt, rbase, ls, z, scale, zscale, W, M, T, CNT, YY, EY,
-                 SW, SA, KEEP, KK, GY, CW, rows, zrows):
-    """:func:`_row_scalars` for a block of columns, as loops over the columns."""
+def _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA, KEEP, KK, GY,
+                 CW, ZL, rows):
+    """:func:`_row_scalars` for a block of columns, branch-free loops over the columns.
+
+    Index targets (mode 0/1): ``SA`` holds ``w_y``, ``KEEP`` 1.0 / 0.0 (ignored rows get
+    zero loss and zero coefficients).  Probability targets: ``SA`` holds ``sum A``.
+    Writes ``rows``, ``KK``, ``GY``, ``CW``, ``ZL`` (the z-loss per column).
+    """
     c_sm = ls / C
-    for jj in range(B):
-        t = T[jj] + (CNT[jj] - 1.0)
-        s1 = 1.0 + t
-        L = log1p(t)
-        lse = M[jj] + L
-        zg = zscale * (2.0 * z * lse)
-        if mode == 2:
+    if mode == 2:
+        for jj in range(B):
+            t = T[jj] + (CNT[jj] - 1.0)
+            s1 = 1.0 + t
+            L = log1p(t)
+            lse = M[jj] + L
+            zg = zscale * (2.0 * z * lse)
             sA = SA[jj]
-            ce = SW[jj] + (L * sA if sA != 0.0 else 0.0)
-            KK[jj] = (scale * sA + zg) / s1
-            zl = z * lse * lse
-        else:
+            rows[jj] = SW[jj] + (L * sA if sA != 0.0 else 0.0)
+            KK[jj] = (scale * sA + zg) * (1.0 / s1)
+            ZL[jj] = z * lse * lse
+    else:
+        sm1 = 1.0 if mode == 1 else 0.0
+        for jj in range(B):
             keep = KEEP[jj]
-            yi = tgt[rbase + jj]
-            wy = np.float64(w[yi]) if (has_w and keep != 0.0) else 1.0
-            c_nll = (1.0 - ls) * wy * keep
+            t = T[jj] + (CNT[jj] - 1.0)
+            s1 = 1.0 + t
+            inv = 1.0 / s1
+            L = log1p(t)
+            lse = M[jj] + L
+            zg = zscale * (2.0 * z * lse) * keep
+            wy = SA[jj]
+            c_nll = (1.0 - ls) * wy
             nll = (M[jj] - YY[jj]) + L
             ce = c_nll * nll if c_nll != 0.0 else 0.0
-            if c_sm != 0.0 and keep != 0.0:
-                ce += c_sm * (L * W + SW[jj])
-            total = c_nll + c_sm * W * keep
-            zg = zg * keep
-            KK[jj] = (scale * total + zg) / s1
-            ey = EY[jj]
-            py = ey / s1
-            pym1 = ((ey - 1.0) - t) / s1
-            GY[jj] = (scale * (c_nll * pym1 + c_sm * keep * (W * py - wy)) + zg * py)
-            CW[jj] = scale * c_sm * keep
-            zl = z * lse * lse * keep
-        rows[rbase + jj] = ce
-        if z != 0.0:
-            zrows[rbase + jj] = zl
+            sm = c_sm * (L * W + SW[jj] * sm1)
+            ce += sm if keep != 0.0 else 0.0
+            rows[jj] = ce
+            ck = c_sm * keep
+            total = c_nll + ck * W
+            KK[jj] = (scale * total + zg) * inv
+            ey = EY[jj] * keep
+            py = ey * inv
+            pym1 = ((ey - 1.0) - t) * inv
+            GY[jj] = scale * (c_nll * pym1 + ck * (W * py - wy)) + zg * py
+            CW[jj] = scale * ck
+            ZL[jj] = z * lse * lse * keep
 
 
 @kernel
@@ -502,13 +526,14 @@ def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, c
     S = np.empty((C if capped else 0, Bs), x3.dtype)
     V = np.empty((12, Bs))
     VT = np.empty((4, Bs), x3.dtype)
+    TI = np.empty(Bs, np.int64)
     for b in range(b0, b1):
         p = b // nq
         j0 = (b % nq) * Bc
         j1 = min(post, j0 + Bc)
         rb = p * post + j0
         bad = _cols_core(x3, out3, inplace, probs3, p, j0, j1, rb, tgt, prob, w, has_ign, ign,
-                         ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT)
+                         ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
         if bad:
             flags[b] = bad
             for r in range(rb, rb + (j1 - j0)):
@@ -540,6 +565,7 @@ def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, sc
     S = np.empty((C if capped else 0, Rs), x.dtype)
     V = np.empty((12, Rs))
     VT = np.empty((4, Rs), x.dtype)
+    TI = np.empty(Rs, np.int64)
     for b in range(b0, b1):
         r0 = b * R
         r1 = min(N, r0 + R)
@@ -552,7 +578,7 @@ def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, sc
                 for c in range(C):
                     QT[0, c, i] = probs[r0 + i, c]
         bad = _cols_core(XT, GT, False, QT, 0, 0, nr, r0, tgt, prob, w, has_ign, ign,
-                         ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT)
+                         ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
         if bad:
             flags[b] = bad
             for r in range(r0, r1):
