@@ -369,6 +369,21 @@ def tanh_sech2(u):
     raise NotImplementedError("numba only")
 
 
+def log_plus(x, c):
+    """``log(x) + c`` for finite ``x > 0`` and a tiny correction ``c`` (added before the
+    last roundings): ``log1p(u) = log_plus(w, (u - (w - 1)) / w)`` with ``w = fl(1 + u)``."""
+    raise NotImplementedError("numba only")
+
+
+@overload(log_plus)
+def _ov_log_plus(x, c):
+    if x == types.float32 and c == types.float32:
+        return lambda x, c: _log_core_f32(x, c)
+    if x == types.float64 and c == types.float64:
+        return lambda x, c: _log_core_f64(x, c)
+    return None
+
+
 def _dispatch(generic, f32, f64):
     @overload(generic)
     def _ov(x):
@@ -412,15 +427,15 @@ fmaximum = _binary_intrinsic(
 
 
 def as_dtype_of(arr, v):
-    """``v`` converted to the dtype of the array ``arr`` (numba only)."""
+    """``v`` converted to the dtype of the array (or float scalar) ``arr`` (numba only)."""
     raise NotImplementedError("numba only")
 
 
 @overload(as_dtype_of)
 def _as_dtype_of(arr, v):
-    if isinstance(arr, types.Array):
-        if arr.dtype == types.float32:
-            return lambda arr, v: np.float32(v)
-        if arr.dtype == types.float64:
-            return lambda arr, v: np.float64(v)
+    dt = arr.dtype if isinstance(arr, types.Array) else arr
+    if dt == types.float32:
+        return lambda arr, v: np.float32(v)
+    if dt == types.float64:
+        return lambda arr, v: np.float64(v)
     return None
