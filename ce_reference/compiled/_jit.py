@@ -64,8 +64,9 @@ def _candidate_dirs():
     yield os.path.join(tempfile.gettempdir(), f"ce_reference-numba-{uid}")
 
 
-def _writable_dir():
-    for path in _candidate_dirs():
+def _writable_dir_from(paths):
+    """The first directory of ``paths`` that exists (or can be created) and is writable."""
+    for path in paths:
         try:
             os.makedirs(path, exist_ok=True)
             tempfile.TemporaryFile(dir=path).close()
@@ -75,7 +76,7 @@ def _writable_dir():
     return None
 
 
-CACHE_DIR = _writable_dir()
+CACHE_DIR = _writable_dir_from(_candidate_dirs())
 
 
 class _Locator(caching._CacheLocator):

@@ -128,7 +128,7 @@ _SCALE_K_F = 64                 # 2^(n + 64) is normal for n >= -150
 _TWO_M64_F = np.float32(2.0 ** -64)
 
 
-@njit
+@njit(error_model="numpy")
 def _exp_reduce_f32(x):
     """(q, 2^(n + 64)) with e^x = 2^n (1 + q), x clamped to [-104, 0]."""
     x = _LO_F if x < _LO_F else x                          # keeps NaN
@@ -145,13 +145,13 @@ def _exp_reduce_f32(x):
     return q, sc
 
 
-@njit
+@njit(error_model="numpy")
 def exp_nonpos_f32(x):
     q, sc = _exp_reduce_f32(x)
     return fma(sc, q, sc) * _TWO_M64_F
 
 
-@njit
+@njit(error_model="numpy")
 def exp_expm1_nonpos_f32(x):
     q, sc = _exp_reduce_f32(x)
     s = sc * _TWO_M64_F                                    # 2^n (0 or subnormal below -126)
@@ -174,7 +174,7 @@ _SCALE_K_D = 512              # 2^(n + 512) is normal for n >= -1077
 _TWO_M512_D = 2.0 ** -512
 
 
-@njit
+@njit(error_model="numpy")
 def _exp_reduce_f64(x):
     x = _LO_D if x < _LO_D else x
     kf = fma(x, _LOG2E, _MAGIC_D)
@@ -194,13 +194,13 @@ def _exp_reduce_f64(x):
     return q, sc
 
 
-@njit
+@njit(error_model="numpy")
 def exp_nonpos_f64(x):
     q, sc = _exp_reduce_f64(x)
     return fma(sc, q, sc) * _TWO_M512_D
 
 
-@njit
+@njit(error_model="numpy")
 def exp_expm1_nonpos_f64(x):
     q, sc = _exp_reduce_f64(x)
     s = sc * _TWO_M512_D
@@ -223,7 +223,7 @@ _TWO25_F = np.float32(33554432.0)
 _TINY_F = np.float32(1.1754943508222875e-38)     # 2^-126
 
 
-@njit
+@njit(error_model="numpy")
 def _log_core_f32(x, c):
     """``log(x) + c`` for finite ``x > 0`` (subnormals included), ``|c|`` tiny."""
     sub = x < _TINY_F
@@ -241,7 +241,7 @@ def _log_core_f32(x, c):
     return s * (hfsq + R) + (kf * _LN2L_LOG_F + c) - hfsq + f + kf * _LN2H_LOG_F
 
 
-@njit
+@njit(error_model="numpy")
 def log_pos_f32(x):
     """``log x`` for ``x >= 0``: 0 -> -inf, +inf -> +inf, NaN -> NaN."""
     v = _log_core_f32(x, np.float32(0.0))
@@ -249,7 +249,7 @@ def log_pos_f32(x):
     return v if x != np.float32(0.0) else np.float32(-np.inf)
 
 
-@njit
+@njit(error_model="numpy")
 def log1p_f32(u):
     """``log(1 + u)`` for ``u >= -1`` (-1 -> -inf, +inf -> +inf, NaN -> NaN)."""
     w = np.float32(1.0) + u
@@ -272,7 +272,7 @@ _TWO54_D = 18014398509481984.0
 _TINY_D = 2.2250738585072014e-308
 
 
-@njit
+@njit(error_model="numpy")
 def _log_core_f64(x, c):
     sub = x < _TINY_D
     x = x * _TWO54_D if sub else x
@@ -290,14 +290,14 @@ def _log_core_f64(x, c):
     return s * (hfsq + R) + (kf * _LN2_LO_D + c) - hfsq + f + kf * _LN2_HI_D
 
 
-@njit
+@njit(error_model="numpy")
 def log_pos_f64(x):
     v = _log_core_f64(x, 0.0)
     v = v if x < np.inf else x
     return v if x != 0.0 else -np.inf
 
 
-@njit
+@njit(error_model="numpy")
 def log1p_f64(u):
     w = 1.0 + u
     c = (u - (w - 1.0)) / w
@@ -308,16 +308,19 @@ def log1p_f64(u):
 
 # --------------------------------------------------------------------------- tanh, sech^2
 
-@njit
-def tanh_sech2_f32(u):
-    """``(tanh u, sech^2 u)``; ``tanh(+-inf) = +-1``, ``sech^2(+-inf) = 0``, NaN -> NaN.
+@njit(error_model="numpy")
+def _tanh_sech2_lo_f32(u, ulo):
+    """``(tanh(u + ulo), sech^2(u + ulo))`` for a tiny correction ``ulo``.
 
-    With ``e = e^{-2a}``, ``em = e - 1`` (both from one reduction), ``D = 1 + e``
-    split as ``Dh + Dl`` exactly, ``rd = fl(1 / Dh)`` and ``eps = 1 - D rd``
-    (by fma): ``1/D = rd (1 + eps)``, so ``tanh a = -em rd (1 + eps)`` and
-    ``sech^2 a = 4 e rd^2 (1 + 2 eps)`` with one division.
+    With ``a = |u|``, ``e = e^{-2a}``, ``em = e - 1`` (both from one reduction),
+    ``D = 1 + e`` split as ``Dh + Dl`` exactly, ``rd = fl(1 / Dh)`` and
+    ``eps = 1 - D rd`` (by fma): ``1/D = rd (1 + eps)``, so ``tanh a = -em rd (1 + eps)``
+    and ``sech^2 a = 4 e rd^2 (1 + 2 eps)`` with one division.  The correction
+    enters to first order: ``e^{-2(a + alo)} = e (1 - 2 alo)`` in ``sech^2`` and
+    ``tanh += sech^2 ulo``.
     """
     a = abs(u)
+    alo = ulo if u >= np.float32(0.0) else -ulo
     e, em = exp_expm1_nonpos_f32(np.float32(-2.0) * a)
     one = np.float32(1.0)
     dh = one + e
@@ -326,14 +329,18 @@ def tanh_sech2_f32(u):
     eps = -(fma(dh, rd, -one) + dl * rd)                   # 1 - D rd
     th = -em * rd
     th = fma(th, eps, th)
+    ec = fma(e, np.float32(-2.0) * alo, e)
+    b = (np.float32(4.0) * ec) * rd * rd
+    s2 = fma(b, eps + eps, b)
+    th = fma(alo, s2, th)
     th = th if u >= np.float32(0.0) else -th               # NaN stays NaN
-    b = (np.float32(4.0) * e) * rd * rd
-    return th, fma(b, eps + eps, b)
+    return th, s2
 
 
-@njit
-def tanh_sech2_f64(u):
+@njit(error_model="numpy")
+def _tanh_sech2_lo_f64(u, ulo):
     a = abs(u)
+    alo = ulo if u >= 0.0 else -ulo
     e, em = exp_expm1_nonpos_f64(-2.0 * a)
     dh = 1.0 + e
     dl = e - (dh - 1.0)
@@ -341,9 +348,50 @@ def tanh_sech2_f64(u):
     eps = -(fma(dh, rd, -1.0) + dl * rd)
     th = -em * rd
     th = fma(th, eps, th)
+    ec = fma(e, -2.0 * alo, e)
+    b = (4.0 * ec) * rd * rd
+    s2 = fma(b, eps + eps, b)
+    th = fma(alo, s2, th)
     th = th if u >= 0.0 else -th
-    b = (4.0 * e) * rd * rd
-    return th, fma(b, eps + eps, b)
+    return th, s2
+
+
+@njit(error_model="numpy")
+def tanh_sech2_f32(u):
+    """``(tanh u, sech^2 u)``; ``tanh(+-inf) = +-1``, ``sech^2(+-inf) = 0``, NaN -> NaN."""
+    return _tanh_sech2_lo_f32(u, np.float32(0.0))
+
+
+@njit(error_model="numpy")
+def tanh_sech2_f64(u):
+    return _tanh_sech2_lo_f64(u, 0.0)
+
+
+@njit(error_model="numpy")
+def softcap_f32(x, s, inv_s):
+    """``(s tanh(x / s), sech^2(x / s))`` with ``-inf`` kept (a masked class).
+
+    ``x / s`` is rounded; its exact remainder ``x - u s`` (one fma) is carried as
+    ``ulo = (x - u s) / s`` into :func:`_tanh_sech2_lo_f32`, so ``sech^2`` keeps its
+    relative accuracy for large ``|x / s|`` (where it is ``~ 4 e^{-2|x|/s}`` and an
+    argument error ``delta`` would cost ``2 |x / s| delta`` relative).
+    """
+    u = x / s
+    ulo = fma(-u, s, x) * inv_s
+    ulo = ulo if ulo == ulo else np.float32(0.0)          # x = +-inf: no correction
+    th, s2 = _tanh_sech2_lo_f32(u, ulo)
+    y = s * th
+    return (x if x == np.float32(-np.inf) else y), s2
+
+
+@njit(error_model="numpy")
+def softcap_f64(x, s, inv_s):
+    u = x / s
+    ulo = fma(-u, s, x) * inv_s
+    ulo = ulo if ulo == ulo else 0.0
+    th, s2 = _tanh_sech2_lo_f64(u, ulo)
+    y = s * th
+    return (x if x == -np.inf else y), s2
 
 
 # --------------------------------------------------------------------------- dtype dispatch
@@ -367,6 +415,20 @@ def log1p(u):
 
 def tanh_sech2(u):
     raise NotImplementedError("numba only")
+
+
+def softcap(x, s, inv_s):
+    """``(s tanh(x / s), sech^2(x / s))``, ``-inf`` kept (see :func:`softcap_f32`)."""
+    raise NotImplementedError("numba only")
+
+
+@overload(softcap)
+def _ov_softcap(x, s, inv_s):
+    if x == s == inv_s == types.float32:
+        return lambda x, s, inv_s: softcap_f32(x, s, inv_s)
+    if x == s == inv_s == types.float64:
+        return lambda x, s, inv_s: softcap_f64(x, s, inv_s)
+    return None
 
 
 def log_plus(x, c):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import helper
-from ._math import as_dtype_of, exp_nonpos, fma, fmaximum, tanh_sech2
+from ._math import as_dtype_of, exp_nonpos, fma, fmaximum, softcap
 
 
 @helper
@@ -44,13 +44,12 @@ def cap_row(x, s, Y, S):
     would map to ``s``).
     """
     ninf = as_dtype_of(x, -np.inf)
+    inv_s = as_dtype_of(x, 1.0) / s
     my = ninf
     mx = ninf
     for i in range(x.size):
         v = x[i]
-        th, s2 = tanh_sech2(v / s)
-        yv = s * th
-        yv = ninf if v == ninf else yv
+        yv, s2 = softcap(v, s, inv_s)
         Y[i] = yv
         S[i] = s2
         my = fmaximum(my, yv)
@@ -62,13 +61,12 @@ def cap_row(x, s, Y, S):
 def cap_row_y(x, s, Y):
     """``Y = s tanh(x / s)`` only; returns ``(max Y, max x)``."""
     ninf = as_dtype_of(x, -np.inf)
+    inv_s = as_dtype_of(x, 1.0) / s
     my = ninf
     mx = ninf
     for i in range(x.size):
         v = x[i]
-        th, s2 = tanh_sech2(v / s)
-        yv = s * th
-        yv = ninf if v == ninf else yv
+        yv, s2 = softcap(v, s, inv_s)
         Y[i] = yv
         my = fmaximum(my, yv)
         mx = fmaximum(mx, v)

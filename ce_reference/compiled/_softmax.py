@@ -61,7 +61,7 @@ import numpy as np
 
 from . import _rowops as ro
 from ._jit import helper, kernel
-from ._math import as_dtype_of, exp_nonpos, fma, fmaximum, log1p, tanh_sech2
+from ._math import as_dtype_of, exp_nonpos, fma, fmaximum, log1p, softcap
 
 BAD_LOGITS = 1
 BAD_TARGET = 2
@@ -275,6 +275,7 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
     capped = cap != 0.0
     mode = 2 if prob else (1 if ls != 0.0 else 0)
     capT = as_dtype_of(X, cap)
+    invT = as_dtype_of(X, 1.0) / capT if capped else as_dtype_of(X, 0.0)
     a1 = as_dtype_of(X, 1.0 - ls)
     a0 = as_dtype_of(X, ls / C)
     scT = as_dtype_of(X, scale)
@@ -307,9 +308,7 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
         if capped:
             for jj in range(B):
                 v = X[p, c, j0 + jj]
-                th, s2 = tanh_sech2(v / capT)
-                yv = capT * th
-                yv = ninf if v == ninf else yv
+                yv, s2 = softcap(v, capT, invT)
                 Y[c, jj] = yv
                 S[c, jj] = s2
                 MT[jj] = fmaximum(MT[jj], yv)
