@@ -64,11 +64,9 @@ def _elementwise(kernel, x, out, operands, extra, scale, loss_out, workers):
     else:
         nb = -(-R // (BLK // K))
     partial = np.zeros(nb)
-    flags = np.zeros(nb, np.uint8)
-    run(kernel, (x2, *[a for a, _ in ops], o2, lo2, *extra, float(scale), partial, flags, BLK),
-        nb, workers, R * K)
-    fl = int(np.bitwise_or.reduce(flags)) if nb > 1 else int(flags[0])
-    return fl, float(np.sum(partial))
+    bad = run(kernel, (x2, *[a for a, _ in ops], o2, lo2, *extra, float(scale), partial, BLK),
+              nb, workers, R * K)
+    return bad, float(np.sum(partial)) if nb > 1 else float(partial[0])
 
 
 def binary_cross_entropy_with_logits(logits, out, targets, *, weight=None, pos_weight=None,
@@ -116,21 +114,18 @@ def categorical_cross_entropy(probs, out, targets, *, axis=-1, weight=None, eps=
     w = _EMPTY_1[dt] if weight is None else weight
     tgt = _EMPTY_I if prob else targets.reshape(-1)
     lo, hi, clip = _clip_bounds(eps, dt)
-    inplace = out.__array_interface__["data"][0] == p.__array_interface__["data"][0]
+    inplace = out is p or np.may_share_memory(out, p)
     if post == 1:
         R = max(1, CCE_BLOCK // C)
         nb = -(-pre // R)
-        flags = np.zeros(nb, np.uint8)
         q2 = targets.reshape(pre, C) if prob else _EMPTY_2[dt]
-        run(Ct.cce_rows, (p.reshape(pre, C), out.reshape(pre, C), inplace, tgt, q2, prob, w, clip,
-                          lo, hi, float(scale), rows, flags, R), nb, workers, N * C)
+        bad = run(Ct.cce_rows, (p.reshape(pre, C), out.reshape(pre, C), inplace, tgt, q2, prob, w,
+                                clip, lo, hi, float(scale), rows, R), nb, workers, N * C)
     else:
         Bc = max(16, CCE_BLOCK // C)
         nb = pre * -(-post // Bc)
-        flags = np.zeros(nb, np.uint8)
         q3 = targets.reshape(pre, C, post) if prob else _EMPTY_3[dt]
-        run(Ct.cce_cols, (p.reshape(pre, C, post), out.reshape(pre, C, post), inplace, tgt, q3,
-                          prob, w, clip, lo, hi, float(scale), rows, flags, Bc), nb, workers,
-            N * C)
-    fl = int(np.bitwise_or.reduce(flags)) if nb > 1 else int(flags[0])
-    return fl, rows
+        bad = run(Ct.cce_cols, (p.reshape(pre, C, post), out.reshape(pre, C, post), inplace, tgt,
+                                q3, prob, w, clip, lo, hi, float(scale), rows, Bc), nb, workers,
+                  N * C)
+    return bad, rows

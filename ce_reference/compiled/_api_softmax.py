@@ -12,9 +12,10 @@ from ._jit import kernel
 
 # Class counts below this use the transposed small-C kernel when the class axis is
 # last (a row shorter than a few SIMD vectors leaves the per-row loops scalar).
-SMALL_C = 32
+SMALL_C = 48
 
 _EMPTY_I = np.zeros(0, np.int64)
+_EMPTY_F64 = np.zeros(0, np.float64)
 _EMPTY_1 = {np.dtype(np.float32): np.zeros(0, np.float32),
             np.dtype(np.float64): np.zeros(0, np.float64)}
 _EMPTY_2 = {np.dtype(np.float32): np.zeros((0, 0), np.float32),
@@ -74,7 +75,7 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
         rows = np.empty(N)
     z = float(z_loss)
     if z_rows is None:
-        z_rows = np.empty(N if z != 0.0 else 0)
+        z_rows = np.empty(N) if z != 0.0 else _EMPTY_F64
     if N == 0:
         return 0, rows, z_rows
     w = _EMPTY_1[dt] if weight is None else weight
@@ -85,7 +86,7 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
     cap = 0.0 if softcap is None else float(softcap)
     scale = float(scale)
     zscale = float(z_scale)
-    inplace = out is x or (out.__array_interface__["data"][0] == x.__array_interface__["data"][0])
+    inplace = out is x or np.may_share_memory(out, x)     # the caller passes x itself or disjoint
     nel = N * C
     if post == 1:
         x2 = x.reshape(pre, C)
@@ -96,13 +97,12 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
                             zscale, rows, z_rows, workers)
         R = max(1, K.BLOCK // C)
         nb = -(-pre // R)
-        flags = np.zeros(nb, np.uint8)
         if C < SMALL_C:
-            run(K.softmax_rows_small, (x2, o2, tgt, q2, prob, w, has_ign, ign, ls, z, cap,
-                                       scale, zscale, rows, z_rows, flags, R), nb, workers, nel)
+            bad = run(K.softmax_rows_small, (x2, o2, tgt, q2, prob, w, has_ign, ign, ls, z, cap,
+                                             scale, zscale, rows, z_rows, R), nb, workers, nel)
         else:
-            run(K.softmax_rows, (x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap,
-                                 scale, zscale, rows, z_rows, flags, R), nb, workers, nel)
+            bad = run(K.softmax_rows, (x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z,
+                                       cap, scale, zscale, rows, z_rows, R), nb, workers, nel)
     else:
         x3 = x.reshape(pre, C, post)
         o3 = out.reshape(pre, C, post)
@@ -110,10 +110,9 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
         Bc = max(16, K.BLOCK // C)
         nq = -(-post // Bc)
         nb = pre * nq
-        flags = np.zeros(nb, np.uint8)
-        run(K.softmax_cols, (x3, o3, inplace, tgt, q3, prob, w, has_ign, ign, ls, z, cap, scale,
-                             zscale, rows, z_rows, flags, Bc), nb, workers, nel)
-    return int(np.bitwise_or.reduce(flags)) if nb > 1 else int(flags[0]), rows, z_rows
+        bad = run(K.softmax_cols, (x3, o3, inplace, tgt, q3, prob, w, has_ign, ign, ls, z, cap,
+                                   scale, zscale, rows, z_rows, Bc), nb, workers, nel)
+    return bad, rows, z_rows
 
 
 def _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap, scale, zscale, rows,
@@ -125,12 +124,12 @@ def _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap, scale,
     stats = np.empty((ntask, K.NSTAT))
     flags = np.zeros(ntask, np.uint8)
     run(K.softmax_chunk_stats, (x2, tgt, q2, prob, w, ls, cap, stats, flags, CH), ntask, workers,
-        N * C)
+        N * C, combine=False)
     MK = np.empty((N, 5))
     bad = K.softmax_chunk_combine(tgt, prob, w, has_ign, ign, ls, z, scale, zscale, C, stats,
                                   flags, nck, rows, z_rows, MK, 0, N, x2[:1, :1])
     if bad:
         return int(bad), rows, z_rows
     run(K.softmax_chunk_grad, (x2, o2, inplace, tgt, q2, prob, w, ls, cap, scale, MK, CH), ntask,
-        workers, N * C)
+        workers, N * C, combine=False)
     return 0, rows, z_rows

@@ -176,12 +176,12 @@ def _logits_seg_pw(x, y, w, pw, g, lo, scale, has_w):
 
 
 @kernel
-def bce_logits(x, y, w, pw, out, loss_out, scale, partial, flags, BLK, b0, b1):
+def bce_logits(x, y, w, pw, out, loss_out, scale, partial, BLK, b0, b1):
     """Blocks ``[b0, b1)`` of BCE with logits; see the module docstring.
 
     x, out: (R, K); y: target operand (required); w, pw: operands or (0, 0);
     loss_out: (R, K) for per-element losses, else (0, 0); scale: float64 gradient
-    factor; partial: (nblocks,) float64 block loss sums; flags: (nblocks,) uint8.
+    factor; partial: (nblocks,) float64 block loss sums.  Returns the OR of the error bits.
     """
     R, Kc = x.shape
     has_w = w.shape[0] > 0
@@ -199,6 +199,7 @@ def bce_logits(x, y, w, pw, out, loss_out, scale, partial, flags, BLK, b0, b1):
     bufw = np.empty(n if has_w else 0, x.dtype)
     bufp = np.empty(n if has_pw else 0, x.dtype)
     lbuf = np.empty(n, x.dtype)
+    allbad = 0
     sty = np.full(2, np.nan)
     stw = np.full(2, np.nan)
     stp = np.full(2, np.nan)
@@ -241,8 +242,8 @@ def bce_logits(x, y, w, pw, out, loss_out, scale, partial, flags, BLK, b0, b1):
                 bad |= BAD_X
             tot += _sum64(ls)
         partial[b] = tot
-        if bad:
-            flags[b] = bad
+        allbad |= bad
+    return allbad
 
 
 # ------------------------------------------------------------------------- BCE on probabilities
@@ -277,7 +278,7 @@ def _probs_seg(p, y, w, g, lo, lo_c, hi_c, clip, scale, has_w):
 
 
 @kernel
-def bce_probs(p, y, w, out, loss_out, clip, lo_c, hi_c, scale, partial, flags, BLK, b0, b1):
+def bce_probs(p, y, w, out, loss_out, clip, lo_c, hi_c, scale, partial, BLK, b0, b1):
     """Blocks ``[b0, b1)`` of BCE on probabilities; operands as :func:`bce_logits`.
 
     clip: bool, lo_c / hi_c: float64 clip bounds (``eps`` and ``1 - eps`` as the
@@ -299,6 +300,7 @@ def bce_probs(p, y, w, out, loss_out, clip, lo_c, hi_c, scale, partial, flags, B
     bufy = np.empty(n, p.dtype)
     bufw = np.empty(n if has_w else 0, p.dtype)
     lbuf = np.empty(n, p.dtype)
+    allbad = 0
     sty = np.full(2, np.nan)
     stw = np.full(2, np.nan)
     for b in range(b0, b1):
@@ -330,5 +332,5 @@ def bce_probs(p, y, w, out, loss_out, clip, lo_c, hi_c, scale, partial, flags, B
                 bad |= BAD_X
             tot += _sum64(ls)
         partial[b] = tot
-        if bad:
-            flags[b] = bad
+        allbad |= bad
+    return allbad

@@ -93,14 +93,14 @@ def _prob_row_1(g, q, w, terms, lo_c, hi_c, clip, scale, has_w):
 
 
 @kernel
-def cce_rows(p, out, inplace, tgt, q, prob, w, clip, lo_c, hi_c, scale, rows, flags, R, b0, b1):
+def cce_rows(p, out, inplace, tgt, q, prob, w, clip, lo_c, hi_c, scale, rows, R, b0, b1):
     """Blocks ``[b0, b1)`` of ``R`` rows of ``p`` (N, C), class axis last.
 
     p, out: (N, C) float32/float64 (``out`` may be ``p``: ``inplace``); tgt: (N,) int64
     (index targets) or any; q: (N, C) target probabilities (``prob``) or (0, 0); w: (C,)
     class weights or (0,); clip, lo_c, hi_c: the ``eps`` clip (bool, float64 bounds in
     the input dtype); scale: float64 gradient factor; rows: (N,) float64 per-row
-    losses; flags: (nblocks,) uint8.
+    losses.  Returns the OR of the error bits.
     """
     N, C = p.shape
     has_w = w.shape[0] > 0
@@ -108,6 +108,7 @@ def cce_rows(p, out, inplace, tgt, q, prob, w, clip, lo_c, hi_c, scale, rows, fl
     hiT = as_dtype_of(p, hi_c)
     scT = as_dtype_of(p, scale)
     terms = np.empty(C if prob else 0, p.dtype)
+    allbad = 0
     for b in range(b0, b1):
         r0 = b * R
         r1 = min(N, r0 + R)
@@ -124,7 +125,7 @@ def cce_rows(p, out, inplace, tgt, q, prob, w, clip, lo_c, hi_c, scale, rows, fl
                 if _check_unit(q[r]):
                     bad |= BAD_Q
         if bad:
-            flags[b] = bad
+            allbad |= bad
             for r in range(r0, r1):
                 rows[r] = np.nan
             continue
@@ -143,11 +144,11 @@ def cce_rows(p, out, inplace, tgt, q, prob, w, clip, lo_c, hi_c, scale, rows, fl
                 _fill0(out[r])
                 out[r, y] = g
                 rows[r] = loss
+    return allbad
 
 
 @kernel
-def cce_cols(p3, out3, inplace, tgt, q3, prob, w, clip, lo_c, hi_c, scale, rows, flags, Bc,
-             b0, b1):
+def cce_cols(p3, out3, inplace, tgt, q3, prob, w, clip, lo_c, hi_c, scale, rows, Bc, b0, b1):
     """Blocks ``[b0, b1)`` of the (pre, C, post) layout (``Bc`` columns of one slab).
 
     Arguments as :func:`cce_rows` with (pre, C, post) arrays; problem row of
@@ -163,6 +164,7 @@ def cce_cols(p3, out3, inplace, tgt, q3, prob, w, clip, lo_c, hi_c, scale, rows,
     one = as_dtype_of(p3, 1.0)
     Bs = min(Bc, post)
     acc = np.empty(Bs)
+    allbad = 0
     for b in range(b0, b1):
         pp = b // nq
         j0 = (b % nq) * Bc
@@ -186,7 +188,7 @@ def cce_cols(p3, out3, inplace, tgt, q3, prob, w, clip, lo_c, hi_c, scale, rows,
                 if y < 0 or y >= C:
                     bad |= BAD_TARGET
         if bad:
-            flags[b] = bad
+            allbad |= bad
             for r in range(rb, rb + B):
                 rows[r] = np.nan
             continue
@@ -221,3 +223,4 @@ def cce_cols(p3, out3, inplace, tgt, q3, prob, w, clip, lo_c, hi_c, scale, rows,
                     out3[pp, c, j0 + jj] = zero
             for jj in range(B):
                 out3[pp, tgt[rb + jj], j0 + jj] = as_dtype_of(p3, acc[jj])
+    return allbad

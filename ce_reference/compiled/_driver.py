@@ -27,11 +27,19 @@ _pool_size = 0
 _pool_lock = threading.Lock()
 
 
-def available_cores() -> int:
+def _cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+_CORES = _cores()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, read once at import)."""
+    return _CORES
 
 
 def _executor(n: int) -> ThreadPoolExecutor:
@@ -46,15 +54,26 @@ def _executor(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run(fn, args, ntasks: int, workers, nelem: int):
-    """``fn(*args, b0, b1)`` over the tasks ``[0, ntasks)``; returns the list of results."""
+def run(fn, args, ntasks: int, workers, nelem: int, combine=True):
+    """``fn(*args, b0, b1)`` over the tasks ``[0, ntasks)``.
+
+    Returns the OR of the kernel's integer results (its error bits), or None with
+    ``combine=False``.
+    """
     if ntasks <= 0:
-        return []
-    nt = min(available_cores() if workers is None else int(workers), ntasks)
+        return 0
+    nt = min(_CORES if workers is None else int(workers), ntasks)
     if nt <= 1 or nelem < PARALLEL_MIN:
-        return [fn(*args, 0, ntasks)]
+        r = fn(*args, 0, ntasks)
+        return int(r) if combine else None
     cuts = [ntasks * k // nt for k in range(nt + 1)]
     ex = _executor(nt - 1)
     futs = [ex.submit(fn, *args, cuts[k], cuts[k + 1]) for k in range(1, nt)]
-    first = fn(*args, cuts[0], cuts[1])
-    return [first] + [f.result() for f in futs]
+    res = [fn(*args, cuts[0], cuts[1])]
+    res += [f.result() for f in futs]
+    if not combine:
+        return None
+    bad = 0
+    for r in res:
+        bad |= int(r)
+    return bad

@@ -111,8 +111,9 @@ def _row_scalars(mode, m, t, yy, ey, ls, C, W, wy, sw, sA, sAd, z, scale, zscale
 
 @kernel
 def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap, scale, zscale,
-                 rows, zrows, flags, R, b0, b1):
-    """Blocks ``[b0, b1)`` of ``R`` rows of ``x`` (N, C), class axis last.
+                 rows, zrows, R, b0, b1):
+    """Blocks ``[b0, b1)`` of ``R`` rows of ``x`` (N, C), class axis last; returns the OR of
+    the error bits of these blocks.
 
     Arguments (validated by the caller; shapes exact, arrays C-contiguous):
 
@@ -128,7 +129,6 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
     scale, zscale  float64: gradient factor of the CE part / of the z-loss part.
     rows     (N,) float64: per-row CE loss (0 for ignored rows).
     zrows    (N,) float64: per-row z-loss (written only when ``z != 0``).
-    flags    (nblocks,) uint8: per-block error bits.
     R, b0, b1      int64: rows per block, block range.
     """
     N, C = x.shape
@@ -158,6 +158,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
     sw_ = np.empty(nrs)
     sA_ = np.empty(nrs)
     empty1 = np.empty(0, x.dtype)
+    allbad = 0
     for b in range(b0, b1):
         r0 = b * R
         r1 = min(N, r0 + R)
@@ -207,7 +208,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
                 if mode != 2:
                     yy_[i] = np.float64(ysrc[yi_[i]])
         if bad:
-            flags[b] = bad
+            allbad |= bad
             for r in range(r0, r1):
                 rows[r] = np.nan
             continue
@@ -252,6 +253,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
                 if capped:
                     g = g * S[i, yi_[i]]
                 orow[yi_[i]] = g
+    return allbad
 
 
 # =============================================================================== cols layout
@@ -504,7 +506,7 @@ def _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA,
 
 @kernel
 def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, cap, scale,
-                 zscale, rows, zrows, flags, Bc, b0, b1):
+                 zscale, rows, zrows, Bc, b0, b1):
     """Blocks ``[b0, b1)`` of the (pre, C, post) layout, ``Bc`` columns per block.
 
     Block ``b`` is slab ``p = b // nq`` and columns ``[q Bc, min(post, (q+1) Bc))`` with
@@ -526,6 +528,7 @@ def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, c
     V = np.empty((12, Bs))
     VT = np.empty((4, Bs), x3.dtype)
     TI = np.empty(Bs, np.int64)
+    allbad = 0
     for b in range(b0, b1):
         p = b // nq
         j0 = (b % nq) * Bc
@@ -534,14 +537,15 @@ def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, c
         bad = _cols_core(x3, out3, inplace, probs3, p, j0, j1, rb, tgt, prob, w, has_ign, ign,
                          ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
         if bad:
-            flags[b] = bad
+            allbad |= bad
             for r in range(rb, rb + (j1 - j0)):
                 rows[r] = np.nan
+    return allbad
 
 
 @kernel
 def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, scale, zscale,
-                       rows, zrows, flags, R, b0, b1):
+                       rows, zrows, R, b0, b1):
     """Small ``C``, class axis last: blocks of ``R`` rows transposed into (C, R) scratch.
 
     The block is copied into scratch as (1, C, R), computed by the cols code (SIMD
@@ -565,6 +569,7 @@ def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, sc
     V = np.empty((12, Rs))
     VT = np.empty((4, Rs), x.dtype)
     TI = np.empty(Rs, np.int64)
+    allbad = 0
     for b in range(b0, b1):
         r0 = b * R
         r1 = min(N, r0 + R)
@@ -579,13 +584,14 @@ def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, sc
         bad = _cols_core(XT, GT, False, QT, 0, 0, nr, r0, tgt, prob, w, has_ign, ign,
                          ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
         if bad:
-            flags[b] = bad
+            allbad |= bad
             for r in range(r0, r1):
                 rows[r] = np.nan
             continue
         for i in range(nr):
             for c in range(C):
                 out[r0 + i, c] = GT[0, c, i]
+    return allbad
 
 
 # =============================================================================== chunked rows
