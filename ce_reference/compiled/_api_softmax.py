@@ -65,10 +65,16 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
     x = logits
     dt = x.dtype
     shape = x.shape
-    ax = axis % x.ndim
-    C = shape[ax]
-    pre = math.prod(shape[:ax])
-    post = math.prod(shape[ax + 1:])
+    nd = len(shape)
+    ax = axis % nd
+    if ax == nd - 1:
+        C = shape[ax]
+        pre = shape[0] if nd == 2 else math.prod(shape[:ax])
+        post = 1
+    else:
+        C = shape[ax]
+        pre = math.prod(shape[:ax])
+        post = math.prod(shape[ax + 1:])
     N = pre * post
     prob = targets.dtype.kind == "f"
     if rows is None:
@@ -79,19 +85,23 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
     if N == 0:
         return 0, rows, z_rows
     w = _EMPTY_1[dt] if weight is None else weight
-    tgt = _EMPTY_I if prob else targets.reshape(-1)
+    tgt = _EMPTY_I if prob else (targets if targets.ndim == 1 else targets.reshape(-1))
     has_ign = ignore_index is not None and not prob
     ign = int(ignore_index) if has_ign else 0
     ls = float(label_smoothing)
     cap = 0.0 if softcap is None else float(softcap)
     scale = float(scale)
     zscale = float(z_scale)
-    inplace = out is x or np.may_share_memory(out, x)     # the caller passes x itself or disjoint
+    inplace = out is x or np.may_share_memory(out, x)    # contract: out is x itself or disjoint
     nel = N * C
     if post == 1:
-        x2 = x.reshape(pre, C)
-        o2 = out.reshape(pre, C)
-        q2 = targets.reshape(pre, C) if prob else _EMPTY_2[dt]
+        if nd == 2:
+            x2, o2 = x, out
+            q2 = targets if prob else _EMPTY_2[dt]
+        else:
+            x2 = x.reshape(pre, C)
+            o2 = out.reshape(pre, C)
+            q2 = targets.reshape(pre, C) if prob else _EMPTY_2[dt]
         if C > K.ROW_MAX:
             return _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap, scale,
                             zscale, rows, z_rows, workers)

@@ -371,12 +371,13 @@ def tanh_sech2_f64(u):
 def softcap_f32(x, s, inv_s):
     """``(s tanh(x / s), sech^2(x / s))`` with ``-inf`` kept (a masked class).
 
-    ``x / s`` is rounded; its exact remainder ``x - u s`` (one fma) is carried as
-    ``ulo = (x - u s) / s`` into :func:`_tanh_sech2_lo_f32`, so ``sech^2`` keeps its
-    relative accuracy for large ``|x / s|`` (where it is ``~ 4 e^{-2|x|/s}`` and an
-    argument error ``delta`` would cost ``2 |x / s| delta`` relative).
+    ``u = x (1/s)`` is rounded (twice); the exact remainder ``x - u s`` (one fma) is
+    carried as ``ulo = (x - u s) (1/s)`` into :func:`_tanh_sech2_lo_f32`, so
+    ``u + ulo`` is ``x / s`` to about ``eps^2`` and ``sech^2`` keeps its relative
+    accuracy for large ``|x / s|`` (where it is ``~ 4 e^{-2|x|/s}`` and an argument
+    error ``delta`` would cost ``2 |x / s| delta`` relative).
     """
-    u = x / s
+    u = x * inv_s
     ulo = fma(-u, s, x) * inv_s
     ulo = ulo if ulo == ulo else np.float32(0.0)          # x = +-inf: no correction
     th, s2 = _tanh_sech2_lo_f32(u, ulo)
@@ -386,7 +387,7 @@ def softcap_f32(x, s, inv_s):
 
 @njit(error_model="numpy")
 def softcap_f64(x, s, inv_s):
-    u = x / s
+    u = x * inv_s
     ulo = fma(-u, s, x) * inv_s
     ulo = ulo if ulo == ulo else 0.0
     th, s2 = _tanh_sech2_lo_f64(u, ulo)

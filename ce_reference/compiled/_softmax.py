@@ -344,7 +344,10 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
     if bad:
         return bad
     # ---- pass 2: gap sums (smoothing / probability targets), target logits
-    if mode != 0:
+    if mode == 0:
+        for jj in range(B):
+            SW[jj] = 0.0
+    else:
         for jj in range(B):
             SW[jj] = 0.0
             SA[jj] = 0.0
@@ -474,7 +477,7 @@ def _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA,
             zg = zscale * (2.0 * z * lse)
             sA = SA[jj]
             rows[jj] = SW[jj] + (L * sA if sA != 0.0 else 0.0)
-            KK[jj] = (scale * sA + zg) * (1.0 / s1)
+            KK[jj] = (scale * sA + zg) / s1
             ZL[jj] = z * lse * lse
     else:
         sm1 = 1.0 if mode == 1 else 0.0
@@ -482,7 +485,6 @@ def _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA,
             keep = KEEP[jj]
             t = T[jj] + (CNT[jj] - 1.0)
             s1 = 1.0 + t
-            inv = 1.0 / s1
             L = log1p(t)
             lse = M[jj] + L
             zg = zscale * (2.0 * z * lse) * keep
@@ -495,10 +497,10 @@ def _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA,
             rows[jj] = ce
             ck = c_sm * keep
             total = c_nll + ck * W
-            KK[jj] = (scale * total + zg) * inv
+            KK[jj] = (scale * total + zg) / s1
             ey = EY[jj] * keep
-            py = ey * inv
-            pym1 = ((ey - 1.0) - t) * inv
+            py = ey / s1
+            pym1 = ((ey - 1.0) - t) / s1
             GY[jj] = scale * (c_nll * pym1 + ck * (W * py - wy)) + zg * py
             CW[jj] = scale * ck
             ZL[jj] = z * lse * lse * keep
