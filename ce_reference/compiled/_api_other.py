@@ -47,6 +47,10 @@ def _operand(a, shape, R, K, dt):
 
 
 def _elementwise(kernel, x, out, operands, extra, scale, loss_out, workers):
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    if not out.flags.c_contiguous or (loss_out is not None and not loss_out.flags.c_contiguous):
+        raise ValueError("out and loss_out must be C-contiguous")
     dt = x.dtype
     shape = x.shape
     R, K = _rows_view(shape)
@@ -98,7 +102,9 @@ def _clip_bounds(eps, dt):
 def categorical_cross_entropy(probs, out, targets, *, axis=-1, weight=None, eps=None, scale=1.0,
                               rows=None, workers=None):
     """Compiled ``value_and_grad`` of categorical CE on probabilities; see ``compiled.__doc__``."""
-    p = probs
+    p = probs if probs.flags.c_contiguous else np.ascontiguousarray(probs)
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
     dt = p.dtype
     shape = p.shape
     ax = axis % p.ndim
@@ -107,6 +113,8 @@ def categorical_cross_entropy(probs, out, targets, *, axis=-1, weight=None, eps=
     post = math.prod(shape[ax + 1:])
     N = pre * post
     prob = targets.dtype.kind == "f"
+    if prob and not targets.flags.c_contiguous:
+        targets = np.ascontiguousarray(targets)
     if rows is None:
         rows = np.empty(N)
     if N == 0:

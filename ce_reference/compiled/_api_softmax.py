@@ -62,7 +62,9 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
                           label_smoothing=0.0, z_loss=0.0, softcap=None, scale=1.0, z_scale=1.0,
                           rows=None, z_rows=None, workers=None):
     """Compiled ``value_and_grad`` of softmax cross-entropy; see ``compiled.__doc__``."""
-    x = logits
+    x = logits if logits.flags.c_contiguous else np.ascontiguousarray(logits)
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
     dt = x.dtype
     shape = x.shape
     nd = len(shape)
@@ -77,6 +79,8 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
         post = math.prod(shape[ax + 1:])
     N = pre * post
     prob = targets.dtype.kind == "f"
+    if prob and not targets.flags.c_contiguous:
+        targets = np.ascontiguousarray(targets)
     if rows is None:
         rows = np.empty(N)
     z = float(z_loss)
