@@ -25,7 +25,7 @@ from scipy.special import logsumexp  # noqa: E402
 
 import ce_reference as ce  # noqa: E402
 from ce_reference import compiled as cp  # noqa: E402
-from ce_reference.compiled import _api_other, _api_softmax, _driver, _jit  # noqa: E402
+from ce_reference.compiled import _api_other, _driver, _jit  # noqa: E402
 from ce_reference.compiled import _softmax as K  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
@@ -132,7 +132,7 @@ def make_softmax_case(rng, shape, axis, dt, prob, weighted, ignore, extreme=Fals
         if C > 2:
             flat[3, 2] = -np.inf               # masked class
         x = np.moveaxis(flat.reshape(np.moveaxis(x, ax, -1).shape), -1, ax)
-    x = x.astype(dt)
+    x = np.ascontiguousarray(x, dtype=dt)
     bshape = tuple(s for i, s in enumerate(shape) if i != ax)
     if prob:
         q = rng.dirichlet(np.ones(C), int(np.prod(bshape))).reshape(bshape + (C,))
@@ -293,7 +293,6 @@ def test_softmax_workers_and_inplace_bitwise(dt, layout, prob):
 
 @pytest.mark.parametrize("kind", ["bce_logits", "bce", "cce_idx", "cce_prob", "cce_cols"])
 def test_other_workers_and_inplace_bitwise(kind):
-    rng = np.random.default_rng(8)
     res = []
     for workers, inplace in [(1, False), (2, False), (3, False), (2, True)]:
         if kind == "bce_logits":

@@ -16,7 +16,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 # Elements below which a call runs in the calling thread (a pool round trip costs
 # ~20-40 us; a (64, 1000) float32 call computes in ~40 us on one core).

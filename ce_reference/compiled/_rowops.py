@@ -188,20 +188,14 @@ def sum_prob_w(y, m, q, w, a1, a0):
 
 
 # ----------------------------------------------------------------------------- gradient rows
-# g = |e'| K - b_c, optionally times S_c (the soft-cap derivative).  b_c is 0, a constant
-# cw (smoothing without weights), cw w_c (smoothing with weights) or sc A_c (probability
-# targets).  One fma: |e'| K - b_c is rounded once.
+# g = |e'| K - b_c, then (soft-cap) times S_c in a second in-cache pass.  b_c is 0, a
+# constant cw (smoothing without weights), cw w_c (smoothing with weights) or sc A_c
+# (probability targets).  One fma: |e'| K - b_c is rounded once.
 
 @helper
 def grad_k(buf, K):
     for i in range(buf.size):
         buf[i] = abs(buf[i]) * K
-
-
-@helper
-def grad_k_s(buf, K, S):
-    for i in range(buf.size):
-        buf[i] = (abs(buf[i]) * K) * S[i]
 
 
 @helper
@@ -211,21 +205,9 @@ def grad_kc(buf, K, cw):
 
 
 @helper
-def grad_kc_s(buf, K, cw, S):
-    for i in range(buf.size):
-        buf[i] = fma(abs(buf[i]), K, -cw) * S[i]
-
-
-@helper
 def grad_kw(buf, K, cw, w):
     for i in range(buf.size):
         buf[i] = fma(abs(buf[i]), K, -(cw * w[i]))
-
-
-@helper
-def grad_kw_s(buf, K, cw, w, S):
-    for i in range(buf.size):
-        buf[i] = fma(abs(buf[i]), K, -(cw * w[i])) * S[i]
 
 
 @helper
@@ -236,13 +218,6 @@ def grad_prob(buf, K, sc, q, a1, a0):
 
 
 @helper
-def grad_prob_s(buf, K, sc, q, a1, a0, S):
-    for i in range(buf.size):
-        A = q[i] * a1 + a0
-        buf[i] = fma(abs(buf[i]), K, -(sc * A)) * S[i]
-
-
-@helper
 def grad_prob_w(buf, K, sc, q, w, a1, a0):
     for i in range(buf.size):
         A = (q[i] * a1 + a0) * w[i]
@@ -250,42 +225,28 @@ def grad_prob_w(buf, K, sc, q, w, a1, a0):
 
 
 @helper
-def grad_prob_w_s(buf, K, sc, q, w, a1, a0, S):
+def mul_rows(buf, S):
     for i in range(buf.size):
-        A = (q[i] * a1 + a0) * w[i]
-        buf[i] = fma(abs(buf[i]), K, -(sc * A)) * S[i]
+        buf[i] = buf[i] * S[i]
 
 
 @helper
 def grad_row(buf, K, cw, sc, w, q, a1, a0, S, mode, has_w, cap):
-    """Dispatch to the gradient loop of ``mode`` (0 index, 1 index + smoothing, 2 probs)."""
+    """Gradient loop of ``mode`` (0 index, 1 index + smoothing, 2 probs), then ``* S``."""
     if mode == 0:
-        if cap:
-            grad_k_s(buf, K, S)
-        else:
-            grad_k(buf, K)
+        grad_k(buf, K)
     elif mode == 1:
         if has_w:
-            if cap:
-                grad_kw_s(buf, K, cw, w, S)
-            else:
-                grad_kw(buf, K, cw, w)
+            grad_kw(buf, K, cw, w)
         else:
-            if cap:
-                grad_kc_s(buf, K, cw, S)
-            else:
-                grad_kc(buf, K, cw)
+            grad_kc(buf, K, cw)
     else:
         if has_w:
-            if cap:
-                grad_prob_w_s(buf, K, sc, q, w, a1, a0, S)
-            else:
-                grad_prob_w(buf, K, sc, q, w, a1, a0)
+            grad_prob_w(buf, K, sc, q, w, a1, a0)
         else:
-            if cap:
-                grad_prob_s(buf, K, sc, q, a1, a0, S)
-            else:
-                grad_prob(buf, K, sc, q, a1, a0)
+            grad_prob(buf, K, sc, q, a1, a0)
+    if cap:
+        mul_rows(buf, S)
 
 
 @helper

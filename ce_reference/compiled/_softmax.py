@@ -287,7 +287,6 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
     one = as_dtype_of(X, 1.0)
     mone = as_dtype_of(X, -1.0)
     M = V[0]
-    MX = V[1]
     T = V[2]
     CNT = V[3]
     SW = V[4]
