@@ -2,16 +2,18 @@ r"""Python side of the compiled kernels: layouts, the fixed block partition, thr
 
 Threads.  A call's work is a fixed list of blocks (a function of the shapes only).
 With ``workers = k > 1`` and at least :data:`PARALLEL_MIN` elements, the block list
-is cut into ``k`` contiguous ranges; ``k - 1`` run on a persistent
-``ThreadPoolExecutor`` (kernels are compiled ``nogil=True``) and one in the
-calling thread.  Each block writes only its own rows, per-row losses and flag,
-so the results are bitwise identical for every ``workers`` (and in place).
+is cut into contiguous chunks taken dynamically by ``k - 1`` threads of a persistent
+``ThreadPoolExecutor`` (kernels are compiled ``nogil=True``) and by the calling
+thread.  Each block writes only its own rows and per-row losses (and returns its
+error bits), so the results are bitwise identical for every ``workers`` (and in
+place).
 Below the threshold, or with one worker, the kernel runs once over all blocks in
 the calling thread: no pool, no allocation besides the kernel's own scratch.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 # Elements below which a call runs in the calling thread (a pool round trip costs
 # ~20-40 us; a (64, 1000) float32 call computes in ~40 us on one core).
 PARALLEL_MIN = 1 << 17
+# Elements per chunk of a parallel call (at least; one kernel call per chunk costs
+# ~2-5 us of dispatch and scratch allocation).
+CHUNK_ELEMENTS = 1 << 16
 
 _pool = None
 _pool_size = 0
@@ -56,7 +61,11 @@ def _executor(n: int) -> ThreadPoolExecutor:
 def run(fn, args, ntasks: int, workers, nelem: int, combine=True):
     """``fn(*args, b0, b1)`` over the tasks ``[0, ntasks)``.
 
-    Returns the OR of the kernel's integer results (its error bits), or None with
+    Parallel calls cut the task list into at most ``8 k`` contiguous chunks of about
+    :data:`CHUNK_ELEMENTS` elements or more, handed out dynamically (a shared
+    counter): a thread that the OS descheduled does not hold up the others, and
+    which thread runs a chunk never changes what the chunk computes.  Returns the
+    OR of the kernel's integer results (its error bits), or None with
     ``combine=False``.
     """
     if ntasks <= 0:
@@ -65,14 +74,23 @@ def run(fn, args, ntasks: int, workers, nelem: int, combine=True):
     if nt <= 1 or nelem < PARALLEL_MIN:
         r = fn(*args, 0, ntasks)
         return int(r) if combine else None
-    cuts = [ntasks * k // nt for k in range(nt + 1)]
+    nchunks = min(ntasks, 8 * nt, max(nt, nelem // CHUNK_ELEMENTS))
+    cuts = [ntasks * k // nchunks for k in range(nchunks + 1)]
+    counter = itertools.count()          # next() is atomic under the GIL
+
+    def worker():
+        bad = 0
+        for k in counter:
+            if k >= nchunks:
+                return bad
+            r = fn(*args, cuts[k], cuts[k + 1])
+            if combine:
+                bad |= int(r)
+        return bad
+
     ex = _executor(nt - 1)
-    futs = [ex.submit(fn, *args, cuts[k], cuts[k + 1]) for k in range(1, nt)]
-    res = [fn(*args, cuts[0], cuts[1])]
-    res += [f.result() for f in futs]
-    if not combine:
-        return None
-    bad = 0
-    for r in res:
-        bad |= int(r)
-    return bad
+    futs = [ex.submit(worker) for _ in range(nt - 1)]
+    bad = worker()
+    for f in futs:
+        bad |= f.result()
+    return bad if combine else None
