@@ -33,16 +33,21 @@ def load():
     return os.getloadavg()[0]
 
 
+CLOCK = time.perf_counter
+
+
 def median_rounds(fns, rounds):
-    """Interleaved rounds: ``{name: median seconds}``."""
+    """Interleaved rounds: ``{name: median seconds}`` (wall clock, or with ``--cpu`` the
+    CPU time of the calling thread, which time-sharing with other processes does not
+    inflate; use it with ``--workers 1``)."""
     times = {k: [] for k in fns}
     for f in fns.values():      # warm-up (compile / cache load, first touch)
         f()
     for _ in range(rounds):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -270,12 +275,19 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--cpu", action="store_true",
+                    help="time the calling thread's CPU time instead of the wall clock")
     a = ap.parse_args(argv)
-    res = {"load_start": os.getloadavg(), "workers": a.workers, "rounds": a.rounds}
+    global CLOCK
+    if a.cpu:
+        CLOCK = time.thread_time
+    res = {"load_start": os.getloadavg(), "workers": a.workers, "rounds": a.rounds,
+           "clock": "thread cpu time" if a.cpu else "wall"}
     import numba
     res["versions"] = {"numpy": np.__version__, "numba": numba.__version__,
                        "python": sys.version.split()[0]}
-    print(f"# load {os.getloadavg()}, numba {numba.__version__}, numpy {np.__version__}")
+    print(f"# load {os.getloadavg()}, numba {numba.__version__}, numpy {np.__version__}, "
+          f"workers {a.workers}, clock {res['clock']}, rounds {a.rounds}")
     if "compile" in a.what:
         print("\n| run | import s | warmup s | compiled | loaded | load |\n|---|---:|---:|---:|---:|---:|")
         res["compile"] = bench_compile()
