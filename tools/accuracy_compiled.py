@@ -78,12 +78,57 @@ def softmax_f32():
     return worst
 
 
+def softmax_f64_mpmath():
+    """float64, index targets, no weights: compiled and NumPy fused against mpmath."""
+    import mpmath as mp
+    from ce_reference import compiled as cp
+    rng = np.random.default_rng(1)
+    worst = {}
+    eps = float(np.finfo(np.float64).eps)
+    for ls, z, cap in itertools.product([0.0, 0.1], [0.0, 1e-3], [None, 30.0]):
+        x = rng.standard_normal((24, 12)) * 6
+        x[0, :3] = [700.0, -700.0, 709.0]
+        x[1, :] = 0.0
+        x[2, 1] = 1e4
+        x[3, 2] = -1e4
+        y = rng.integers(0, 12, 24)
+        out = np.empty_like(x)
+        fl, r, zr = cp.softmax_cross_entropy(x, out, y, label_smoothing=ls, z_loss=z,
+                                             softcap=cap, workers=1)
+        impls = {"compiled": (r + (zr if z else 0), out)}
+        if not z and not cap:
+            rn = ce.softmax_cross_entropy(x, y, label_smoothing=ls, reduction="none")
+            _, gn = ce.softmax_cross_entropy_value_and_grad(x, y, label_smoothing=ls,
+                                                            reduction="sum")
+            impls["numpy fused"] = (rn, gn)
+        for i in range(x.shape[0]):
+            loss, zl, grad, opnd, m = tc._mp_softmax_row(x[i], int(y[i]), ls, z, cap)
+            total = loss + zl
+            lop = abs(total) + (4 * (abs(m) + cap) if cap else 0) + (
+                2 * z * abs(mp.sqrt(zl / z)) * (abs(m) + 1) if z else 0)
+            for name, (rr, gg) in impls.items():
+                el = float(abs(mp.mpf(float(rr[i])) - total) / (eps * lop))
+                # an exact value below the smallest subnormal underflows: not an error
+                eg = max(float(max(abs(mp.mpf(float(gg[i, c])) - grad[c]) - 5e-324, 0)
+                               / (eps * opnd[c])) if opnd[c] else 0.0
+                         for c in range(x.shape[1]))
+                k = (name, f"ls={ls} z={z} cap={cap}")
+                worst[k] = tuple(max(a, b) for a, b in zip(worst.get(k, (0, 0)), (el, eg)))
+    return worst
+
+
 def main():
     print("softmax CE, float32 inputs, every option combination (numpy: without z_loss/softcap)")
     print("| implementation | layout | worst loss error (eps) | worst gradient error (eps x operand) |")
     print("|---|---|---:|---:|")
     for (impl, layout), (el, eg) in sorted(softmax_f32().items()):
         print(f"| {impl} | {layout} | {el:.2f} | {eg:.2f} |")
+    print()
+    print("softmax CE, float64 inputs (24 x 12 rows incl. +-1e4, 700/709 logits, ties), vs mpmath")
+    print("| implementation | options | worst loss error (eps x operand) | worst gradient error |")
+    print("|---|---|---:|---:|")
+    for (impl, o), (el, eg) in sorted(softmax_f64_mpmath().items()):
+        print(f"| {impl} | {o} | {el:.2f} | {eg:.2f} |")
 
 
 if __name__ == "__main__":
