@@ -673,3 +673,19 @@ def test_non_contiguous_input_and_out():
         cp.softmax_cross_entropy(x, np.empty((30, 80), np.float32)[:, ::2], t)
     with pytest.raises(ValueError, match="C-contiguous"):
         cp.binary_cross_entropy_with_logits(x, np.empty((30, 80), np.float32)[:, ::2], x)
+
+
+def test_concurrent_callers_share_the_pool():
+    """Several Python threads, different ``workers``: same results as one serial call."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((300, 90)).astype(np.float32)
+    t = rng.integers(0, 90, 300)
+    ref = run_softmax(x, t, -1, None, None, 0.1, 1e-3, 4.0, workers=1)
+
+    def call(k):
+        return run_softmax(x, t, -1, None, None, 0.1, 1e-3, 4.0, workers=1 + k % 4)
+
+    with ThreadPoolExecutor(6) as ex:
+        for res in ex.map(call, range(24)):
+            assert res[0] == 0 and np.array_equal(res[1], ref[1]) and np.array_equal(res[3], ref[3])

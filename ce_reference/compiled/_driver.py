@@ -50,11 +50,11 @@ def _executor(n: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < n:
-            old = _pool
+            # A larger pool replaces the old one, which is not shut down: a concurrent
+            # call may still be submitting to it (its idle threads exit once it is
+            # garbage collected).
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ce_reference-numba")
             _pool_size = n
-            if old is not None:
-                old.shutdown(wait=False)
         return _pool
 
 
