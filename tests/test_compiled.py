@@ -689,3 +689,10 @@ def test_concurrent_callers_share_the_pool():
     with ThreadPoolExecutor(6) as ex:
         for res in ex.map(call, range(24)):
             assert res[0] == 0 and np.array_equal(res[1], ref[1]) and np.array_equal(res[3], ref[3])
+
+
+def test_module_main_warmup(capsys):
+    from ce_reference.compiled.__main__ import main
+    assert main([]) == 0
+    assert "compiled kernels ready" in capsys.readouterr().out
+    assert main(["nonsense"]) == 2
