@@ -73,7 +73,10 @@ scale=1.0, rows=None, workers=None) -> (flags, rows)``
     ``-> (sum of w_y over kept rows, number of kept rows, any index out of range)``.
 ``warmup()``
     Compile (or load from the cache) every kernel for float32 and float64;
-    returns a dict of timings.
+    returns a dict of timings.  Also ``python -m ce_reference.compiled warmup``.
+``AVAILABLE``
+    False when numba is not installed: the module still imports, and every other
+    name raises ``ImportError``.
 
 Numerics (each measured in ``tests/test_compiled*.py``): ``exp``, ``log``,
 ``log1p`` are the branch-free vectorised functions of :mod:`._math` (float32:
@@ -88,26 +91,38 @@ import time
 
 import numpy as np
 
-from . import _binary, _categorical, _softmax
-from ._api_other import (binary_cross_entropy, binary_cross_entropy_with_logits,
-                         categorical_cross_entropy)
-from ._api_softmax import index_target_stats, softmax_cross_entropy
-from ._driver import PARALLEL_MIN, available_cores
-from ._jit import CACHE_DIR, KERNELS
+try:
+    import numba  # noqa: F401
+except ImportError:          # the backend is optional (extra "fast")
+    AVAILABLE = False
+else:
+    AVAILABLE = True
 
-SOFTMAX_BAD_LOGITS = _softmax.BAD_LOGITS
-SOFTMAX_BAD_TARGET = _softmax.BAD_TARGET
-SOFTMAX_BAD_PROBS = _softmax.BAD_PROBS
-BCE_BAD_INPUT = _binary.BAD_X
-BCE_BAD_TARGET = _binary.BAD_Y
-BCE_BAD_WEIGHT = _binary.BAD_W
-BCE_BAD_POS_WEIGHT = _binary.BAD_PW
-CCE_BAD_PROBS = _categorical.BAD_P
-CCE_BAD_TARGET = _categorical.BAD_TARGET
-CCE_BAD_TARGET_PROBS = _categorical.BAD_Q
+if AVAILABLE:
+    from . import _binary, _categorical, _softmax
+    from ._api_other import (binary_cross_entropy, binary_cross_entropy_with_logits,
+                             categorical_cross_entropy)
+    from ._api_softmax import index_target_stats, softmax_cross_entropy
+    from ._driver import PARALLEL_MIN, available_cores
+    from ._jit import CACHE_DIR, KERNELS
+
+    SOFTMAX_BAD_LOGITS = _softmax.BAD_LOGITS
+    SOFTMAX_BAD_TARGET = _softmax.BAD_TARGET
+    SOFTMAX_BAD_PROBS = _softmax.BAD_PROBS
+    BCE_BAD_INPUT = _binary.BAD_X
+    BCE_BAD_TARGET = _binary.BAD_Y
+    BCE_BAD_WEIGHT = _binary.BAD_W
+    BCE_BAD_POS_WEIGHT = _binary.BAD_PW
+    CCE_BAD_PROBS = _categorical.BAD_P
+    CCE_BAD_TARGET = _categorical.BAD_TARGET
+    CCE_BAD_TARGET_PROBS = _categorical.BAD_Q
+else:
+    def __getattr__(name):
+        raise ImportError(f"ce_reference.compiled.{name} needs numba, which is not installed "
+                          "(pip install 'ce_reference[fast]')")
 
 __all__ = [
-    "softmax_cross_entropy", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+    "AVAILABLE", "softmax_cross_entropy", "binary_cross_entropy_with_logits", "binary_cross_entropy",
     "categorical_cross_entropy", "index_target_stats", "warmup", "CACHE_DIR",
     "PARALLEL_MIN", "available_cores",
 ]
@@ -155,6 +170,9 @@ def warmup(dtypes=(np.float32, np.float64)):
     Returns ``{"seconds": total, "cache_dir": CACHE_DIR, "compiled": n, "loaded": n}``
     (kernels compiled in this process / loaded from the cache).
     """
+    if not AVAILABLE:
+        raise ImportError("ce_reference.compiled.warmup needs numba, which is not installed "
+                          "(pip install 'ce_reference[fast]')")
     t0 = time.perf_counter()
     for dt in dtypes:
         for call in _warm_calls(np.dtype(dt)):
