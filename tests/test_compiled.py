@@ -696,3 +696,60 @@ def test_module_main_warmup(capsys):
     assert main([]) == 0
     assert "compiled kernels ready" in capsys.readouterr().out
     assert main(["nonsense"]) == 2
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), indirect=True)
+def test_keep_mask_equals_ignore_index(layout):
+    """A kept-rows mask (ignored rows' indices set to 0) gives the ignore_index results."""
+    shape, axis = layout
+    rng = np.random.default_rng(13)
+    x, t, w = make_softmax_case(rng, shape, axis, np.float32, False, True, -100)
+    keep = t != -100
+    index = np.where(keep, t, 0)
+    a = cp.softmax_cross_entropy(x, ga := np.empty_like(x), t, axis=axis, weight=w,
+                                 ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, softcap=3.0,
+                                 workers=2)
+    b = cp.softmax_cross_entropy(x, gb := np.empty_like(x), index, axis=axis, weight=w, keep=keep,
+                                 label_smoothing=0.1, z_loss=1e-3, softcap=3.0, workers=2)
+    assert a[0] == b[0] == 0
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) and np.array_equal(ga, gb)
+    assert cp.index_target_stats(t, x.shape[axis], w, -100) == \
+        cp.index_target_stats(index, x.shape[axis], w, keep=keep)
+
+
+def _library_has_z_loss():
+    import inspect
+    return "z_loss" in inspect.signature(ce.softmax_cross_entropy).parameters
+
+
+@pytest.mark.skipif(not _library_has_z_loss(), reason="this checkout's softmax_cross_entropy "
+                    "has no z_loss / softcap (issue 10); the float64 composition above checks "
+                    "them")
+@pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("prob", [False, True])
+def test_matches_library_z_loss_softcap(dt, reduction, prob):
+    """Against the library's own NumPy z_loss / softcap (same semantics, same denominators)."""
+    rng = np.random.default_rng(17)
+    for shape, axis in [((40, 50), -1), ((30, 7), -1), ((4, 9, 11), 1)]:
+        ax = axis % len(shape)
+        C = shape[ax]
+        x, t, w = make_softmax_case(rng, shape, axis, dt, prob, True, None if prob else 3)
+        ign = None if prob else 3
+        kw = dict(axis=axis, weight=w, label_smoothing=0.2, z_loss=1e-3, softcap=3.0)
+        if not prob:
+            kw["ignore_index"] = ign
+        L, G = ce.softmax_cross_entropy_value_and_grad(x, t, reduction=reduction, **kw)
+        fl, rows, zr, g = run_softmax(x, t, axis, w, ign, 0.2, 1e-3, 3.0, reduction=reduction)
+        assert fl == 0
+        bshape = tuple(s for i, s in enumerate(shape) if i != ax)
+        if reduction == "none":
+            val = (rows + zr).reshape(bshape)
+        else:
+            rr, rz, _, scale, zscale, _, _ = softmax_reference(x, t, axis, w, ign, 0.2, 1e-3, 3.0,
+                                                               reduction)
+            val = rows.sum() * scale + zr.sum() * zscale
+        eps = float(np.finfo(dt).eps)
+        Lf = np.asarray(L, float)
+        assert np.all(np.abs(np.asarray(val) - Lf) <= 8 * eps * np.abs(Lf) + 1e-300)
+        assert np.max(np.abs(g.astype(float) - G)) <= 8 * eps * np.max(np.abs(G))

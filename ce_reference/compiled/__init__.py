@@ -43,11 +43,14 @@ error bits (returned ``flags``, the OR over blocks; 0 = no problem)
 Entry points
 ------------
 ``softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None,
-ignore_index=None, label_smoothing=0.0, z_loss=0.0, softcap=None, scale=1.0,
-z_scale=1.0, rows=None, z_rows=None, workers=None) -> (flags, rows, z_rows)``
+ignore_index=None, keep=None, label_smoothing=0.0, z_loss=0.0, softcap=None,
+scale=1.0, z_scale=1.0, rows=None, z_rows=None, workers=None) -> (flags, rows, z_rows)``
     ``targets``: int64 class indices of the batch shape (logits' shape without
     ``axis``), or probabilities of the logits' shape and dtype.  ``weight``: (C,)
-    class weights.  ``ignore_index``: index targets only.  ``softcap = s``:
+    class weights of the logits' dtype.  Index targets only: rows with
+    ``targets == ignore_index``, or with ``keep == False`` (a bool array of the
+    batch shape, e.g. a validated problem's mask; those rows' indices are not
+    looked at), are ignored.  ``softcap = s``:
     logits ``s tanh(x / s)`` first (``-inf`` stays masked); ``z_loss = z``:
     ``z lse^2`` per kept row.  ``rows`` (N,) float64 receives the per-row CE part
     (0 for ignored rows), ``z_rows`` (N,) float64 the z-loss part (only when
@@ -69,7 +72,7 @@ loss_out=None, workers=None) -> (flags, loss_sum)``
 scale=1.0, rows=None, workers=None) -> (flags, rows)``
     Index or probability targets as for softmax; ``mean`` denominators are the
     caller's (``sum w_y`` / ``N``).
-``index_target_stats(targets, num_classes, weight=None, ignore_index=None)``
+``index_target_stats(targets, num_classes, weight=None, ignore_index=None, keep=None)``
     ``-> (sum of w_y over kept rows, number of kept rows, any index out of range)``.
 ``warmup()``
     Compile (or load from the cache) every kernel for float32 and float64;

@@ -16,6 +16,7 @@ SMALL_C = 48
 
 _EMPTY_I = np.zeros(0, np.int64)
 _EMPTY_F64 = np.zeros(0, np.float64)
+_EMPTY_B = np.zeros(0, bool)
 _EMPTY_1 = {np.dtype(np.float32): np.zeros(0, np.float32),
             np.dtype(np.float64): np.zeros(0, np.float64)}
 _EMPTY_2 = {np.dtype(np.float32): np.zeros((0, 0), np.float32),
@@ -25,14 +26,15 @@ _EMPTY_3 = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32),
 
 
 @kernel
-def _index_stats(tgt, C, w, has_ign, ign):
+def _index_stats(tgt, C, w, has_ign, ign, keep):
     n_kept = 0
     wsum = 0.0
     bad = 0
     has_w = w.shape[0] > 0
+    has_keep = keep.shape[0] > 0
     for i in range(tgt.shape[0]):
         y = tgt[i]
-        if has_ign and y == ign:
+        if (has_ign and y == ign) or (has_keep and not keep[i]):
             continue
         if y < 0 or y >= C:
             bad = 1
@@ -42,25 +44,27 @@ def _index_stats(tgt, C, w, has_ign, ign):
     return wsum, n_kept, bad
 
 
-def index_target_stats(targets, num_classes, weight=None, ignore_index=None):
+def index_target_stats(targets, num_classes, weight=None, ignore_index=None, keep=None):
     """``(sum of w_y over kept rows, number of kept rows, any index out of range)``.
 
     The two ``mean`` denominators of index targets (CE part and z-loss part), from
     one compiled pass over the targets.  ``targets``: int64 array (any shape);
     ``weight``: None or a (C,) float array.  Rows with ``targets == ignore_index``
-    are not kept; an index outside ``[0, C)`` that is not ``ignore_index`` sets the
-    third result (and is left out of the sums).
+    are not kept, nor those where ``keep`` (a bool array of the targets' shape) is
+    False; an index outside ``[0, C)`` of a kept row sets the third result (and is
+    left out of the sums).
     """
     t = np.ascontiguousarray(targets, np.int64).reshape(-1)
     w = _EMPTY_1[np.dtype(np.float64)] if weight is None else weight
+    kp = _EMPTY_B if keep is None else np.ascontiguousarray(keep, bool).reshape(-1)
     wsum, n, bad = _index_stats(t, int(num_classes), w, ignore_index is not None,
-                                int(ignore_index or 0))
+                                int(ignore_index or 0), kp)
     return wsum, n, bool(bad)
 
 
 def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_index=None,
-                          label_smoothing=0.0, z_loss=0.0, softcap=None, scale=1.0, z_scale=1.0,
-                          rows=None, z_rows=None, workers=None):
+                          keep=None, label_smoothing=0.0, z_loss=0.0, softcap=None, scale=1.0,
+                          z_scale=1.0, rows=None, z_rows=None, workers=None):
     """Compiled ``value_and_grad`` of softmax cross-entropy; see ``compiled.__doc__``."""
     x = logits if logits.flags.c_contiguous else np.ascontiguousarray(logits)
     if not out.flags.c_contiguous:
@@ -92,6 +96,9 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
     tgt = _EMPTY_I if prob else (targets if targets.ndim == 1 else targets.reshape(-1))
     has_ign = ignore_index is not None and not prob
     ign = int(ignore_index) if has_ign else 0
+    kp = _EMPTY_B if (keep is None or prob) else (
+        keep if keep.ndim == 1 and keep.dtype == bool else
+        np.ascontiguousarray(keep, bool).reshape(-1))
     ls = float(label_smoothing)
     cap = 0.0 if softcap is None else float(softcap)
     scale = float(scale)
@@ -107,15 +114,16 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
             o2 = out.reshape(pre, C)
             q2 = targets.reshape(pre, C) if prob else _EMPTY_2[dt]
         if C > K.ROW_MAX:
-            return _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap, scale,
-                            zscale, rows, z_rows, workers)
+            return _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, kp, ls, z, cap,
+                            scale, zscale, rows, z_rows, workers)
         R = max(1, K.BLOCK // C)
         nb = -(-pre // R)
         if C < SMALL_C:
-            bad = run(K.softmax_rows_small, (x2, o2, tgt, q2, prob, w, has_ign, ign, ls, z, cap,
-                                             scale, zscale, rows, z_rows, R), nb, workers, nel)
+            bad = run(K.softmax_rows_small, (x2, o2, tgt, q2, prob, w, has_ign, ign, kp, ls, z,
+                                             cap, scale, zscale, rows, z_rows, R), nb, workers,
+                      nel)
         else:
-            bad = run(K.softmax_rows, (x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z,
+            bad = run(K.softmax_rows, (x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, kp, ls, z,
                                        cap, scale, zscale, rows, z_rows, R), nb, workers, nel)
     else:
         x3 = x.reshape(pre, C, post)
@@ -124,12 +132,12 @@ def softmax_cross_entropy(logits, out, targets, *, axis=-1, weight=None, ignore_
         Bc = max(16, K.BLOCK // C)
         nq = -(-post // Bc)
         nb = pre * nq
-        bad = run(K.softmax_cols, (x3, o3, inplace, tgt, q3, prob, w, has_ign, ign, ls, z, cap,
+        bad = run(K.softmax_cols, (x3, o3, inplace, tgt, q3, prob, w, has_ign, ign, kp, ls, z, cap,
                                    scale, zscale, rows, z_rows, Bc), nb, workers, nel)
     return bad, rows, z_rows
 
 
-def _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap, scale, zscale, rows,
+def _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, kp, ls, z, cap, scale, zscale, rows,
              z_rows, workers):
     N, C = x2.shape
     CH = K.CHUNK
@@ -140,7 +148,7 @@ def _chunked(x2, o2, inplace, tgt, q2, prob, w, has_ign, ign, ls, z, cap, scale,
     run(K.softmax_chunk_stats, (x2, tgt, q2, prob, w, ls, cap, stats, flags, CH), ntask, workers,
         N * C, combine=False)
     MK = np.empty((N, 5))
-    bad = K.softmax_chunk_combine(tgt, prob, w, has_ign, ign, ls, z, scale, zscale, C, stats,
+    bad = K.softmax_chunk_combine(tgt, prob, w, has_ign, ign, kp, ls, z, scale, zscale, C, stats,
                                   flags, nck, rows, z_rows, MK, 0, N, x2[:1, :1])
     if bad:
         return int(bad), rows, z_rows

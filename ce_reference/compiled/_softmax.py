@@ -110,7 +110,8 @@ def _row_scalars(mode, m, t, yy, ey, ls, C, W, wy, sw, sA, sAd, z, scale, zscale
 # =============================================================================== rows layout
 
 @kernel
-def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap, scale, zscale,
+def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, keep, ls, z, cap, scale,
+                 zscale,
                  rows, zrows, R, b0, b1):
     """Blocks ``[b0, b1)`` of ``R`` rows of ``x`` (N, C), class axis last; returns the OR of
     the error bits of these blocks.
@@ -125,6 +126,8 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
     prob     bool: probability targets.
     w        (C,) class weights of ``x``'s dtype, or (0,) for none.
     has_ign, ign   bool, int64: rows with ``tgt == ign`` are ignored.
+    keep     (N,) bool, or (0,): rows with ``keep == False`` are ignored too (their
+             ``tgt`` is not looked at).
     ls, z, cap     float64: label smoothing, z-loss coefficient, soft-cap (0 = none).
     scale, zscale  float64: gradient factor of the CE part / of the z-loss part.
     rows     (N,) float64: per-row CE loss (0 for ignored rows).
@@ -133,6 +136,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
     """
     N, C = x.shape
     has_w = w.shape[0] > 0
+    has_keep = keep.shape[0] > 0
     capped = cap != 0.0
     mode = 2 if prob else (1 if ls != 0.0 else 0)
     capT = as_dtype_of(x, cap)
@@ -180,7 +184,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
             if not prob:
                 yi = tgt[r]
                 yi_[i] = yi
-                if has_ign and yi == ign:
+                if (has_ign and yi == ign) or (has_keep and not keep[r]):
                     st[i] = 1
                 elif yi < 0 or yi >= C:
                     bad |= BAD_TARGET
@@ -259,7 +263,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, ls, z, cap,
 # =============================================================================== cols layout
 
 @helper
-def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, ls, z, cap,
+def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, keep, ls, z, cap,
                scale, zscale, W, rows, zrows, Y, S, V, VT, TI):
     """One block of the (pre, C, post) layout: columns ``j0 <= j < j1`` of slab ``p``.
 
@@ -331,13 +335,22 @@ def _cols_core(X, O, inplace, Q, p, j0, j1, rbase, tgt, prob, w, has_ign, ign, l
     if not prob:
         # KEEP: 1.0 / 0.0 (ignored); TI: the target, or 0 for an ignored row (a safe
         # index: every later gather and the target write run unconditionally)
-        for jj in range(B):
-            yi = tgt[rbase + jj]
-            ig = has_ign & (yi == ign)
-            oor = (yi < 0) | (yi >= C)
-            nbad += (not ig) & oor
-            KEEP[jj] = 0.0 if ig else 1.0
-            TI[jj] = 0 if (ig | oor) else yi
+        if keep.shape[0] > 0:
+            for jj in range(B):
+                yi = tgt[rbase + jj]
+                ig = (has_ign & (yi == ign)) | (not keep[rbase + jj])
+                oor = (yi < 0) | (yi >= C)
+                nbad += (not ig) & oor
+                KEEP[jj] = 0.0 if ig else 1.0
+                TI[jj] = 0 if (ig | oor) else yi
+        else:
+            for jj in range(B):
+                yi = tgt[rbase + jj]
+                ig = has_ign & (yi == ign)
+                oor = (yi < 0) | (yi >= C)
+                nbad += (not ig) & oor
+                KEEP[jj] = 0.0 if ig else 1.0
+                TI[jj] = 0 if (ig | oor) else yi
         if nbad:
             bad |= BAD_TARGET
     if bad:
@@ -506,7 +519,7 @@ def _col_scalars(mode, B, C, ls, z, scale, zscale, W, M, T, CNT, YY, EY, SW, SA,
 
 
 @kernel
-def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, cap, scale,
+def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, keep, ls, z, cap, scale,
                  zscale, rows, zrows, Bc, b0, b1):
     """Blocks ``[b0, b1)`` of the (pre, C, post) layout, ``Bc`` columns per block.
 
@@ -536,7 +549,7 @@ def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, c
         j1 = min(post, j0 + Bc)
         rb = p * post + j0
         bad = _cols_core(x3, out3, inplace, probs3, p, j0, j1, rb, tgt, prob, w, has_ign, ign,
-                         ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
+                         keep, ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
         if bad:
             allbad |= bad
             for r in range(rb, rb + (j1 - j0)):
@@ -545,7 +558,8 @@ def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, ls, z, c
 
 
 @kernel
-def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, scale, zscale,
+def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, keep, ls, z, cap, scale,
+                       zscale,
                        rows, zrows, R, b0, b1):
     """Small ``C``, class axis last: blocks of ``R`` rows transposed into (C, R) scratch.
 
@@ -582,7 +596,7 @@ def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, ls, z, cap, sc
             for i in range(nr):
                 for c in range(C):
                     QT[0, c, i] = probs[r0 + i, c]
-        bad = _cols_core(XT, GT, False, QT, 0, 0, nr, r0, tgt, prob, w, has_ign, ign,
+        bad = _cols_core(XT, GT, False, QT, 0, 0, nr, r0, tgt, prob, w, has_ign, ign, keep,
                          ls, z, cap, scale, zscale, W, rows, zrows, Y, S, V, VT, TI)
         if bad:
             allbad |= bad
@@ -679,7 +693,7 @@ def softmax_chunk_stats(x, tgt, probs, prob, w, ls, cap, stats, flags, CH, b0, b
 
 
 @kernel
-def softmax_chunk_combine(tgt, prob, w, has_ign, ign, ls, z, scale, zscale, C, stats, flags,
+def softmax_chunk_combine(tgt, prob, w, has_ign, ign, keep, ls, z, scale, zscale, C, stats, flags,
                           nck, rows, zrows, MK, r0, r1, dtype_probe):
     """Merge the chunk statistics of rows ``[r0, r1)`` (online-softmax rule, fixed order).
 
@@ -697,16 +711,17 @@ def softmax_chunk_combine(tgt, prob, w, has_ign, ign, ls, z, scale, zscale, C, s
             W += np.float64(w[c])
     c_sm = ls / C
     allbad = 0
+    has_keep = keep.shape[0] > 0
     for r in range(r0, r1):
         bad = 0
         for k in range(nck):
             bad |= flags[r * nck + k]
-        keep = True
+        kept = True
         yi = 0
         if not prob:
             yi = tgt[r]
-            if has_ign and yi == ign:
-                keep = False
+            if (has_ign and yi == ign) or (has_keep and not keep[r]):
+                kept = False
             elif yi < 0 or yi >= C:
                 bad |= BAD_TARGET
         M = -np.inf
@@ -747,7 +762,7 @@ def softmax_chunk_combine(tgt, prob, w, has_ign, ign, ls, z, scale, zscale, C, s
             ce, zl, K, gy = _row_scalars(2, M, t, 0.0, 0.0, ls, C, W, 1.0, 0.0, sA, sw, z,
                                          scale, zscale)
             cw = 0.0
-        elif keep:
+        elif kept:
             ey = np.float64(exp_nonpos(as_dtype_of(dtype_probe, yy)
                                        - as_dtype_of(dtype_probe, M)))
             wy = np.float64(w[yi]) if has_w else 1.0
@@ -763,7 +778,7 @@ def softmax_chunk_combine(tgt, prob, w, has_ign, ign, ls, z, scale, zscale, C, s
         MK[r, 1] = K
         MK[r, 2] = gy
         MK[r, 3] = cw
-        MK[r, 4] = 1.0 if keep else 0.0
+        MK[r, 4] = 1.0 if kept else 0.0
     return allbad
 
 
