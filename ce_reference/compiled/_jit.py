@@ -80,14 +80,19 @@ CACHE_DIR = _writable_dir_from(_candidate_dirs())
 
 
 class _Locator(caching._CacheLocator):
-    """Cache files in :data:`CACHE_DIR`, stamped with :data:`STAMP`."""
+    """Cache files in a subdirectory of :data:`CACHE_DIR`, stamped with :data:`STAMP`."""
 
     def __init__(self, py_func, py_file):
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
+        # One subdirectory per source directory and module name: two installations (or
+        # this package imported under another name) never read each other's entries,
+        # which pickle references to their own modules.
+        key = f"{os.path.dirname(os.path.abspath(py_file))}|{py_func.__module__}"
+        self._path = os.path.join(CACHE_DIR, hashlib.sha1(key.encode()).hexdigest()[:16])
 
     def get_cache_path(self):
-        return CACHE_DIR
+        return self._path
 
     def get_source_stamp(self):
         return STAMP
