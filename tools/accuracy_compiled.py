@@ -117,6 +117,63 @@ def softmax_f64_mpmath():
     return worst
 
 
+def bce_f32():
+    """BCE with logits / on probabilities, float32, against the float64 plain functions."""
+    from ce_reference import compiled as cp
+    rng = np.random.default_rng(3)
+    n = 200_000
+    x = (rng.standard_normal(n) * 10).astype(np.float32)
+    x[:4] = [np.inf, -np.inf, 1e4, -1e4]
+    y = rng.random(n).astype(np.float32)
+    y[::7] = 0.0
+    y[1::7] = 1.0
+    p = rng.random(n).astype(np.float32)
+    p[:4] = [0.0, 1.0, 1e-30, 1 - 6e-8]
+    eps = float(np.finfo(np.float32).eps)
+    res = {}
+    for pwk in (None, np.float32(2.5)):
+        rl, rg = ce.binary_cross_entropy_with_logits_value_and_grad(
+            x.astype(float), y.astype(float), pos_weight=pwk, reduction="none")
+        xd = x.astype(float)
+        with np.errstate(over="ignore"):
+            sp, sn = 1 / (1 + np.exp(-xd)), 1 / (1 + np.exp(xd))
+        op = np.abs((1 - y) * sp) + np.abs((1.0 if pwk is None else 2.5) * y * sn)
+        out = np.empty_like(x)
+        lo = np.empty_like(x)
+        cp.binary_cross_entropy_with_logits(x, out, y, pos_weight=pwk, loss_out=lo, workers=1)
+        nl, ng = ce.binary_cross_entropy_with_logits_value_and_grad(x, y, pos_weight=pwk,
+                                                                    reduction="none")
+        for name, (l, g) in {"compiled": (lo, out), "numpy fused": (nl, ng)}.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                el = np.nanmax(np.where(l == rl, 0, np.abs(l - rl) / (eps * np.abs(rl))))
+                eg = np.nanmax(np.where(g == rg, 0, np.abs(g - rg) / (eps * op)))
+            res[(f"BCE with logits{'' if pwk is None else ', pos_weight'}", name)] = (el, eg)
+    for e in (None, 1e-4):
+        # the float64 reference on the float32-clipped probabilities (the clip bounds are
+        # eps and 1 - eps in float32, as the plain float32 function computes them)
+        if e is None:
+            pc = p.astype(float)
+            inside = np.ones(n, bool)
+        else:
+            lo_, hi_ = np.float32(e), np.float32(1) - np.float32(e)
+            pc = np.clip(p, lo_, hi_).astype(float)
+            inside = (p >= lo_) & (p <= hi_)
+        rl, rg = ce.binary_cross_entropy_value_and_grad(pc, y.astype(float), reduction="none")
+        rg = np.where(inside, rg, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            op = np.abs((1 - y) / (1 - pc)) + np.abs(y / pc)
+        out = np.empty_like(p)
+        lo = np.empty_like(p)
+        cp.binary_cross_entropy(p, out, y, eps=e, loss_out=lo, workers=1)
+        nl, ng = ce.binary_cross_entropy_value_and_grad(p, y, eps=e, reduction="none")
+        for name, (l, g) in {"compiled": (lo, out), "numpy fused": (nl, ng)}.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                el = np.nanmax(np.where(l == rl, 0, np.abs(l - rl) / (eps * np.abs(rl))))
+                eg = np.nanmax(np.where(g == rg, 0, np.abs(g - rg) / (eps * op)))
+            res[(f"BCE on probabilities{'' if e is None else ', eps=1e-4'}", name)] = (el, eg)
+    return res
+
+
 def main():
     print("softmax CE, float32 inputs, every option combination (the NumPy kernels of this "
           "checkout have no z_loss/softcap)")
@@ -130,6 +187,13 @@ def main():
     print("|---|---|---:|---:|")
     for (impl, o), (el, eg) in sorted(softmax_f64_mpmath().items()):
         print(f"| {impl} | {o} | {el:.2f} | {eg:.2f} |")
+    print()
+    print("BCE, float32 inputs (2e5 elements incl. +-inf, +-1e4 logits; p = 0, 1, 1e-30), "
+          "against float64")
+    print("| loss | implementation | worst loss error (eps) | worst gradient error (eps x operand) |")
+    print("|---|---|---:|---:|")
+    for (loss, impl), (el, eg) in sorted(bce_f32().items()):
+        print(f"| {loss} | {impl} | {el:.2f} | {eg:.2f} |")
 
 
 if __name__ == "__main__":
