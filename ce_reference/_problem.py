@@ -107,11 +107,15 @@ class ClassProblem:
     scale : float
         Factor from the gradient of the sum of the row losses to the
         gradient of the reduced loss (:func:`._reduction.grad_scale`).
+    targets_name : str
+        The second argument's name in error messages (``"targets"``; a loss
+        whose second argument is, e.g., a teacher's log-probabilities names it).
     """
 
     def __init__(self, x, targets, *, input_name, input_kind, axis=-1, weight=None,
                  ignore_index=None, reduction="mean", probs_what="probabilities",
-                 index_only=False, targets_kind="probabilities", check_values=True):
+                 index_only=False, targets_kind="probabilities", targets_name="targets",
+                 check_values=True):
         raw = V.as_numeric_array(input_name, x)
         self.cdt, self.rdt = V.compute_dtypes(raw.dtype)
         self.raw, self.input_name, self.input_kind = raw, input_name, input_kind
@@ -125,10 +129,10 @@ class ClassProblem:
         self.C = raw.shape[ax]
         self.pre, self.post = math.prod(raw.shape[:ax]), math.prod(raw.shape[ax + 1:])
         self.batch_shape = raw.shape[:ax] + raw.shape[ax + 1:]
-        self.targets_kind = targets_kind
+        self.targets_kind, self.targets_name = targets_kind, targets_name
         self._targets(targets, ignore_index, probs_what, index_only, check_values)
         self.weight = V.class_weight(weight, self.C, self.cdt)
-        self.given = {"targets": self.targets_given, "weight": weight}
+        self.given = {targets_name: self.targets_given, "weight": weight}
         self.reduction = V.check_reduction(reduction)
         self.denominator = self._denominator()
         if self.reduction == "mean" and math.isinf(self.denominator):
@@ -152,7 +156,7 @@ class ClassProblem:
         self.denominator = self._denominator()
 
     def _targets(self, targets, ignore_index, probs_what, index_only, check_values):
-        t = V.as_numeric_array("targets", targets)
+        t = V.as_numeric_array(self.targets_name, targets)
         ignore_index = V.check_ignore_index(ignore_index)
         self.index = self.keep = self.targets_raw = None
         if t.dtype.kind in "iu":
@@ -162,11 +166,13 @@ class ClassProblem:
             self.targets_given = t
             return
         if index_only:
-            raise TypeError(f"targets must hold integer class indices, got dtype {t.dtype}")
+            raise TypeError(f"{self.targets_name} must hold integer class indices, "
+                            f"got dtype {t.dtype}")
         V.probability_targets(t, self.shape, ignore_index, probs_what,
-                              check_values and self.targets_kind == "probabilities")
+                              check_values and self.targets_kind == "probabilities",
+                              name=self.targets_name)
         if check_values and self.targets_kind != "probabilities":
-            check_input_values(self.targets_kind, "targets", t)
+            check_input_values(self.targets_kind, self.targets_name, t)
         self.targets_raw = t.reshape(self.pre, self.C, self.post)
         self.targets_given = t
         self.probs_what = probs_what
@@ -195,9 +201,9 @@ class ClassProblem:
         check_input_values(self.input_kind, self.input_name,
                            self.raw.astype(self.cdt, copy=False), self.ax)
         if self.targets_raw is not None and self.targets_kind == "probabilities":
-            V.check_unit_interval("targets", self.targets_given, self.probs_what)
+            V.check_unit_interval(self.targets_name, self.targets_given, self.probs_what)
         elif self.targets_raw is not None:
-            check_input_values(self.targets_kind, "targets", self.targets_given)
+            check_input_values(self.targets_kind, self.targets_name, self.targets_given)
 
     def check_broadcast_values(self) -> None:
         """Value checks of the operands smaller than the input (a fused kernel checks the
@@ -229,7 +235,7 @@ class ClassProblem:
         if self.targets_kind == "probabilities":
             return V.unit_interval_ok(self.targets_given)
         try:
-            check_input_values(self.targets_kind, "targets", self.targets_given)
+            check_input_values(self.targets_kind, self.targets_name, self.targets_given)
         except ValueError:
             return False
         return True

@@ -260,11 +260,14 @@ def index_targets(t: np.ndarray, x_shape: tuple, axis: int, ignore_index=None):
 
 
 def probability_targets(t: np.ndarray, x_shape: tuple, ignore_index=None,
-                        probs_what: str = "probabilities", check_values: bool = True):
+                        probs_what: str = "probabilities", check_values: bool = True,
+                        name: str = "targets"):
     """Validate probability / one-hot targets (any non-integer dtype): the input's shape.
 
     Values are checked (finite, in [0, 1], in the dtype as given) unless
     ``check_values`` is False (a fused kernel checks them block by block).
+    ``name`` is the argument's name in the messages (a loss whose second
+    argument is not called ``targets``).
     """
     if ignore_index is not None:
         raise ValueError(
@@ -273,11 +276,11 @@ def probability_targets(t: np.ndarray, x_shape: tuple, ignore_index=None,
         )
     if t.shape != tuple(x_shape):
         raise ValueError(
-            f"targets holds {probs_what} (non-integer dtype) so its shape must equal the "
+            f"{name} holds {probs_what} (non-integer dtype) so its shape must equal the "
             f"input's shape {tuple(x_shape)}; got {t.shape}"
         )
     if check_values:
-        check_unit_interval("targets", t, probs_what)
+        check_unit_interval(name, t, probs_what)
     return t
 
 
