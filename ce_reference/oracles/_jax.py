@@ -54,3 +54,14 @@ def class_weight(weight, dtype, ndim, axis):
     shape = [1] * ndim
     shape[axis] = -1
     return w.reshape(shape)
+
+
+def mul0(a, b):
+    """``a * b`` with ``0 * anything = 0``, in the value *and* in its derivatives.
+
+    The double ``where``: the branch that is not taken never sees ``inf`` or
+    NaN, so ``jax.grad`` sends no NaN cotangent through it (a zero probability
+    times ``log 0`` is 0, and so is its derivative).
+    """
+    zero = a == 0
+    return jnp.where(zero, 0.0, a * jnp.where(zero, 0.0, b))

@@ -31,18 +31,25 @@ def tight(value, grad, hvp):
     return Operands(value, grad, hvp, value, grad, hvp)
 
 
+def _is_mean(case):
+    """``mean`` or a loss's own mean-like reduction (``batchmean``): not ``none``/``sum``."""
+    return case.kwargs["reduction"] not in ("none", "sum")
+
+
 def reduce_operand(case, per, denom):
-    """Reduce per-example operands like the losses (``none`` keeps them)."""
+    """Reduce per-example operands like the losses (``none`` keeps them; a mean-like
+    reduction, ``mean`` or ``batchmean``, divides by the oracle's denominator)."""
     red = case.kwargs["reduction"]
     if red == "none":
         return per
     total = np.sum(per)
-    return np.asarray(total / denom if red == "mean" and denom else total)
+    return np.asarray(total / denom if _is_mean(case) and denom else total)
 
 
 def scale(case, denom):
-    """The reduction's gradient scale ``1/denom`` for a non-empty ``mean``, else 1."""
-    return 1.0 / denom if case.kwargs["reduction"] == "mean" and denom else 1.0
+    """The reduction's gradient scale ``1/denom`` for a non-empty mean-like reduction
+    (``mean``, ``batchmean``), else 1."""
+    return 1.0 / denom if _is_mean(case) and denom else 1.0
 
 
 def class_last(case):
