@@ -37,7 +37,8 @@ class Draw:
     order for class-axis losses) and ``C`` the number of classes (None for
     elementwise losses); ``index`` the class ids of the rows (class-axis losses,
     before targets of other kinds are built from them); ``k`` the layout's
-    position in its list and ``i`` the case number within its row.
+    position in its list and ``i`` the case number within its row; ``region``
+    the row's input region (``"random"``, ``"extreme"``, ``"masked"``, ...).
     """
 
     dtype: np.dtype
@@ -49,6 +50,7 @@ class Draw:
     target_kind: str
     index: np.ndarray | None = None
     kwargs: dict = field(default_factory=dict)
+    region: str | None = None
 
 
 def mixed_weights(rng, shape, dtype):

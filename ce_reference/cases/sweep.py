@@ -27,7 +27,14 @@ number of distinct JAX compilations (about 0.3 s each) small.  Values:
   and 0 and 1 (option sets with ``eps`` only);
 * log-probabilities: the logs of the probability rows, and ``log_softmax`` of
   the extreme logit rows (``-inf`` for a masked class).  Points on a clip boundary
-  are flagged in :attr:`Case.kink`: finite differences check them one-sided.
+  are flagged in :attr:`Case.kink`: finite differences check them one-sided;
+* class-axis inputs, ``masked`` (:data:`MASKED_REGIONS`): the extreme rows with
+  masked classes -- ``-inf`` wherever the target has no mass (index targets: at
+  random other classes), probability targets with zero classes (so a zero
+  target, or a ``-inf`` log-target, sits beside a ``-inf`` input), and exactly
+  ``-1e4`` at a few other classes; ``masked one-sided``: also ``-inf`` at some
+  classes where the target has mass (never an index target's own class), a
+  loss that is finite there (a mixture such as the JSD) uses it.
 
 Targets: hard 0/1 or soft (binary); class indices, one-hot or Dirichlet soft
 rows, including all-zero rows (categorical).  Options: weights drawn from
@@ -66,6 +73,11 @@ CLASS_LAYOUTS = {
 }
 CLASS_LAYOUTS["near 0/1"] = CLASS_LAYOUTS["extreme"]
 CLASS_LAYOUTS["clip"] = CLASS_LAYOUTS["extreme"]
+#: Regions of class-axis logits / log-probabilities with masked classes (see the module doc).
+MASKED_REGIONS = ("masked", "masked one-sided")
+for _region in MASKED_REGIONS:
+    CLASS_LAYOUTS[_region] = CLASS_LAYOUTS["extreme"]
+del _region
 
 # Linear: features (..., H) and V classes.  Small enough for the mpmath oracle (its cost is
 # N V H products); in ``extreme`` the rows are at most H (see _linear_extreme).
@@ -189,7 +201,7 @@ def _elementwise(spec, opt, dtype, region, layout, rng, i, k):
         if spec.input == "log_probs":
             x = V.log(x).astype(dtype)
     kw = {}
-    draw = Draw(dtype, shape, shape, None, k, i, opt.targets, kwargs=kw)
+    draw = Draw(dtype, shape, shape, None, k, i, opt.targets, kwargs=kw, region=region)
     _sample_options(spec, opt, rng, draw, kw, targets_stage=False)
     kink = V.kink_mask(x, dtype) if "eps" in kw else None
     return x, t, _ordered(spec, kw), kink
@@ -207,11 +219,14 @@ def _classes(spec, opt, dtype, region, layout, rng, i, k):
     nrows = int(np.prod(batch, dtype=np.int64))
     kw = {"axis": axis} if "axis" in spec.option_names else {}
     draw = Draw(dtype, shape, batch, C, k, i, opt.targets, index=rng.integers(0, C, batch),
-                kwargs=kw)
+                kwargs=kw, region=region)
     _sample_options(spec, opt, rng, draw, kw, targets_stage=True)
     t, right = _class_targets(opt.targets, draw.index, kw.get("ignore_index"), rng, mshape,
-                              nrows, C, i, dtype)
+                              nrows, C, i, dtype, region)
     x, kink = _class_input(spec, opt, region, rng, mshape, nrows, C, i, right, dtype)
+    if region in MASKED_REGIONS:
+        x = _mask_input(rng, x, t, opt.targets, right, spec.input == "logits",
+                        region == "masked one-sided")
     _sample_options(spec, opt, rng, draw, kw, targets_stage=False)
     if "eps" in kw:
         kink = V.kink_mask(x, dtype)
@@ -223,7 +238,7 @@ def _classes(spec, opt, dtype, region, layout, rng, i, k):
     return x, t, _ordered(spec, kw), kink
 
 
-def _class_targets(kind, idx, ignore, rng, mshape, nrows, C, i, dtype):
+def _class_targets(kind, idx, ignore, rng, mshape, nrows, C, i, dtype, region=None):
     """Targets of a kind (class axis last) and the "right" class of each row."""
     if kind == "index":
         t = np.asarray(idx, dtype=np.int64)
@@ -233,15 +248,46 @@ def _class_targets(kind, idx, ignore, rng, mshape, nrows, C, i, dtype):
         np.put_along_axis(q, idx[..., None], 1.0, axis=-1)
         return q.astype(dtype), idx
     q = V.soft_rows(rng, mshape, nrows, C, i)
+    if region in MASKED_REGIONS:
+        q = _zero_classes(rng, q)
     right = np.argmax(q, axis=-1)
     if kind == "log_soft":
         return V.log(q).astype(dtype), right
     return q.astype(dtype), right
 
 
+def _zero_classes(rng, q):
+    """Probability rows (class axis last) with about 40% of their classes set to 0 (a row
+    keeps its largest entry), renormalised; rows that are all zero stay so."""
+    drop = rng.uniform(size=q.shape) < 0.4
+    np.put_along_axis(drop, np.argmax(q, axis=-1)[..., None], False, axis=-1)
+    q = np.where(drop, 0.0, q)
+    s = np.sum(q, axis=-1, keepdims=True)
+    return np.divide(q, s, out=np.zeros_like(q), where=s > 0)
+
+
+def _mask_input(rng, x, t, kind, right, logits, one_sided):
+    """Regions ``masked`` / ``masked one-sided`` (class axis last): ``-inf`` where the target
+    has no mass (index targets: at about 40% of the other classes), with ``one_sided`` also
+    at about 25% of the classes where it has mass (never an index target's own class), and
+    exactly ``-1e4`` at about 20% of the remaining classes.  Logits keep a finite entry in
+    every row (the row's right class)."""
+    if kind == "index":
+        mask = rng.uniform(size=x.shape) < 0.4
+    else:
+        mask = np.isneginf(t) if kind == "log_soft" else (t == 0)
+        if one_sided:
+            mask = mask | (rng.uniform(size=x.shape) < 0.25)
+    if kind == "index" or logits:
+        np.put_along_axis(mask, np.asarray(right)[..., None], False, axis=-1)
+    far = ~mask & (rng.uniform(size=x.shape) < 0.2)
+    return np.where(mask, -np.inf, np.where(far, -1e4, x)).astype(x.dtype)
+
+
 def _class_input(spec, opt, region, rng, mshape, nrows, C, i, right, dtype):
     """The first argument (class axis last) for the spec's input domain."""
-    if spec.input in ("logits", "log_probs") and region in ("random", "extreme"):
+    if spec.input in ("logits", "log_probs") and region in ("random", "extreme",
+                                                            *MASKED_REGIONS):
         if region == "random":
             z = V.normal(rng, mshape, LOGIT_SCALES[i % len(LOGIT_SCALES)])
         else:
