@@ -138,9 +138,10 @@ def fd_steps(spec, case, x, frow, name="input"):
     grow).  Probabilities also keep ``h <= 1e-4 min(p, 1-p)`` (the relative
     truncation error of a central difference of ``log p`` is ``(h/p)^2 / 3``)
     and a tenth of the distance to a clip boundary (the step never crosses a
-    kink).  Elements whose step would be below 4 ULP of ``x`` (probabilities
-    within ~1e-12 of 0 or 1) cannot be resolved by a float64 difference
-    quotient and are skipped (the exact oracles cover them).
+    kink); log-probabilities keep ``h <= |x| / 2`` (a step never leaves
+    ``x <= 0``, where the loss is defined).  Elements whose step would be below
+    4 ULP of ``x`` (probabilities within ~1e-12 of 0 or 1) cannot be resolved by
+    a float64 difference quotient and are skipped (the exact oracles cover them).
     """
     h = np.cbrt(np.finfo(np.float64).eps * np.maximum(1.0, np.abs(frow)))
     if name == "input" and spec.input == "probs":
@@ -152,6 +153,8 @@ def fd_steps(spec, case, x, frow, name="input"):
             h = np.minimum(h, 0.1 * np.where(dist > 0, dist, np.inf))
         h = np.minimum(h, 1e-4 * np.minimum(pc, 1 - pc))
         h = np.minimum(h, 0.5 * np.minimum(x, 1 - x))     # stay inside [0, 1]
+    elif name == "input" and spec.input == "log_probs":
+        h = np.minimum(h, 0.5 * np.abs(x))                # stay <= 0 (x = 0: no step)
     usable = h >= 4 * np.spacing(np.abs(x))
     return np.where(usable, h, 0.0), usable
 
