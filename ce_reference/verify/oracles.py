@@ -141,7 +141,8 @@ def fd_steps(spec, case, x, frow, name="input"):
     kink); log-probabilities keep ``h <= |x| / 2`` (a step never leaves
     ``x <= 0``, where the loss is defined).  Elements whose step would be below
     4 ULP of ``x`` (probabilities within ~1e-12 of 0 or 1) cannot be resolved by
-    a float64 difference quotient and are skipped (the exact oracles cover them).
+    a float64 difference quotient and are skipped (the exact oracles cover them),
+    nor can the elements of a row whose loss is infinite.
     """
     h = np.cbrt(np.finfo(np.float64).eps * np.maximum(1.0, np.abs(frow)))
     if name == "input" and spec.input == "probs":
@@ -155,7 +156,7 @@ def fd_steps(spec, case, x, frow, name="input"):
         h = np.minimum(h, 0.5 * np.minimum(x, 1 - x))     # stay inside [0, 1]
     elif name == "input" and spec.input == "log_probs":
         h = np.minimum(h, 0.5 * np.abs(x))                # stay <= 0 (x = 0: no step)
-    usable = h >= 4 * np.spacing(np.abs(x))
+    usable = (h >= 4 * np.spacing(np.abs(x))) & np.isfinite(frow)   # inf - inf: no quotient
     return np.where(usable, h, 0.0), usable
 
 
@@ -208,7 +209,11 @@ def _fd_part(spec, case, name, array, g, op, row_losses, value_fn):
         z = z.reshape(shape)
         at = case.replace(x=z) if name == "input" else \
             case.replace(kwargs={**case.kwargs, name: z})
-        return np.atleast_1d(np.asarray(spec.call(value_fn, at), np.float64)).reshape(-1)
+        r = np.atleast_1d(np.asarray(spec.call(value_fn, at), np.float64)).reshape(-1)
+        # An infinite row loss (an infinite KL) stays infinite under the steps: its elements
+        # are not resolvable (fd_steps); as 0 it keeps the other rows' quotients free of
+        # inf - inf.
+        return np.where(np.isfinite(r), r, 0.0)
 
     g = np.asarray(g, np.float64).reshape(-1)
     # Normalise by the operands of the gradient (>= |g| elementwise, see errors.py), not by
@@ -220,10 +225,13 @@ def _fd_part(spec, case, name, array, g, op, row_losses, value_fn):
         frow = np.full(x.size, float(np.sum(np.abs(row_losses))))
     h, usable = fd_steps(spec, case, x, frow, name)
     # An element whose difference quotient carries more rounding noise
-    # (~4 eps |f_row| / h) than 1% of the tolerance cannot be checked by finite
+    # (~4 (eps |f_row| + the smallest subnormal) / h: a subnormal row loss has no
+    # relative precision) than 1% of the tolerance cannot be checked by finite
     # differences (a tiny gradient next to a large row loss); skip it.
+    fi = np.finfo(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        noise = np.where(usable, 4 * np.finfo(np.float64).eps * np.abs(frow) / h, np.inf)
+        noise = np.where(usable, 4 * (fi.eps * np.abs(frow) + fi.smallest_subnormal) / h,
+                         np.inf)
     kink = np.zeros(x.size, bool) if case.kink is None or name != "input" else \
         case.kink.reshape(-1)
     # Two passes: elements reliable on their own, then any element whose noise is small
