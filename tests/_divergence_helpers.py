@@ -23,20 +23,21 @@ def random_log_probs(rng, shape, scale=3.0, axis=-1):
     return log_softmax(rng.normal(size=shape) * scale, axis=axis)
 
 
-def mp_errors(name, x, targets, v=None, **kwargs):
-    """Worst errors of ``NAME``, ``NAME_grad`` and ``NAME_hvp`` at ``(x, targets, v)`` against
+def mp_errors(name, x, second, v=None, **kwargs):
+    """Worst errors of ``NAME``, ``NAME_grad`` and ``NAME_hvp`` at ``(x, second, v)`` (``second``:
+    the targets, or the JSD's teacher) against
     the loss's mpmath oracle (50 digits, re-run at 400 for extreme inputs), in the verifier's
     units, and the oracle's disagreement note (None when both precisions agree)."""
     spec = LOSSES[name]
     x = np.asarray(x)
     v = np.ones(x.shape, x.dtype) if v is None else np.asarray(v, x.dtype)
     kwargs.setdefault("reduction", spec.reductions[0])
-    case = inputs.Case(name, "test", x.dtype, "test", 0, 0, x, targets, kwargs, v)
+    case = inputs.Case(name, "test", x.dtype, "test", 0, 0, x, second, kwargs, v)
     exact = mp.oracle(spec, case)
     ops = errors.operands(spec, case, v)
-    value = np.asarray(spec.value(x, targets, **kwargs), np.float64)
-    grad = np.asarray(spec.grad(x, targets, **kwargs), np.float64)
-    hv = np.asarray(spec.hvp(x, targets, v, **kwargs), np.float64)
+    value = np.asarray(spec.value(x, second, **kwargs), np.float64)
+    grad = np.asarray(spec.grad(x, second, **kwargs), np.float64)
+    hv = np.asarray(spec.hvp(x, second, v, **kwargs), np.float64)
     out = {"value": errors.combined(value, exact.value, ops.value, x.dtype)[0],
            "grad": errors.combined(grad, exact.grad, ops.grad, x.dtype)[0],
            "hvp": errors.combined(hv, mp.hvp_oracle(spec, case), ops.hvp, x.dtype)[0],
@@ -44,8 +45,8 @@ def mp_errors(name, x, targets, v=None, **kwargs):
     return out
 
 
-def assert_mp_close(name, x, targets, v=None, tol=MP_TOL, **kwargs):
-    errs = mp_errors(name, x, targets, v, **kwargs)
+def assert_mp_close(name, x, second, v=None, tol=MP_TOL, **kwargs):
+    errs = mp_errors(name, x, second, v, **kwargs)
     assert errs["disagreement"] is None, errs
     for what in ("value", "grad", "hvp"):
         assert errs[what] <= tol, (what, errs, kwargs)
