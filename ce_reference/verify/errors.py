@@ -69,9 +69,12 @@ def elementwise(got, exact, operand, dtype, floor=None):
         diff = np.where(diff < floor, 0.0, diff)
         spacing = np.spacing(np.abs(exact).astype(dtype)).astype(np.float64)
         spacing = np.where(np.isfinite(spacing) & (spacing > 0), spacing, np.inf)
-        ulp = np.where(diff == 0, 0.0, diff / spacing)
+        # an infinite difference (a finite result against an infinite oracle) is an
+        # infinite error, not inf / inf = NaN (which max() and comparisons would drop)
+        ulp = np.where(diff == 0, 0.0, np.where(np.isinf(diff), np.inf, diff / spacing))
         scale = np.finfo(dtype).eps * operand
-        opnd = np.where(diff == 0, 0.0, np.where(scale > 0, diff / scale, np.inf))
+        opnd = np.where(diff == 0, 0.0,
+                        np.where((scale > 0) & np.isfinite(diff), diff / scale, np.inf))
     return ulp, opnd
 
 
