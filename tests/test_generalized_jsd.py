@@ -199,6 +199,22 @@ def test_discontinuous_at_beta_0_and_1(rng):
                                Q * (X - Y + 1) / X.shape[0], rtol=1e-13, atol=1e-16)
 
 
+def test_infinite_kls_at_the_ends_stay_infinite_where_a_probability_underflows():
+    """beta = 1: KL(Q||P) is +inf where P = 0 < Q, also when Q = e^-800 underflows to 0 (the
+    student's log-probability is finite, so Q > 0): value, gradient Q (X - Y + 1) and Hessian
+    Q (X - Y + 2) are +inf there, as mpmath says; beta = 0 symmetrically."""
+    X, Y = np.array([[-800.0, 0.0]]), np.array([[-np.inf, 0.0]])
+    v, g = ce.generalized_jsd_value_and_grad(X, Y, beta=1.0, reduction="sum")
+    assert v == np.inf
+    np.testing.assert_array_equal(g, [[np.inf, 1.0]])
+    np.testing.assert_array_equal(ce.generalized_jsd_hvp(X, Y, [[1.0, 1.0]], beta=1.0,
+                                                         reduction="sum"), [[np.inf, 2.0]])
+    assert_mp_close("generalized_jsd", X, Y, [[1.0, 1.0]], beta=1.0, reduction="sum")
+    v, g = ce.generalized_jsd_value_and_grad(Y, X, beta=0.0, reduction="sum")
+    assert v == np.inf
+    assert_mp_close("generalized_jsd", Y, X, [[1.0, 1.0]], beta=0.0, reduction="sum")
+
+
 # --------------------------------------------------------------------------- mpmath
 
 def _extreme_rows():

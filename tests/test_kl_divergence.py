@@ -152,6 +152,10 @@ def test_positive_target_beside_minus_inf_input_is_infinite_with_finite_gradient
     x, t = np.array([[-np.inf, 0.0]]), np.array([[0.5, 0.5]])
     assert ce.kl_divergence(x, t, reduction="sum") == np.inf
     np.testing.assert_array_equal(ce.kl_divergence_grad(x, t, reduction="sum"), [[-0.5, -0.5]])
+    # a log-target whose probability underflows (e^-800 = 0 in float64) is still positive
+    lt = np.array([[-800.0, 0.0]])
+    assert ce.kl_divergence(x, lt, log_target=True, reduction="sum") == np.inf
+    assert_mp_close("kl_divergence", x, lt, log_target=True, reduction="sum")
 
 
 # --------------------------------------------------------------------------- mpmath

@@ -277,6 +277,14 @@ def _mixture(X, Y, beta: float):
     return P, Q, M, a, b, r, s
 
 
+def _times(p, diff):
+    r""":math:`p \cdot \mathrm{diff}` for a probability :math:`p = e^{\log p}` and a difference
+    of log-probabilities: 0 where :math:`p = 0` (``mul0``), and ``+inf`` where the difference
+    is ``+inf`` -- its own log-probability is then finite, so :math:`p > 0` even where ``exp``
+    underflows to 0 (an infinite KL stays infinite)."""
+    return np.where(np.isposinf(np.real(diff)), np.inf, mul0(p, diff))
+
+
 def _pointwise(X, Y, beta: float, want_value=True, want_grad=True):
     r"""Elements :math:`L` and :math:`\partial L/\partial X` (class axis last), ``None`` for what
     was not asked; ``X`` may be complex (the complex step).
@@ -289,7 +297,8 @@ def _pointwise(X, Y, beta: float, want_value=True, want_grad=True):
 
     Products with a probability go through ``mul0``: :math:`0 \cdot \infty = 0`
     (a zero probability beside a ``-inf`` on the other side contributes 0,
-    never NaN).  The end cases cancel like any KL when :math:`X \approx Y`;
+    never NaN); at the ends through :func:`_times`, so that a KL that is
+    infinite stays so where the probability underflows.  The end cases cancel like any KL when :math:`X \approx Y`;
     their error is a few ULP of :math:`P|Y - X|` (:math:`Q|X - Y|`).
     """
     cdt = np.real(X).dtype
@@ -298,7 +307,7 @@ def _pointwise(X, Y, beta: float, want_value=True, want_grad=True):
         if beta == 0.0:
             P = np.exp(Y)
             if want_value:
-                L = mul0(P, Y - X)
+                L = _times(P, Y - X)
             if want_grad:
                 G = 0 - P
             return L, G
@@ -306,9 +315,9 @@ def _pointwise(X, Y, beta: float, want_value=True, want_grad=True):
             Q = np.exp(X)
             diff = X - Y
             if want_value:
-                L = mul0(Q, diff)
+                L = _times(Q, diff)
             if want_grad:
-                G = mul0(Q, diff + 1)
+                G = _times(Q, diff + 1)
             return L, G
     P, Q, M, a, b, r, s = _mixture(X, Y, beta)
     if want_value:
@@ -332,7 +341,7 @@ def _hessian_diagonal(X, Y, beta: float):
         return np.zeros_like(X)
     with np.errstate(invalid="ignore", over="ignore"):
         if beta == 1.0:
-            return mul0(np.exp(X), (X - Y) + 2)
+            return _times(np.exp(X), (X - Y) + 2)
         P, Q, M, a, b, r, s = _mixture(X, Y, beta)
         return X.dtype.type(1.0 - beta) * mul0(Q, r + a)
 
@@ -569,12 +578,17 @@ BETA_SAMPLES = (0.5, 0.0, 1.0, 0.1, 0.9, 1e-12, 1 - 2.0 ** -40, 0.3)
 
 
 def _sample_beta(rng, draw):
-    """The case's ``beta`` from :data:`BETA_SAMPLES`; in the region ``masked one-sided`` (a
-    zero student probability beside a positive teacher one: KL(P||Q) is infinite) only
-    interior values."""
-    pool = BETA_SAMPLES
+    """The case's ``beta`` from :data:`BETA_SAMPLES`, keeping the rows finite (an infinite KL
+    is checked in the tests): in ``masked one-sided`` (a zero student probability beside a
+    positive teacher one: KL(P||Q) is infinite) only interior values; 1 only in ``masked``,
+    where a zero teacher probability always sits beside a zero student one (elsewhere the
+    teacher's all-zero rows make KL(Q||P) infinite)."""
     if draw.region == "masked one-sided":
         pool = tuple(b for b in BETA_SAMPLES if 0 < b < 1)
+    elif draw.region == "masked":
+        pool = BETA_SAMPLES
+    else:
+        pool = tuple(b for b in BETA_SAMPLES if b != 1)
     return pool[draw.i % len(pool)]
 
 

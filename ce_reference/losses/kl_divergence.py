@@ -120,11 +120,15 @@ def _elements(P, x):
     ``log t - x`` (``τ - x`` for log-targets, the exact difference of two
     inputs up to one rounding) is formed first and multiplied by :math:`t`
     last.  ``mul0``: where :math:`t = 0` the element is 0 whatever ``x`` is
-    (``0 · (-inf - x)`` and ``0 · (-inf + inf)`` never reach the result).
+    (``0 · (-inf - x)`` and ``0 · (-inf + inf)`` never reach the result); a
+    finite log-target beside a ``-inf`` input is ``+inf`` even where
+    :math:`e^{\tau}` underflows.
     """
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if P.log_target:
-            return mul0(np.exp(P.probs), P.probs - x)
+            diff = P.probs - x
+            # t = exp(τ) may underflow to 0 where τ - x = +inf: the KL is still infinite
+            return np.where(np.isposinf(np.real(diff)), np.inf, mul0(np.exp(P.probs), diff))
         return mul0(P.probs, np.log(P.probs) - x)
 
 
