@@ -82,10 +82,13 @@ def case_id(combo):
     return ",".join(f"{k}={v}" for k, v in combo.items() if v not in (None, False, 0.0, -1))
 
 
-#: The losses called as ``loss(x, targets, ...)``: every one but linear cross-entropy
-#: (features and a weight matrix), which the contract tests, the verifier and
-#: tests/test_linear_cross_entropy.py cover.
+#: The losses called as ``loss(x, targets, ...)`` on inputs these builders draw (logits or
+#: probabilities): every one but linear cross-entropy (features and a weight matrix), which
+#: the contract tests, the verifier and tests/test_linear_cross_entropy.py cover, and the
+#: losses on log-probabilities (NLL, KL, JSD), which the contract and their own test files
+#: (PyTorch parity) cover.
 X_TARGET_LOSSES = {name: spec for name, spec in LOSSES.items()
-                   if spec.positional == ("input", "targets")}
+                   if spec.positional == ("input", "targets")
+                   and spec.input in ("logits", "probs")}
 
 ALL = [(name, combo) for name, spec in X_TARGET_LOSSES.items() for combo in option_grid(spec)]
