@@ -574,7 +574,7 @@ def _complex_value(z, teacher, *, beta=0.5, axis=-1, ignore_index=None, targets=
 
 #: The values of ``beta`` the verifier cycles through: the ends (Liger's KLs), the
 #: default, and the interior near the ends (where 1 - beta or beta rounds in float32).
-BETA_SAMPLES = (0.5, 0.0, 1.0, 0.1, 0.9, 1e-12, 1 - 2.0 ** -40, 0.3)
+BETA_SAMPLES = (0.5, 0.0, 1.0, 0.1, 0.9, 1e-12, 1 - 2.0 ** -40)
 
 
 def _sample_beta(rng, draw):
