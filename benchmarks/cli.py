@@ -63,6 +63,8 @@ def _inputs(spec, shape, targets, dtype, seed=0):
     q = rng.random(shape)
     if spec.structure == "classes":
         q /= q.sum(axis=-1, keepdims=True)
+    if targets == "log_soft":                   # log-probability targets (a teacher's)
+        return x, np.log(q).astype(dtype)
     return x, q.astype(dtype)
 
 
