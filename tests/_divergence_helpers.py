@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ce_reference.registry import LOSSES
-from ce_reference.verify import errors, inputs, mp
+from ce_reference import cases
+from ce_reference.verify import errors, mp
 
 EPS64 = float(np.finfo(np.float64).eps)
 #: value, gradient and H v against mpmath, in min(ULP, eps of the operand) (the verifier's
@@ -32,7 +33,7 @@ def mp_errors(name, x, second, v=None, **kwargs):
     x = np.asarray(x)
     v = np.ones(x.shape, x.dtype) if v is None else np.asarray(v, x.dtype)
     kwargs.setdefault("reduction", spec.reductions[0])
-    case = inputs.Case(name, "test", x.dtype, "test", 0, 0, x, second, kwargs, v)
+    case = cases.Case(name, x=x, targets=second, kwargs=kwargs, v=v)
     exact = mp.oracle(spec, case)
     ops = errors.operands(spec, case, v)
     value = np.asarray(spec.value(x, second, **kwargs), np.float64)

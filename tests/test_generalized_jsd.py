@@ -14,7 +14,8 @@ import pytest
 import ce_reference as ce
 from ce_reference.oracles import generalized_jsd as oracle
 from ce_reference.registry import LOSSES
-from ce_reference.verify import inputs, mp
+from ce_reference import cases
+from ce_reference.verify import mp
 
 from _divergence_helpers import EPS64, assert_mp_close, random_log_probs
 
@@ -83,7 +84,7 @@ def _case(rng, R=6, C=5, scale=3.0, ignore=None):
 def _exact(X, Y, **kwargs):
     """mpmath value (per row for "none") and gradient of the reduced loss, float64."""
     kwargs.setdefault("reduction", "mean")
-    case = inputs.Case("generalized_jsd", "", X.dtype, "", 0, 0, X, Y, kwargs, X)
+    case = cases.Case("generalized_jsd", x=X, targets=Y, kwargs=kwargs, v=X)
     return mp.oracle(LOSSES["generalized_jsd"], case)
 
 
@@ -102,8 +103,8 @@ def test_same_numbers_as_liger_formula(beta, ignore, reduction, rng):
     ref.backward()
     # 64 eps of the textbook form's operands (its own rounding: logaddexp, products with
     # log M), the oracle's JAX-twin operands; gradients 1e-12 relative + as much absolute
-    case = inputs.Case("generalized_jsd", "", X.dtype, "", 0, 0, X, Y,
-                       {"beta": beta, **kw, "reduction": reduction}, X)
+    case = cases.Case("generalized_jsd", x=X, targets=Y,
+                      kwargs={"beta": beta, **kw, "reduction": reduction}, v=X)
     ops = oracle.operands(case)
     assert abs(val - ref.item()) <= 64 * EPS64 * (abs(ref.item()) + ops.value_jax)
     want = xt.grad.numpy()

@@ -12,7 +12,7 @@ import pytest
 
 import ce_reference as ce
 from ce_reference.oracles import kl_divergence as oracle
-from ce_reference.verify import inputs
+from ce_reference import cases
 
 from _divergence_helpers import EPS64, assert_mp_close, random_log_probs
 
@@ -52,8 +52,8 @@ def _torch(x, t, red, log_target, ax):
 
 def _value_atol(x, t, red, log_target, ax):
     """64 eps of the operands of PyTorch's form (the oracle's JAX-twin value operand)."""
-    case = inputs.Case("kl_divergence", "", x.dtype, "", 0, 0, x, t,
-                       {"axis": ax, "log_target": log_target, "reduction": red}, x)
+    case = cases.Case("kl_divergence", x=x, targets=t, v=x,
+                      kwargs={"axis": ax, "log_target": log_target, "reduction": red})
     return 64 * EPS64 * np.asarray(oracle.operands(case).value_jax)
 
 
