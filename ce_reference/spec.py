@@ -47,10 +47,11 @@ class Option:
         An array argument (a weight): the JAX oracle passes it as a traced
         array, the audit's shrinker may simplify it.  Otherwise a static
         Python value (``axis``, ``label_smoothing``, ...).
-    shape : {"scalar", "input", "last", "classes"}
+    shape : {"scalar", "input", "last", "classes", "batch"}
         For array options: broadcast to the input (``input``), along its last
-        axis (``last``, like PyTorch's ``pos_weight``), or one entry per class
-        (``classes``).
+        axis (``last``, like PyTorch's ``pos_weight``), one entry per class
+        (``classes``), or one entry per example (``batch``: the input's shape
+        without the class axis, like the JSD's row labels).
     validate : callable, optional
         The validator the loss's own code uses (documentation and audits can
         call it); it raises ``ValueError``/``TypeError`` naming the option.
