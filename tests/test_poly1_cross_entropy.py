@@ -85,7 +85,13 @@ def test_pinned_closed_forms():
     # the exact second-order value, not 0 and not a cancellation residue
     t = math.exp(-40.0)
     assert poly([[40.0, 0.0]], np.array([0]), epsilon=-1.0) == pytest.approx(
-        t * t / 2, rel=1e-15)
+        t * t / 2, rel=1e-15, abs=0)
+    for x0 in (1e-3, 0.5, 2.0):               # -log p - (1 - p) + eps (1 - p) on both sides
+        with mpmath.workdps(50):              # of the series' switch (rho = e^{-x0} = 1/4)
+            p0 = 1 / (1 + mpmath.exp(-x0))
+            want = float(-mpmath.log(p0) - (1 - p0) + (1 - p0) / 2)
+        assert poly([[x0, 0.0]], np.array([0]), epsilon=-0.5) == pytest.approx(
+            want, rel=4 * EPS64, abs=0)
     np.testing.assert_allclose(poly_grad([[40.0, 0.0]], np.array([0]), epsilon=-1.0),
                                [[-t * t, t * t]], rtol=1e-15)
 

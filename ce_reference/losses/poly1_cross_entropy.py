@@ -48,9 +48,13 @@ which is how it is computed: :math:`1 - p_k` is never a subtraction, and
 where :math:`u - \langle p, u\rangle` is centred like :math:`d` (no :math:`1 - p_a` by
 subtraction) and :math:`A_k - \bar a = A_k(1 - p_k) - (\bar a - p_k A_k)`.
 
-For :math:`\varepsilon < 0` (the paper suggests -1 for detection) the value is a genuine
-difference: near :math:`p_y = 1`, :math:`-\log p_y - (1 - p_y) \approx (1 - p_y)^2/2`; it is
-accurate relative to its two terms.
+**Value.**  For :math:`\varepsilon \ge -1` the value is summed as
+:math:`\sum_c A_c[(\ell_c - (1 - p_c)) + (1 + \varepsilon)(1 - p_c)]`, two non-negative terms;
+:math:`\ell_a - (1 - p_a) = \operatorname{log1p}(\rho) - \rho/(1 + \rho)` of the arg-max is
+summed as its series for small :math:`\rho`, so at :math:`\varepsilon = -1` (the paper's
+detection setting) a confident row's :math:`(1 - p_y)^2/2` keeps its digits instead of cancelling
+to 0.  For :math:`\varepsilon < -1` the value is a genuine difference, accurate relative to its
+two terms.
 """
 
 from __future__ import annotations
@@ -110,10 +114,47 @@ def _coefficients(P):
     return A
 
 
+#: Below this ``rho`` (the other classes' mass relative to the arg-max's), ``log1p(rho) -
+#: rho / (1 + rho)`` is summed as its series; :data:`_SERIES_TERMS` terms reach 0.25^29 < 4e-18.
+_SERIES_RHO = 0.25
+_SERIES_TERMS = 28
+
+
+def _log1p_minus_ratio(rho):
+    r"""``log1p(rho) - rho / (1 + rho) = -log(p_a) - (1 - p_a)`` for ``rho >= 0`` (real).
+
+    The difference of two nearly equal numbers for small ``rho`` (a confident row); summed as
+    ``sum_{n >= 2} (-1)^n (n - 1)/n rho^n = rho^2 sum_k (-1)^k (k + 1)/(k + 2) rho^k`` below
+    ``rho = 1/4`` (Horner), directly above (where the two terms differ by a factor >= 1.1).
+    """
+    small = rho < _SERIES_RHO
+    r = np.where(small, rho, 0)
+    acc = np.zeros_like(r)
+    for k in range(_SERIES_TERMS, -1, -1):
+        acc = acc * (-r) + r.dtype.type((k + 1) / (k + 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = np.log1p(rho) - rho / (1 + rho)
+    return np.where(small, r * r * acc, direct)
+
+
 def _rows(P, sc, A):
-    """``sum_c A_c (-log p_c) + epsilon sum_c A_c (1 - p_c)`` (complex-safe)."""
-    ce = np.sum(mul0(A, sc.neg_logp), axis=-1)            # 0 * inf = 0 (masked class)
-    return ce + P.epsilon * np.sum(A * sc.one_minus_p, axis=-1)
+    """``sum_c A_c [-log p_c + epsilon (1 - p_c)]`` per row.
+
+    For ``epsilon >= -1`` (real input) as ``sum_c A_c [(-log p_c - (1 - p_c)) + (1 + epsilon)
+    (1 - p_c)]``: two non-negative terms, and ``-log p_a - (1 - p_a)`` of the arg-max by
+    :func:`_log1p_minus_ratio` -- at ``epsilon = -1`` a confident row's ``(1 - p_y)^2 / 2`` is
+    computed, not lost to the cancellation of ``-log p_y`` against ``1 - p_y``.  Otherwise
+    (``epsilon < -1``, a genuine difference; complex input of the complex step) as written.
+    """
+    if P.epsilon < -1 or np.iscomplexobj(sc.p):
+        ce = np.sum(mul0(A, sc.neg_logp), axis=-1)            # 0 * inf = 0 (masked class)
+        return ce + P.epsilon * np.sum(A * sc.one_minus_p, axis=-1)
+    with np.errstate(invalid="ignore"):                       # inf - 1 of a masked class
+        gap = sc.neg_logp - sc.one_minus_p                    # >= 1/5 off the arg-max
+    np.put_along_axis(gap, sc.a, _log1p_minus_ratio(sc.rest).astype(gap.dtype, copy=False),
+                      axis=-1)
+    eps1 = sc.p.dtype.type(1 + P.epsilon)
+    return np.sum(mul0(A, gap) + A * (eps1 * sc.one_minus_p), axis=-1)
 
 
 def _loo(sc, A):

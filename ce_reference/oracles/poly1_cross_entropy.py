@@ -68,6 +68,19 @@ def _rows_exact(mp, case):
         yield r, A, e, e_out, E, [(mx - v) + logE for v in xr]
 
 
+def _l_minus_s(mp, l, s, rho, argmax):
+    """``-log p - (1 - p)``; at the arg-max ``log1p(rho) - rho / (1 + rho)`` (``rho`` the others'
+    mass) as ``sum_{n >= 2} (-1)^n (n - 1)/n rho^n`` for ``rho < 1/2`` (no cancellation)."""
+    if not argmax or rho >= 0.5:
+        return l - s
+    total, term, n = mp.mpf(0), rho * rho, 2
+    while abs(term) > mp.eps * abs(total) or n == 2:
+        total += term * (n - 1) / n
+        term *= -rho
+        n += 1
+    return total
+
+
 def _denominator(mp, case, C):
     t = np.asarray(case.targets)
     if t.dtype.kind in "iu":
@@ -86,8 +99,12 @@ def exact(mp, case):
     eps = mp.mpf(case.kwargs.get("epsilon", 2.0))
     losses, grads = [], []
     for r, A, e, e_out, E, nlp in _rows_exact(mp, case):
-        ce = mp.fsum(A[c] * nlp[c] for c in range(C) if A[c] != 0)
-        losses.append(ce + eps * mp.fsum(A[c] * e_out[c] for c in range(C)) / E)
+        # sum_c A_c [(l_c - s_c) + (1 + eps) s_c], s_c = 1 - p_c = e_out_c / E: for a confident
+        # row at eps = -1, l_a - s_a ~ s_a^2 / 2 is far below 50 digits of l_a
+        a = e.index(max(e))                               # e_a = 1: e_out_a is rho
+        gap = [_l_minus_s(mp, nlp[c], e_out[c] / E, e_out[c], c == a) for c in range(C)]
+        losses.append(mp.fsum(A[c] * (gap[c] + (1 + eps) * e_out[c] / E)
+                              for c in range(C) if A[c] != 0))
         # 1 + eps p_j = ((1 + eps) e_j + e_out_j) / E: for eps >= -1 non-negative terms (at
         # eps = -1 the target's entry is -A (1 - p)^2, which p S_A - A + eps p (abar - A)
         # would form by cancelling beyond 50 digits for a confident row)

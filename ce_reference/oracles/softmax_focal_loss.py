@@ -195,7 +195,8 @@ def operands(case, v=None) -> Operands:
     Per class the condition ``k_c = 1 + |x_c - m| + D + gamma (1 + |L_c| + |x_c - m| + D)``,
     ``D = sum_j p_j |x_j - m|``: the rounding of ``x - m`` before ``exp`` (relative error
     ``|x_c - m| eps`` in ``e_c``, ``D eps`` in the normaliser) and of ``L = log(1 - p)`` inside
-    ``exp(gamma L)``.  Value ``sum_c A_c m_c (l_c + |x_c - m| + D) k_c``; gradient ``p_k sum_c B_c k_c + B_k k_k``;
+    ``exp(gamma L)``.  Value ``sum_c A_c m_c (l_c + |x_c - m| + D) k_c``; gradient
+    ``p_k (1 + |x_k - m| + D) sum_c B_c k_c + B_k k_k``;
     HVP the terms of ``(sum B) p d + p sum beta + beta`` in absolute value
     (``|d_k| <= |v_k| + <p, |v|>``, ``|delta_c| <= |v_c| + max |v|``) times the same conditions.
     The JAX twin's ``log_softmax`` rounds ``x - (m + log sum)`` (``eps (|x| + |m|)``): its
@@ -233,13 +234,14 @@ def operands(case, v=None) -> Operands:
         # d(1 - p_c)^gamma / dx carries into every class of the row.
         loose = 0.0 if key == "tight" else gamma * np.sum(A * mf * k, axis=-1, keepdims=True)
         out["value", key] = reduce_operand(case, val_rows, denom)
-        out["grad", key] = np.moveaxis(s * (p * SBk + B * k + loose), -1, ax)
+        pk = p * (1 + dx + D)                      # p_k with the condition of e_k / E
+        out["grad", key] = np.moveaxis(s * (pk * SBk + B * k + loose), -1, ax)
         if v is not None:
             vv = np.abs(np.moveaxis(v.astype(np.float64), ax, -1))
-            dd = vv + np.sum(p * vv, axis=-1, keepdims=True)
+            dd = vv + np.sum(pk * vv, axis=-1, keepdims=True)
             dl = vv + np.max(vv, axis=-1, keepdims=True)
-            beta = gamma * A * mf * (kappa + p * (2 + gamma * kappa)) * dl * k
-            h = (SBk * p * dd + p * np.sum(beta, axis=-1, keepdims=True) + beta
+            beta = gamma * A * mf * (kappa + pk * (2 + gamma * kappa)) * dl * k
+            h = (SBk * pk * dd + pk * np.sum(beta, axis=-1, keepdims=True) + beta
                  + (1 + gamma) * loose * dl)
             out["hvp", key] = np.moveaxis(s * h, -1, ax)
         else:
