@@ -136,8 +136,8 @@ def test_extremes_against_mpmath(dtype, gamma):
             case = _case(x, np.full(x.shape, target), v, alpha=alpha, gamma=gamma)
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                got = (sfl(x, case.targets, **case.kwargs), sfl_grad(x, case.targets, **case.kwargs),
-                       sfl_hvp(x, case.targets, v, **case.kwargs))
+                t, kw = case.targets, case.kwargs
+                got = (sfl(x, t, **kw), sfl_grad(x, t, **kw), sfl_hvp(x, t, v, **kw))
             for a in got:
                 assert np.isfinite(a).all() and a.dtype == dtype
             exact = MP.oracle(SPEC, case)

@@ -206,7 +206,7 @@ def test_oracle_closed_forms_equal_mpmath_diff(row, gamma):
             assert abs(hv.reshape(-1)[k] - hk) <= mp.mpf(10) ** -25 * (abs(hk) + tiny)
 
 
-# --------------------------------------------------------------------------- the definition in torch
+# --------------------------------------------------------------------------- definition in torch
 
 @pytest.mark.skipif(not _have("torch"), reason="torch not installed")
 @pytest.mark.parametrize("gamma", GAMMAS)

@@ -49,7 +49,8 @@ def sigmoid_focal_loss(logits, targets, *, alpha=0.25, gamma=2.0, weight=None, r
 # --------------------------------------------------------------------------- mpmath
 
 def _pieces(mp, case):
-    """Per element: ``(X, Y, w, alpha_t, focal factor, ce, ce', r, e^-x, e^x, sigma(x), sigma(-x))``."""
+    """Per element: ``(X, Y, c, gamma, ce, ce', r, e^-x, e^x, sigma(x), sigma(-x))`` with
+    ``c = w alpha_t (1 - p_t)^gamma``."""
     x = M.values(case.x).reshape(-1)
     y = M.broadcast_targets(case)
     w = M.broadcast_option(case, "weight")
@@ -80,7 +81,8 @@ def exact(mp, case):
 
 def exact_hvp(mp, case):
     """``w alpha_t m [s + 2 gamma L' ce' + gamma^2 L'^2 ce + gamma L'' ce] v`` with
-    ``s = sigma(x) sigma(-x)``, ``L' = (1 - 2y) r``, ``L'' = (1 - 2y) r^2 (y e^-x - (1 - y) e^x)``."""
+    ``s = sigma(x) sigma(-x)``, ``L' = (1 - 2y) r`` and
+    ``L'' = (1 - 2y) r^2 (y e^-x - (1 - y) e^x)``."""
     v = case.v.astype(np.float64).reshape(-1)
     out = []
     for i, (X, Y, c, G, ce, ce1, r, em, ep, sig, sigm) in enumerate(_pieces(mp, case)):
@@ -143,5 +145,30 @@ def extreme(case) -> bool:
     return M.logit_extreme(case, EXTREME_LOGIT)
 
 
+# --------------------------------------------------------------------------- benchmark peers
+
+def _optax(x, t, workers):
+    try:
+        import optax
+    except ImportError:
+        return None
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+
+    @jax.jit
+    def vg(z, t):
+        return jax.value_and_grad(
+            lambda z: optax.losses.sigmoid_focal_loss(z, t, alpha=0.25, gamma=2.0).mean())(z)
+
+    xj, tj = jnp.asarray(x), jnp.asarray(t)
+    return lambda: jax.block_until_ready(vg(xj, tj))
+
+
+def peers():
+    """optax's ``sigmoid_focal_loss`` (log space since 0.2.5) at our defaults (alpha 0.25,
+    gamma 2), ``mean`` over the elements, for the benchmarks."""
+    return {"jax.jit + optax": _optax}
+
+
 ORACLE = Oracle(twin=sigmoid_focal_loss, exact=exact, exact_hvp=exact_hvp,
-                operands=operands, extreme=extreme)
+                operands=operands, extreme=extreme, peers=peers)
