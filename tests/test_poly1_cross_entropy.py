@@ -241,3 +241,27 @@ def test_optax_nan_value_at_a_masked_class():
         assert poly([[0.0, NINF]], np.array([[1.0, 0.0]]), reduction="sum") == 0.0
         assert poly([[0.0, NINF]], np.array([0]), reduction="sum") == 0.0
         np.testing.assert_array_equal(poly_grad([[0.0, NINF]], np.array([0])), [[0.0, 0.0]])
+
+
+# --------------------------------------------------------------------------- the gates bite
+
+@pytest.mark.parametrize("what", ["grad", "hvp"])
+def test_a_planted_error_of_one_in_a_million_fails_the_verifier(what):
+    """The operands are not so loose that they hide a bug: the gradient (or HVP) scaled by
+    1 + 1e-6 fails the mpmath gate (float64) on the richest option set's random cases."""
+    import dataclasses
+
+    from ce_reference.verify import verify
+
+    good = getattr(SPEC, what)
+
+    def planted(*args, **kw):
+        return good(*args, **kw) * (1 + 1e-6)
+
+    rep = verify(specs=[dataclasses.replace(SPEC, **{what: planted})], cases=6, seed=5,
+                 dtypes=(np.float64,), hvp=what == "hvp",
+                 option_sets=["soft (Dirichlet) + epsilon"],
+                 regions=["random"])
+    assert not rep.ok
+    measure = "mpmath" if what == "grad" else "hvp"
+    assert any(f["measure"] == measure for r in rep.rows for f in r.failures)

@@ -336,3 +336,27 @@ def test_alpha_is_checked_and_negative_alpha_is_not_torchvisions_switch():
             sfl([0.0], [1.0], alpha=bad)
     assert sfl([0.0], [1.0], alpha=np.float32(0.5)) == sfl([0.0], [1.0], alpha=0.5)
     assert sfl([0.0], [1.0], alpha=1) == sfl([0.0], [1.0], alpha=1.0)
+
+
+# --------------------------------------------------------------------------- the gates bite
+
+@pytest.mark.parametrize("what", ["grad", "hvp"])
+def test_a_planted_error_of_one_in_a_million_fails_the_verifier(what):
+    """The operands are not so loose that they hide a bug: the gradient (or HVP) scaled by
+    1 + 1e-6 fails the mpmath gate (float64) on the richest option set's random cases."""
+    import dataclasses
+
+    from ce_reference.verify import verify
+
+    good = getattr(SPEC, what)
+
+    def planted(*args, **kw):
+        return good(*args, **kw) * (1 + 1e-6)
+
+    rep = verify(specs=[dataclasses.replace(SPEC, **{what: planted})], cases=6, seed=5,
+                 dtypes=(np.float64,), hvp=what == "hvp",
+                 option_sets=["soft + alpha + gamma + weight"],
+                 regions=["random"])
+    assert not rep.ok
+    measure = "mpmath" if what == "grad" else "hvp"
+    assert any(f["measure"] == measure for r in rep.rows for f in r.failures)

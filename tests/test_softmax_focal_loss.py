@@ -279,3 +279,27 @@ def test_same_numbers_as_keras_where_comparable(rng, gamma):
     L0 = keras.losses.CategoricalFocalCrossentropy(gamma=gamma, from_logits=True,
                                                    dtype="float64")
     np.testing.assert_allclose(0.25 * sfl(x, q, gamma=gamma), float(L0(q, x)), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- the gates bite
+
+@pytest.mark.parametrize("what", ["grad", "hvp"])
+def test_a_planted_error_of_one_in_a_million_fails_the_verifier(what):
+    """The operands are not so loose that they hide a bug: the gradient (or HVP) scaled by
+    1 + 1e-6 fails the mpmath gate (float64) on the richest option set's random cases."""
+    import dataclasses
+
+    from ce_reference.verify import verify
+
+    good = getattr(SPEC, what)
+
+    def planted(*args, **kw):
+        return good(*args, **kw) * (1 + 1e-6)
+
+    rep = verify(specs=[dataclasses.replace(SPEC, **{what: planted})], cases=6, seed=5,
+                 dtypes=(np.float64,), hvp=what == "hvp",
+                 option_sets=["index + gamma + weight + ignore_index"],
+                 regions=["random"])
+    assert not rep.ok
+    measure = "mpmath" if what == "grad" else "hvp"
+    assert any(f["measure"] == measure for r in rep.rows for f in r.failures)
