@@ -219,30 +219,6 @@ def check_label_smoothing(label_smoothing) -> float:
     return check_float("label_smoothing", label_smoothing, 0.0, 1.0)
 
 
-def check_real(name: str, value, *, low=None, high=None, allow_none: bool = False):
-    """A finite real scalar option (``gamma``, ``alpha``, ``epsilon``) as a Python float.
-
-    A bool, a string, ``None`` (unless ``allow_none``, then returned as is) or any
-    other non-real object is a ``TypeError``: ``True`` is not the number 1 here.
-    NaN, infinities and values outside ``[low, high]`` are a ``ValueError``.  Both
-    messages name the option.
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        what = "None or a real number" if allow_none else "a real number"
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-    f = float(value)
-    if not math.isfinite(f):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if (low is not None and f < low) or (high is not None and f > high):
-        lo = "-inf" if low is None else repr(low)
-        hi = "inf" if high is None else repr(high)
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-    return f
-
-
 def check_ignore_index(ignore_index):
     """``None`` or an int (not a bool); returned as a Python int."""
     if ignore_index is None:

@@ -14,6 +14,7 @@ index within the row), and return the option's value.  A sampler marked
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,7 +115,7 @@ def _sample_gamma(rng, draw):
 
 def check_gamma(gamma) -> float:
     """The focusing exponent of the focal losses: a finite real ``>= 0``."""
-    return V.check_real("gamma", gamma, low=0.0)
+    return V.check_float("gamma", gamma, 0.0, math.inf, hi_open=True)
 
 
 def _negative(x):

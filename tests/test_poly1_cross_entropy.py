@@ -20,7 +20,8 @@ import pytest
 
 import ce_reference as ce
 from ce_reference.registry import LOSSES
-from ce_reference.verify import errors, inputs
+from ce_reference import cases
+from ce_reference.verify import errors
 from ce_reference.verify import mp as MP
 from ce_reference.verify import tolerances as T
 
@@ -48,7 +49,7 @@ def _case(x, t, v, **kw):
     x = np.asarray(x)
     kw.setdefault("axis", -1)
     kw.setdefault("reduction", "none")
-    return inputs.Case(SPEC.name, "test", x.dtype, "test", 0, 0, x, np.asarray(t), kw,
+    return cases.Case(SPEC.name, "test", x.dtype, "test", 0, 0, x, np.asarray(t), kw,
                        np.asarray(v, x.dtype))
 
 

@@ -24,7 +24,8 @@ import pytest
 
 import ce_reference as ce
 from ce_reference.registry import LOSSES
-from ce_reference.verify import errors, inputs
+from ce_reference import cases
+from ce_reference.verify import errors
 from ce_reference.verify import mp as MP
 from ce_reference.verify import tolerances as T
 
@@ -50,7 +51,7 @@ def _case(x, y, v=None, **kw):
     x = np.asarray(x)
     kw.setdefault("reduction", "none")
     v = np.ones(x.shape, x.dtype) if v is None else np.asarray(v, x.dtype)
-    return inputs.Case(SPEC.name, "test", x.dtype, "test", 0, 0, x,
+    return cases.Case(SPEC.name, "test", x.dtype, "test", 0, 0, x,
                        np.asarray(y, x.dtype), kw, v)
 
 

@@ -59,6 +59,8 @@ two terms.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import options as O
@@ -79,7 +81,7 @@ __all__ = [
 
 def check_epsilon(epsilon) -> float:
     """The coefficient of the poly term: any finite real (PolyLoss uses 2 and -1)."""
-    return V.check_real("epsilon", epsilon)
+    return V.check_float("epsilon", epsilon, -math.inf, math.inf, lo_open=True, hi_open=True)
 
 
 #: Coefficients the verifier cycles through: the default, the detection value -1, 0 (softmax

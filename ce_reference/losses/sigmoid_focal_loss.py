@@ -95,8 +95,10 @@ def check_alpha(alpha):
     torchvision disables the weighting with a negative alpha; that is a convention we do not
     copy: a negative alpha is a ``ValueError`` like any alpha outside [0, 1].
     """
-    a = V.check_real("alpha", alpha, allow_none=True)
-    if a is not None and not 0.0 <= a <= 1.0:
+    if alpha is None:
+        return None
+    a = V.check_float("alpha", alpha)             # a real number (not a bool), not NaN
+    if not 0.0 <= a <= 1.0:
         hint = (" (torchvision disables alpha with a negative value; here pass alpha=None)"
                 if a < 0 else "")
         raise ValueError(f"alpha must be None or in [0, 1], got {alpha!r}{hint}")
