@@ -9,6 +9,8 @@ very code that computes the loss.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 
 
@@ -111,3 +113,72 @@ def soft_cap(x, cap):
         return cap * np.tanh(x / cap)
     safe = np.where(masked, 0, x)
     return np.where(masked, -np.inf, cap * np.tanh(safe / cap))
+
+
+def log1p(z):
+    r"""``log(1 + z)``, accurate in both parts for complex ``z`` too.
+
+    NumPy's complex ``log1p`` is ``log(1 + z)``: its real part ``log|1 + z|`` rounds to 0 for
+    ``|z| < eps`` (``log1p(1e-17 + 0j)`` is ``0``).  Here the real part is
+    ``log1p(2 Re z + |z|^2) / 2`` and the imaginary part ``atan2(Im z, 1 + Re z)``; real input
+    goes to ``np.log1p``.  The complex step needs the real parts too: they multiply the
+    imaginary parts of other factors (``(1 - p)^gamma`` times ``-log p``).
+    """
+    if not np.iscomplexobj(z):
+        return np.log1p(z)
+    a, b = np.real(z), np.imag(z)
+    with np.errstate(invalid="ignore", over="ignore"):
+        re = 0.5 * np.log1p(a * (2 + a) + b * b)
+    return re + 1j * np.arctan2(b, 1 + a)
+
+
+#: See :func:`softmax_complement`.
+SoftmaxComplement = namedtuple("SoftmaxComplement", "a rest p neg_logp one_minus_p log_one_minus_p")
+
+
+def softmax_complement(x: np.ndarray) -> SoftmaxComplement:
+    r""":func:`log_softmax_parts` plus ``1 - p`` and ``log(1 - p)``, never by subtraction.
+
+    Over the last axis, with ``m = max_c Re x_c``, ``a`` the arg-max (shape
+    ``(..., 1)``), ``e = exp(x - m)`` and ``rest = sum_{j != a} e_j`` (a sum of
+    non-negative terms), ``E = sum_j e_j = e_a + rest``:
+
+    * ``neg_logp_c = (m - x_c) + log1p(E - 1)`` and ``p_c = e_c / E``
+      (as :func:`log_softmax_parts`: ``E - 1 = expm1(x_a - m) + rest``);
+    * ``1 - p_c``: ``1 - p_c`` off the arg-max, where ``p_c <= 1/2`` (``p_c <= p_a``
+      and ``p_c + p_a <= 1``), so the subtraction loses nothing; ``rest / E`` at ``a``;
+    * ``log(1 - p_c)``: ``log1p(-p_c)`` off the arg-max; at ``a``
+      ``log(rest) - log1p(E - 1)`` for ``rest < 1`` (two non-positive terms) and
+      ``-log1p(e_a / rest)`` for ``rest >= 1`` (the difference of two logs of nearly
+      equal numbers when many classes share the mass is not formed).  ``-inf`` where
+      ``rest = 0``: a row with one finite class, or one whose other classes
+      underflow (``x = [1e4, 0]``: ``1 - p_a = e^{-1e4}``, below every float).
+
+    Complex-safe (branches on real parts), so the complex-step oracle can run the
+    same code; ``x_c = -inf`` gives ``p_c = 0``, ``1 - p_c = 1``, ``log(1 - p_c) = 0``.
+    Callers guarantee every row has a finite maximum.
+    """
+    re = np.real(x)
+    m = np.max(re, axis=-1, keepdims=True)
+    a = np.argmax(re, axis=-1)[..., None]
+    with np.errstate(invalid="ignore"):      # (-inf) - m is fine
+        d = x - m
+    e = np.exp(d)
+    others = e.copy()
+    np.put_along_axis(others, a, 0, axis=-1)
+    rest = np.sum(others, axis=-1, keepdims=True)
+    ea = np.take_along_axis(e, a, axis=-1)
+    t = np.expm1(np.take_along_axis(d, a, axis=-1)) + rest      # E - 1, exact 0 + rest if real
+    log1p_t = log1p(t)
+    neg_logp = log1p_t - d
+    E = 1 + t
+    p = e / E
+    one_minus_p = 1 - p
+    np.put_along_axis(one_minus_p, a, rest / E, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):   # log 0 = -inf; the untaken branch
+        lomp = log1p(-p)
+        small = np.real(rest) < 1
+        la = np.where(small, np.log(np.where(small, rest, 1)) - log1p_t,
+                      -log1p(ea / np.where(small, 1, rest)))
+    np.put_along_axis(lomp, a, la, axis=-1)
+    return SoftmaxComplement(a, rest, p, neg_logp, one_minus_p, lomp)

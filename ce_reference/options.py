@@ -14,6 +14,7 @@ index within the row), and return the option's value.  A sampler marked
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,10 @@ LABEL_SMOOTHING_SAMPLES = (0.1, 0.5, 1.0)
 CLIP_EPS = 1e-7
 #: PyTorch's default ``ignore_index``: the negative sentinel the verifier uses.
 IGNORE_SENTINEL = -100
+#: Focusing exponents the verifier cycles through (case by case): 0 < gamma < 1, where the
+#: textbook gradient has ``(1 - p)^(gamma - 1)``, first, so that the first case of every row
+#: (the contract's) has it; 0 (the plain cross-entropy) and the usual 1, 2, 5.
+GAMMA_SAMPLES = (0.5, 2.0, 0.0, 1.0, 5.0)
 
 
 @dataclass
@@ -106,6 +111,15 @@ def _sample_eps(rng, draw):
     return CLIP_EPS
 
 
+def _sample_gamma(rng, draw):
+    return GAMMA_SAMPLES[draw.i % len(GAMMA_SAMPLES)]
+
+
+def check_gamma(gamma) -> float:
+    """The focusing exponent of the focal losses: a finite real ``>= 0``."""
+    return V.check_float("gamma", gamma, 0.0, math.inf, hi_open=True)
+
+
 def _negative(x):
     return -np.ones(np.shape(x))
 
@@ -131,3 +145,8 @@ LABEL_SMOOTHING = Option("label_smoothing", 0.0, validate=V.check_label_smoothin
                          invalid=((1.5, ValueError), (-0.1, ValueError), ("x", TypeError)))
 EPS = Option("eps", None, validate=V.check_eps, sample=_sample_eps,
              invalid=((0.7, ValueError), ("small", TypeError), (1e-300, ValueError)))
+
+# The focusing exponent of the focal losses (sigmoid and softmax): (1 - p_t)^gamma.
+GAMMA = Option("gamma", 2.0, validate=check_gamma, sample=_sample_gamma,
+               invalid=((-1.0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                        (True, TypeError), ("2", TypeError), (None, TypeError)))

@@ -67,3 +67,32 @@ def diag_term(c, v, den):
         np.divide(num, den, out=q, where=nz)
         np.divide(q, den, out=q, where=nz)
     return q
+
+
+def centered(sc, v):
+    r"""``(d, delta)``: ``d = v - <p, v>`` and ``delta = d / (1 - p)`` per class (last axis).
+
+    ``sc`` is the :func:`ce_reference._special.softmax_complement` of the row's logits
+    (``p``, ``1 - p``, the arg-max ``a``).  With ``r = 1 - p_a = sum_{j != a} p_j`` and
+    ``T = sum_{j != a} p_j v_j``:
+
+    * ``d_k = p_a (v_k - v_a) + (r v_k - T)`` -- never ``1 - p_a`` by subtraction, so a
+      confident row keeps ``d_a = r v_a - T`` accurate;
+    * ``delta_k = sum_{j != k} p_j (v_k - v_j) / sum_{j != k} p_j``, the ``p``-weighted
+      mean of ``v_k - v_j`` over the *other* classes (bounded by ``2 max |v|``):
+      ``d_k / (1 - p_k)`` off the arg-max (``1 - p_k >= 1/2``), ``v_a - T / r`` at it
+      (0 where ``r = 0``: a row whose other classes have probability 0).
+    """
+    p, a = sc.p, sc.a
+    pa = np.take_along_axis(p, a, axis=-1)
+    va = np.take_along_axis(v, a, axis=-1)
+    others = p.copy()
+    np.put_along_axis(others, a, 0, axis=-1)
+    T = np.sum(others * v, axis=-1, keepdims=True)
+    r = np.take_along_axis(sc.one_minus_p, a, axis=-1)
+    d = pa * (v - va) + (r * v - T)
+    with np.errstate(divide="ignore", invalid="ignore"):   # the arg-max entry is replaced
+        delta = d / sc.one_minus_p
+        delta_a = np.where(r > 0, va - T / np.where(r > 0, r, 1), 0)
+    np.put_along_axis(delta, a, delta_a.astype(delta.dtype, copy=False), axis=-1)
+    return d, delta
