@@ -33,7 +33,7 @@ The reference is therefore :func:`ce_reference.parallel.reference_cross_entropy`
 per-token losses, i.e. ``grad_output = 1``), on the concatenated logits.  Errors are in
 float32 machine epsilons, normwise, relative to the larger of the reference result and
 the operand scale (:func:`ce_reference.frameworks._core.compare`, tolerance
-``TOL_ULPS`` = 256 eps); every rank's loss is compared (they must all equal the
+``TOL_EPS`` = 256 eps); every rank's loss is compared (they must all equal the
 reference), and the results of ``tp = 2, 4`` are compared with ``tp = 1``.
 
 Network
@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._core import TOL_ULPS, Result, compare
+from ._core import TOL_EPS, Result, compare
 
 #: The audited release; pinned in pyproject.toml (extras ``frameworks`` and ``megatron``).
 MEGATRON_CORE_VERSION = "0.16.1"
@@ -454,7 +454,7 @@ def _check_probe(f: Finding, out: Output, g: MegatronGroup):
         bf = out.grad.astype(np.float32)
         rounded = np.array_equal(bf, _round_bf16(bf))
         res["framework"] += f" (every entry a bfloat16 value: {rounded})"
-        return bool(rounded and not o.ok and o.errors.get("value", 0) <= TOL_ULPS)
+        return bool(rounded and not o.ok and o.errors.get("value", 0) <= TOL_EPS)
     if f.id == "megatron-smoothing-underflow":
         return bool(np.any(np.isinf(out.losses)) and np.all(np.isfinite(rv)))
     if f.id == "megatron-tiny-loss":
@@ -484,7 +484,7 @@ def _classify(x, ls, impl, tp, out: Output, o):
         if ls > 0 and tp == x.shape[-1]:
             return "megatron-smoothing-tp-width1"
         return None
-    if impl == "fused" and o.kind == "grad" and o.errors.get("value", 0) <= TOL_ULPS:
+    if impl == "fused" and o.kind == "grad" and o.errors.get("value", 0) <= TOL_EPS:
         return "megatron-fused-bf16-grad"
     if ls > 0:
         if np.any(np.isinf(out.losses)) and o.kind == "value":
@@ -504,7 +504,7 @@ def run_audit(*, seed=0, quick=False, tp_sizes=TP_SIZES, fused=True, progress=No
     from .._loopback import LoopbackMonitor
 
     t0 = time.monotonic()
-    rep = {"framework": "megatron-core", "seed": seed, "quick": quick, "tolerance_eps": TOL_ULPS,
+    rep = {"framework": "megatron-core", "seed": seed, "quick": quick, "tolerance_eps": TOL_EPS,
            "tp_sizes": list(tp_sizes)}
     try:
         rep["version"] = load()
