@@ -1,10 +1,10 @@
 """Command line: ``ce-reference verify`` and ``ce-reference audit``.
 
 ``ce-reference audit`` is the one entry point of every audit: ``MODULE:FUNCTION``
-(a function against a reference loss, :func:`ce_reference.audit`) or a framework
-(``torch``, ``optax``, ``keras``, ``sklearn`` or ``all``,
-:mod:`ce_reference.frameworks`; ``python -m ce_reference.frameworks`` runs this
-same command).  Every argument is checked before any work starts, output paths
+(a function against a reference loss, :func:`ce_reference.audit`), a framework
+(``torch``, ``optax``, ``keras``, ``sklearn``), a GPU kernel audited on the CPU
+(``torch-linear``, ``liger``, ``cce``) or ``all`` (:mod:`ce_reference.frameworks`;
+``python -m ce_reference.frameworks`` runs this same command).  Every argument is checked before any work starts, output paths
 included; an option that does not apply to the kind of audit asked for is a
 usage error.
 
@@ -26,6 +26,8 @@ from ._format import check_writable
 from .registry import LOSSES
 
 FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
+#: The kernel audits (``ce_reference.frameworks.KERNELS``): same flags as the frameworks.
+KERNELS = ("torch-linear", "liger", "cce")
 #: Options of ``audit`` by the kind of audit they apply to (``dest`` names).
 FUNCTION_ONLY = {"loss": "--loss", "grad": "--grad", "targets": "--targets",
                  "dtypes": "--dtypes", "rtol": "--rtol", "cases": "--cases",
@@ -114,16 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "audit", help="compare another implementation, or a framework, with the reference",
         usage="%(prog)s MODULE:FUNCTION --loss NAME [function options] [common options]\n"
-              "       %(prog)s {" + ",".join(FRAMEWORKS) + ",all} [framework options] "
+              "       %(prog)s {" + ",".join(FRAMEWORKS + KERNELS) + ",all} [framework options] "
               "[common options]",
         description="Audit MODULE:FUNCTION (NumPy arrays in, with the reference's signature; "
                     "the loss out) against the reference loss NAME, or run the built-in audit "
-                    "of a framework. Every argument is checked before the audit starts; an "
+                    "of a framework or of a GPU linear cross-entropy kernel on the CPU "
+                    "(torch-linear, liger, cce: the 'kernels' extra). Every argument is checked before the audit starts; an "
                     "option that does not apply to the kind of audit is a usage error. Exit 0 "
                     "on a match (framework audits: every deviation catalogued), 1 on a "
                     "mismatch or an inconclusive audit (framework audits: a deviation not in "
                     "the catalogue, or any defect with --strict), 2 on usage errors.")
-    a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS) + "|all")
+    a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS + KERNELS) + "|all")
     fa = a.add_argument_group("function audits (MODULE:FUNCTION)")
     fa.add_argument("--loss", choices=sorted(LOSSES), metavar="NAME",
                     help="reference loss to compare with (required); one of: "
@@ -153,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "timeout, the function runs in this process)")
     fa.add_argument("--no-shrink", action="store_true",
                     help="report mismatches with the first failing input, not shrunk")
-    fw = a.add_argument_group("framework audits (" + ", ".join(FRAMEWORKS) + ", all)")
+    fw = a.add_argument_group("framework and kernel audits (" + ", ".join(FRAMEWORKS + KERNELS)
+                              + ", all)")
     fw.add_argument("--quick", action="store_true",
                     help="sweep a subset of regions and option sets (the probes all run)")
     fw.add_argument("--strict", action="store_true",
@@ -276,7 +280,7 @@ def _given(args, dests):
 
 
 def _audit(parser, args) -> int:
-    frameworks = FRAMEWORKS + ("all",)
+    frameworks = FRAMEWORKS + KERNELS + ("all",)
     if args.target in frameworks:
         extra = _given(args, FUNCTION_ONLY)
         if extra:

@@ -53,7 +53,8 @@ class Case:
         The class axis of ``x`` (a non-negative int), None for an elementwise
         loss.  Default: ``kwargs["axis"]`` when given.
     ``domain``
-        ``"logits"``, ``"probs"`` or ``"log_probs"``: what ``x`` holds.  With a
+        ``"logits"``, ``"probs"``, ``"log_probs"`` or ``"features"`` (the input
+        of a linear layer, see ``linear``): what ``x`` holds.  With a
         class axis, probability and log-probability rows are distributions and
         are never edited entry by entry.
     ``target_kind``
@@ -70,6 +71,15 @@ class Case:
     ``flags``
         Free-form run modes of an adapter (e.g. ``"run eagerly"``), shown by
         :meth:`describe`.
+    ``linear``
+        For a *linear* cross-entropy (``domain="features"``): the keyword of
+        the linear layer's weight ``(C, H)``.  ``x`` then holds the features
+        ``(..., H)`` and the logits are ``x @ kwargs[linear].T`` (plus a
+        bias): the classes are that array's rows (arrays of kind
+        ``"classes"`` line up with them, entry by entry or row by row), and
+        ``axis`` is the feature axis of ``x`` (the last), which the row
+        shrinking leaves alone as it leaves a class axis alone.  None for
+        every other loss.
     """
 
     loss: str = ""
@@ -91,6 +101,7 @@ class Case:
     fixed: frozenset = field(default=frozenset(), kw_only=True)
     ignore: str | None = field(default=None, kw_only=True)
     flags: tuple = field(default=(), kw_only=True)
+    linear: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self):
         if self.x is None or self.targets is None:
@@ -103,6 +114,11 @@ class Case:
         if self.axis is None and "axis" in self.kwargs and self.x.ndim:
             self.axis = int(self.kwargs["axis"]) % self.x.ndim
         self.fixed = frozenset(self.fixed)
+        if self.linear is not None:
+            if self.linear not in self.kwargs or np.ndim(self.kwargs[self.linear]) != 2:
+                raise TypeError(f"a linear Case needs a 2-D array keyword {self.linear!r}")
+            if self.x.ndim:
+                self.axis = self.x.ndim - 1
 
     # ------------------------------------------------------------------ structure
 
@@ -140,6 +156,14 @@ class Case:
             return None
         lo = self.dtype.type(eps)
         return float(lo), float(self.dtype.type(1) - lo)
+
+    @property
+    def n_classes(self) -> int | None:
+        """The number of classes: the class axis of ``x``, the rows of the linear weight, or
+        None for an elementwise loss."""
+        if self.linear is not None:
+            return int(np.shape(self.kwargs[self.linear])[0])
+        return None if self.axis is None else int(self.x.shape[self.axis])
 
     @property
     def row_key(self) -> tuple:

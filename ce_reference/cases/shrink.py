@@ -13,8 +13,12 @@ starts over from that one, until nothing simpler fails or the budget of
    index target equals it, or its column of target rows is 0); index targets
    above it are renumbered (never the ignore sentinel), class weights lose
    its entry, and probability rows of ``x`` keep their mass (the remaining
-   entries are rescaled);
-3. fewer options -- each keyword that is not ``fixed``: an array dropped or
+   entries are rescaled); for a linear case (``Case.linear``) the class is a
+   row of the linear weight, dropped with its entries of the ``"classes"``
+   arrays (bias, class weights) -- and then fewer features: columns of
+   ``x`` dropped with the same columns of the weight;
+3. fewer options -- each keyword that is not ``fixed`` (nor the linear
+   weight): an array dropped or
    set to ones, ``reduction`` to ``"sum"``, any other option dropped (back to
    its default; the ignore sentinel only while no target equals it);
 4. simpler values -- whole arrays first (logits to 0 or rounded, probability
@@ -74,7 +78,8 @@ def shrink(case: Case, still, *, budget: int = SHRINK_BUDGET, info=None):
 
 
 def complexity(case: Case) -> tuple:
-    """``(elements of x, options not at their simplest, digits of the numbers)``."""
+    """``(elements of x and of the linear weight, options not at their simplest, digits of
+    the numbers)``."""
     digits = sum(_digits(a) for a in [case.x, case.targets] +
                  [v for v in case.kwargs.values() if isinstance(v, np.ndarray)])
     nopts = 0
@@ -85,7 +90,10 @@ def complexity(case: Case) -> tuple:
             nopts += v not in ("sum", "none")
         else:
             nopts += 1
-    return (case.x.size, nopts, digits)
+    size = case.x.size
+    if case.linear is not None:
+        size += int(np.size(case.kwargs[case.linear]))
+    return (size, nopts, digits)
 
 
 def _digits(a) -> int:
@@ -107,7 +115,10 @@ def _key(case: Case):
 def candidates(case: Case):
     """Simpler variants of ``case``, most aggressive first (see the module doc)."""
     yield from _fewer_rows(case)
-    if case.axis is not None:
+    if case.linear is not None:
+        yield from _fewer_linear_classes(case)
+        yield from _fewer_features(case)
+    elif case.axis is not None:
         yield from _fewer_classes(case)
     yield from _fewer_options(case)
     yield from _simpler_values(case)
@@ -172,26 +183,14 @@ def _fewer_rows(case: Case):
 
 def _fewer_classes(case: Case):
     ax = case.axis
-    x, t = case.x, case.targets
+    x = case.x
     C = x.shape[ax]
     if C <= 1:
         return
-    sentinel = case.kwargs.get(case.ignore) if case.ignore else None
     for c in range(C - 1, -1, -1):
-        if case.index_targets:
-            valid = (t >= 0) & (t < C)
-            if sentinel is not None:
-                valid &= t != sentinel
-                if 0 <= sentinel < C and c <= sentinel:
-                    continue                    # renumbering would move the sentinel
-            if np.any(valid & (t == c)):
-                continue                        # a target uses this class
-            nt = np.where(valid & (t > c), t - 1, t).astype(t.dtype)
-        else:
-            zero = -np.inf if case.target_kind == "log_soft" else 0
-            if np.any(np.take(t, c, axis=ax) != zero):
-                continue                        # the class carries target mass
-            nt = np.delete(t, c, axis=ax)
+        nt = _targets_without(case, c, C)
+        if nt is None:
+            continue
         nx = np.delete(x, c, axis=ax)
         if case.x_rows:
             nx = _keep_row_mass(case, x, nx)
@@ -214,6 +213,61 @@ def _fewer_classes(case: Case):
             x=nx, targets=nt, kwargs=kw,
             v=None if case.v is None else np.delete(case.v, c, axis=ax),
             kink=None if case.kink is None else np.delete(case.kink, c, axis=ax))
+
+
+def _targets_without(case, c, C):
+    """The targets with class ``c`` (of ``C``) removed, or None when it carries target mass
+    (or renumbering would move the ignore sentinel)."""
+    t = case.targets
+    if case.index_targets:
+        sentinel = case.kwargs.get(case.ignore) if case.ignore else None
+        valid = (t >= 0) & (t < C)
+        if sentinel is not None:
+            valid &= t != sentinel
+            if 0 <= sentinel < C and c <= sentinel:
+                return None                     # renumbering would move the sentinel
+        if np.any(valid & (t == c)):
+            return None                         # a target uses this class
+        return np.where(valid & (t > c), t - 1, t).astype(t.dtype)
+    zero = -np.inf if case.target_kind == "log_soft" else 0
+    if np.any(np.take(t, c, axis=case.axis) != zero):
+        return None                             # the class carries target mass
+    return np.delete(t, c, axis=case.axis)
+
+
+def _fewer_linear_classes(case: Case):
+    """Rows of the linear weight dropped (with their bias and class-weight entries)."""
+    W = case.kwargs[case.linear]
+    C = W.shape[0]
+    if C <= 1:
+        return
+    for c in range(C - 1, -1, -1):
+        nt = _targets_without(case, c, C)
+        if nt is None:
+            continue
+        kw = dict(case.kwargs)
+        kw[case.linear] = np.delete(W, c, axis=0)
+        for name, kind in case.arrays.items():
+            w = kw.get(name)
+            if kind == "classes" and name != case.linear and isinstance(w, np.ndarray) \
+                    and w.ndim and w.shape[0] == C:
+                kw[name] = np.delete(w, c, axis=0)
+        yield case.replace(targets=nt, kwargs=kw)
+
+
+def _fewer_features(case: Case):
+    """Feature columns of ``x`` dropped together with the same columns of the linear weight."""
+    x, W = case.x, case.kwargs[case.linear]
+    H = x.shape[-1]
+    if H <= 1:
+        return
+    subsets = [np.arange(H // 2), np.arange(H // 2, H)]
+    subsets += [np.delete(np.arange(H), j) for j in range(H - 1, -1, -1)]
+    for sel in subsets:
+        if sel.size == 0 or sel.size == H:
+            continue
+        yield case.replace(x=np.take(x, sel, axis=-1),
+                           kwargs={**case.kwargs, case.linear: np.take(W, sel, axis=1)})
 
 
 def _keep_row_mass(case, x, nx):
@@ -248,7 +302,7 @@ def _logsumexp(a, ax):
 
 def _fewer_options(case: Case):
     for name, value in case.kwargs.items():
-        if name in case.fixed:
+        if name in case.fixed or name == case.linear:
             continue
         if name == "reduction":
             if value not in ("sum", "none"):

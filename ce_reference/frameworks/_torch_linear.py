@@ -1,0 +1,197 @@
+"""PyTorch's ``F.linear_cross_entropy`` (new in 2.13): the reference path and the chunked path.
+
+``torch.nn.functional.linear_cross_entropy(input, linear_weight, target, *,
+linear_bias, weight, reduction, ignore_index, label_smoothing, options)``:
+``options=None`` is its reference path (``linear`` then ``cross_entropy``);
+``options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=...,
+chunking_method=..., acc_policy=...)`` its chunked path, which processes the
+rows in chunks and never holds the whole logits.  The chunked path takes
+``reduction`` mean / sum / none, int64 targets and no label smoothing; other
+configurations fall back to the reference path with a warning.  Values and
+gradients come from PyTorch (``loss.backward(grad_output)``).
+
+The reference is the exact float64 result of
+:func:`ce_reference.linear_cross_entropy` (PyTorch's conventions:
+``ignore_index`` -100 for class indices, class weights in the mean's
+denominator, smoothing ``eps / V``); float16 is judged by the low-precision
+criterion against the same-dtype composition ``F.linear`` +
+``F.cross_entropy`` (:func:`._kernels.composition`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+
+from ..cases import Case, regions
+from . import _kernels as K
+from ._core import Known, Result, Target
+
+NAME = "torch-linear"
+REF = "F.linear_cross_entropy"
+CHUNKED = "F.linear_cross_entropy chunked"
+#: The warnings of the last call (the chunked path's fallback warns).
+LAST_WARNINGS: list = []
+
+
+def load() -> str:
+    """Import PyTorch; its version (ImportError when missing or without the function)."""
+    K.require("torch")
+    import torch
+    if not hasattr(torch.nn.functional, "linear_cross_entropy"):
+        raise ImportError(f"torch {torch.__version__} has no F.linear_cross_entropy (new in 2.13)")
+    return torch.__version__
+
+
+def run(case: Case) -> Result:
+    """``F.linear_cross_entropy`` on ``case`` (``options``: None, a dict of
+    ``LinearCrossEntropyOptions`` fields, absent = reference path)."""
+    import torch
+    import torch.nn.functional as F
+    kw = case.kwargs
+    X = K.tensor(case.x, requires_grad=True)
+    W = K.tensor(kw["linear_weight"], requires_grad=True)
+    b = None if kw.get("linear_bias") is None else K.tensor(kw["linear_bias"], True)
+    y = torch.as_tensor(np.asarray(case.targets, np.int64))
+    cw = None if kw.get("weight") is None else K.tensor(kw["weight"])
+    options = kw.get("options")
+    if isinstance(options, dict):
+        options = torch.nn.LinearCrossEntropyOptions(**options)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        loss = F.linear_cross_entropy(X, W, y, linear_bias=b, weight=cw,
+                                      reduction=kw.get("reduction", "mean"),
+                                      ignore_index=kw.get("ignore_index"),
+                                      label_smoothing=float(kw.get("label_smoothing", 0.0)),
+                                      options=options)
+        value = K.numpy(loss)
+        loss.backward(K.upstream(loss, kw.get("grad_output")))
+    LAST_WARNINGS[:] = [str(w.message) for w in rec]
+    arrays = {"value": value, "grad input": K.numpy(X.grad), "grad weight": K.numpy(W.grad)}
+    if b is not None:
+        arrays["grad bias"] = K.numpy(b.grad)
+    return Result(arrays)
+
+
+R3 = ("mean", "sum", "none")
+W, I, LS, B = ({"weight": "random"}, {"ignore_index": -100}, {"label_smoothing": 0.1},
+               {"linear_bias": "random"})
+#: The chunked path's options swept (LinearCrossEntropyOptions fields, torch 2.13).
+CHUNK_OPTIONS = ({}, {"batch_chunk_size": 2, "chunking_method": None, "acc_policy": "accurate"},
+                 {"chunking_method": "aspect_ratio:2", "acc_policy": "balanced"},
+                 {"batch_chunk_size": 3, "chunking_method": None, "acc_policy": "compact"})
+
+
+def _product(base, reductions=R3):
+    return [dict(b, reduction=r) for b, r in itertools.product(base, reductions)]
+
+
+def targets() -> list[Target]:
+    lin = regions.linear(fixed=("options",))
+    common = dict(dtypes=("float32", "float16"), baseline=K.composition)
+    ref_sets = _product([{}, {**W, **I, **B}, {**LS, **W}]) + \
+        [{"reduction": "none", "grad_output": "random"}]
+    chunk_sets = [dict(b, reduction=r, options=op) for op in CHUNK_OPTIONS
+                  for b in ({}, {**W, **I, **B}) for r in R3]
+    chunk_sets += [{**LS, "reduction": "mean", "options": {}},
+                   {"reduction": "none", "grad_output": "random", "options": CHUNK_OPTIONS[1]}]
+    return [
+        Target(REF, "exact linear cross-entropy (PyTorch's conventions)", run, K.exact_linear,
+               lin, ref_sets, regions.LINEAR_REGIONS, K.linear_scales,
+               quick_regions=("scale 3", "dominant right", "all ignored"),
+               quick_option_sets=[dict(W, **I, **B, reduction="mean"),
+                                  dict(LS, **W, reduction="sum")], **common),
+        Target(CHUNKED, "as F.linear_cross_entropy", run, K.exact_linear, lin, chunk_sets,
+               regions.LINEAR_REGIONS, K.linear_scales,
+               quick_regions=("scale 3", "dominant right", "all ignored"),
+               quick_option_sets=[dict(W, **I, **B, reduction="mean", options={}),
+                                  dict(I, reduction="none", options=CHUNK_OPTIONS[3])],
+               **common),
+    ]
+
+
+# --------------------------------------------------------------------------- catalogue
+
+def _all_ignored_mean(case: Case, o) -> bool:
+    kw = case.kwargs
+    return (kw.get("reduction", "mean") == "mean" and "ignore_index" in kw
+            and bool(np.all(case.targets == kw["ignore_index"])))
+
+
+def _nan_gradients(case: Case, o) -> bool:
+    """All-ignored mean: loss NaN (as the reference) and NaN gradients (reference: 0)."""
+    if o.framework is None or not _all_ignored_mean(case, o):
+        return False
+    a = o.framework.arrays
+    return bool(np.isnan(a["value"])) and all(
+        np.all(np.isnan(a[k])) for k in a if k.startswith("grad"))
+
+
+def _zero_weight_mean(case: Case, o) -> bool:
+    kw = case.kwargs
+    w = kw.get("weight")
+    if w is None or kw.get("reduction", "mean") != "mean" or o.framework is None:
+        return False
+    y = np.asarray(case.targets).reshape(-1)
+    kept = y[y != kw.get("ignore_index", -100)]
+    return kept.size > 0 and float(np.sum(np.asarray(w, np.float64)[kept])) == 0.0 and \
+        bool(np.isnan(o.framework.arrays["value"]))
+
+
+def _probe(x, y, **kw):
+    return lambda: Case(x=np.asarray(x), targets=np.asarray(y), kwargs=dict(kw), region="probe")
+
+
+def known() -> list[Known]:
+    f32 = np.float32
+    one = np.ones((2, 2), f32)
+    return [
+        Known("torch-chunked-all-ignored-nan-grad", "defect",
+              "chunked path, mean over rows that are all ignored: the gradients are NaN "
+              "(the reference path, like F.cross_entropy and the reference, gives a NaN loss "
+              "and zero gradients)", CHUNKED, "no PyTorch issue found",
+              "Every acc_policy, float32 and float16: the chunk gradients are scaled by "
+              "1 / (number of kept rows) = 1/0 before the GEMMs.",
+              applies=_nan_gradients,
+              probe=_probe(one, [-100, -100], linear_weight=np.ones((3, 2), f32),
+                           ignore_index=-100, options={})),
+        Known("torch-zero-weight-mean", "convention",
+              "weighted mean whose kept rows all have class weight 0 (0/0): NaN loss and NaN "
+              "gradients; the reference gives NaN with zero gradients", REF,
+              "as F.cross_entropy (pytorch/pytorch#64572 for the all-ignored case)",
+              "The mean is undefined; only the reference's rule (a NaN value never comes "
+              "with a non-zero gradient) differs.",
+              applies=_zero_weight_mean,
+              probe=_probe(np.array([[1.0]], f32), [0], linear_weight=np.array([[1.0], [0.0]], f32),
+                           weight=np.array([0.0, 1.0], f32)),
+              check=lambda c, o: o.framework is not None and bool(
+                  np.isnan(o.framework.arrays["value"])), exact=K.exact_linear, also=(CHUNKED,)),
+    ]
+
+
+def about() -> dict:
+    return {
+        "versions": {k: v for k, v in K.versions().items() if k in ("torch", "numpy")},
+        "patches": [],
+        "exercised": [
+            "F.linear_cross_entropy with options=None (the reference path) and with "
+            "LinearCrossEntropyOptions: defaults (acc_policy/chunking_method 'auto'), "
+            "batch_chunk_size 2 / 'accurate', 'aspect_ratio:2' / 'balanced', "
+            "batch_chunk_size 3 / 'compact'",
+            "options: class weights (with zero entries), ignore_index -100, linear_bias, "
+            "label_smoothing 0.1 (the chunked path falls back to the reference path with a "
+            "warning: checked), reduction none/sum/mean, a per-row upstream gradient for none",
+            "V = 37, 256, 300; H = 8; 4 rows; float32 (eps of the operands) and float16 "
+            "(the low-precision criterion)",
+        ],
+        "not_exercised": [
+            {"what": "bfloat16", "why": "the low-precision criterion is run in float16 only "
+                                        "(the Triton audits cannot run bfloat16; one "
+                                        "low-precision dtype for all three audits)"},
+            {"what": "probability targets, K-dimensional inputs", "why": "the chunked path "
+             "takes class indices of a (N, H) input only; the reference path is "
+             "F.cross_entropy, audited by the torch audit"},
+        ],
+    }
