@@ -139,18 +139,19 @@ def low_precision(got, expected, baseline, dtype, tol=LOW_PRECISION_TOL_EPS,
     non-finite mismatch too, its error is infinite as well, and the ratio is 1
     if every non-finite mismatch of ``got`` is also one of the baseline (as
     wrong as the composition), infinite otherwise.  An exact entry beyond the
-    dtype's range is compared as what it rounds to in the dtype (``±inf``):
-    no result in that dtype can be closer.  ``index`` is the worst
+    range of the dtype ``got`` is returned in is compared as what it rounds to
+    there (``±inf``): no result in that dtype can be closer.  ``index`` is the worst
     element of ``got``; ``detail`` names it when the ratio exceeds 1.
     """
     dt = np.dtype(dtype) if str(dtype) != "bfloat16" else np.dtype(np.float32)
     eps = 2.0 ** -7 if str(dtype) == "bfloat16" else float(np.finfo(dt).eps)
+    out = np.asarray(got).dtype           # the dtype the result is returned in
     a = np.asarray(got, np.float64)
     r = np.asarray(expected, np.float64)
-    if str(dtype) != "bfloat16":
-        big = float(np.finfo(dt).max)
+    if out.kind == "f" and out.itemsize < 8:
+        big = float(np.finfo(out).max)
         with np.errstate(over="ignore", invalid="ignore"):
-            r = np.where(np.isfinite(r) & (np.abs(r) > big), r.astype(dt).astype(np.float64), r)
+            r = np.where(np.isfinite(r) & (np.abs(r) > big), r.astype(out).astype(np.float64), r)
     c = np.asarray(baseline, np.float64) if baseline is not None else None
     if c is not None and c.shape != r.shape:
         c = c.reshape(r.shape) if c.size == r.size else None

@@ -452,6 +452,9 @@ def probe_known(k: Known, target: Target) -> dict:
     if k.unavailable:
         return {"input": "", "dtype": "", "class": "not exercised", "reproduced": False,
                 "framework": k.unavailable}
+    if k.probe is None:             # a finding of the sweep only (see its sweep witness)
+        return {"input": "", "dtype": "", "class": "not reproduced", "reproduced": False,
+                "framework": "no probe: a class of sweep deviations"}
     p = k.probe()
     case = target.gen.case(p.x, p.targets, p.kwargs, region="probe", flags=p.flags)
     out = {"input": case.arguments(), "dtype": case.dtype.name}

@@ -218,6 +218,92 @@ def exact_at(case: Case, z, softcap_derivative=None) -> Result:
     return Result(arrays)
 
 
+def explained_by(reference):
+    """``applies`` of a low-precision mechanism (a :class:`~._core.Known` of kind
+    ``precision``): the float16 deviation disappears when the exact result is computed with
+    the mechanism, ``reference(case)`` (None: the mechanism does not apply to the case)."""
+    def applies(case: Case, o) -> bool:
+        if o.unit != "ratio" or o.framework is None or case.dtype != np.float16:
+            return False
+        try:
+            ref = reference(case)
+        except (ValueError, TypeError, KeyError):
+            return False
+        if ref is None:
+            return False
+        from ._core import compare_low_precision
+        return compare_low_precision(o.framework, ref, o.baseline, case.dtype).ok
+    return applies
+
+
+def below_operand_rounding(fid: str, target: str, also=()):
+    """The catalogue entry (kind ``precision``) of float16 deviations that are smaller than
+    one float16 rounding of the operands: the criterion's slack is ``1 eps * max|exact|``, and
+    where every row is confident the exact output is far below its operands (``p - 1`` of a
+    confident row, the soft-cap derivative of a large logit) -- the float16 composition may
+    then land on it by rounding to 0 while a kernel that computes in float32 inside keeps a
+    float32 rounding error of the operands.  The ratio is reported; no formula is wrong."""
+    from ._core import Known
+
+    def applies(case: Case, o) -> bool:
+        if o.unit != "ratio" or o.framework is None or case.dtype != np.float16:
+            return False
+        scales = linear_scales(case)
+        eps = float(np.finfo(np.float16).eps)
+        for k, ratio in o.errors.items():
+            if ratio <= 1:
+                continue
+            a = np.asarray(o.framework.arrays.get(k), np.float64)
+            r = np.asarray(o.reference.arrays.get(k), np.float64)
+            if a.shape != r.shape or not np.all(np.isfinite(a) == np.isfinite(r)):
+                return False
+            fin = np.isfinite(r)
+            err = float(np.max(np.abs(a[fin] - r[fin]), initial=0.0))
+            if not err <= eps * scales.get(k, scales.get("grad", 0.0)):
+                return False
+        return True
+
+    return Known(fid, "precision",
+                 "float16 deviations smaller than one float16 rounding of the operands, where the "
+                 "exact output is far below them (confident rows, capped large logits): the "
+                 "low-precision criterion fails because its slack is 1 eps * max|exact|, the "
+                 "float16 composition happening to be closer by rounding to 0",
+                 target, "", "Every deviating output's largest error is at most 1 float16 eps of "
+                 "its operand scale (the eps scheme's operands); the ratio is reported in the "
+                 "sweep.", applies=applies, also=tuple(also))
+
+
+def double_rounding_reference(case: Case, softcap_derivative=None):
+    """The exact result at the logits rounded twice, ``x @ W.T`` to the input dtype and
+    again after ``+ bias`` (None without a bias)."""
+    if case.linear is None or case.kwargs.get("linear_bias") is None:
+        return None
+    return exact_at(case, rounded_logits(case, bias_separately=True), softcap_derivative)
+
+
+def rounded_logits(case: Case, bias_separately=False) -> np.ndarray:
+    """The logits as a float16 kernel holds them: ``x @ W.T (+ b)`` rounded once to the input
+    dtype (as ``F.linear``), or, with ``bias_separately``, ``x @ W.T`` rounded and then
+    ``+ b`` rounded again."""
+    kw = case.kwargs
+    dt = case.x.dtype
+    b = kw.get("linear_bias")
+    if case.linear is None:
+        return logits_of(case)[0]
+    if bias_separately and b is not None:
+        z, _ = logits_of(case.replace(kwargs={k: v for k, v in kw.items() if k != "linear_bias"}))
+        z = z.astype(dt).astype(np.float64)
+        return (z + _f64(b)).astype(dt).astype(np.float64)
+    return logits_of(case)[0].astype(dt).astype(np.float64)
+
+
+def tanh_derivative_float32(z, s):
+    """The soft-cap derivative as float32 kernels compute it: ``1 - t*t`` with
+    ``t = tanh(z / s)`` in float32 (it cancels for ``|z / s| >~ 6``)."""
+    t = np.tanh((np.asarray(z).astype(np.float32) / np.float32(s)).astype(np.float32))
+    return (np.float32(1) - t * t).astype(np.float64)
+
+
 def logits_of(case: Case) -> tuple:
     """The float64 logits of ``case`` and its targets (the rows that have one)."""
     x, y = shifted(case)
@@ -301,6 +387,15 @@ def linear_scales(case: Case) -> dict:
                 softmax_cross_entropy_grad(np.zeros_like(z), y, **opts))), axis=1)
         except (ValueError, TypeError):
             return out
+    # the one-hot operand of p - q (w_y (1 - eps) / denominator): at logits 0 a single class
+    # has p = q and a zero gradient, yet its operands have that size
+    kept = np.ones(y.shape, bool) if kw.get("ignore_index") is None else y != kw["ignore_index"]
+    wy = np.ones(y.shape) if w is None else np.where(kept, _f64(w)[np.where(kept, y, 0)], 0.0)
+    den = 1.0
+    if reduction == "mean":
+        den = float(np.sum(wy[kept])) if w is not None else float(kept.sum())
+    q = np.where(kept, wy * (1 - float(kw.get("label_smoothing", 0.0))), 0.0) / (den or 1.0)
+    m = np.maximum(m, q)
     if go is not None and np.ndim(go):
         gr = np.abs(_f64(go)).reshape(-1)
         D, m = D * gr[:, None], m * gr

@@ -224,51 +224,42 @@ def _follows_softcap_limit(case, o):
 def _liger_logits(case: Case) -> np.ndarray:
     """The logits as Liger forms them: ``x @ W.T`` rounded to the input dtype (as F.linear),
     then ``+ bias`` rounded again (F.linear rounds once)."""
-    z, _ = K.logits_of(case.replace(kwargs={k: v for k, v in case.kwargs.items()
-                                            if k != "linear_bias"}))
-    dt = case.x.dtype
-    z = z.astype(dt).astype(np.float64)
-    b = case.kwargs.get("linear_bias")
-    if case.linear is not None and b is not None:
-        z = (z + b.astype(np.float64)).astype(dt).astype(np.float64)
-    return z
+    return K.rounded_logits(case, bias_separately=True)
 
 
-def _tanh_derivative_float32(z, s):
-    """The soft-cap derivative as Liger computes it: ``1 - t*t``, ``t = tanh(z / s)`` in float32."""
-    t = np.tanh((z.astype(np.float32) / np.float32(s)).astype(np.float32))
-    return (np.float32(1) - t * t).astype(np.float64)
-
-
-def _explained_by(reference):
-    """``applies`` of a low-precision mechanism: the float16 deviation disappears when the
-    exact result is computed with the mechanism (``reference(case)``)."""
-    def applies(case: Case, o) -> bool:
-        if o.unit != "ratio" or o.framework is None or case.dtype != np.float16:
-            return False
-        try:
-            ref = reference(case)
-        except (ValueError, TypeError, KeyError):
-            return False
-        if ref is None:
-            return False
-        from ._core import compare_low_precision
-        return compare_low_precision(o.framework, ref, o.baseline, case.dtype).ok
-    return applies
+_tanh_derivative_float32 = K.tanh_derivative_float32
+_explained_by = K.explained_by
 
 
 def _double_rounding_reference(case: Case):
     if case.linear is None or case.kwargs.get("linear_bias") is None:
         return None
-    deriv = _tanh_derivative_float32 if case.kwargs.get("softcap") is not None else None
+    deriv = _liger_tanh_derivative(case) if case.kwargs.get("softcap") is not None else None
     return K.exact_at(case, _liger_logits(case), deriv)
+
+
+def _liger_tanh_derivative(case: Case):
+    """Liger's soft-cap derivative: ``1 - t*t`` in float32 with ``t = tanh(x / s)``, except on
+    the true class, where ``t = (s * tanh(x / s)) / s`` is recovered from the capped logit
+    (cross_entropy.py: ``t_y = ori_X_y / softcap``)."""
+    y = np.asarray(K.shifted(case)[1]).reshape(-1)
+
+    def deriv(z, s):
+        d = _tanh_derivative_float32(z, s)
+        f32 = np.float32
+        rows = np.flatnonzero((y >= 0) & (y < z.shape[1]))
+        zy = z[rows, y[rows]].astype(f32)
+        ty = (f32(s) * np.tanh(zy / f32(s))).astype(f32) / f32(s)
+        d[rows, y[rows]] = (f32(1) - ty * ty).astype(np.float64)
+        return d
+    return deriv
 
 
 def _tanh_derivative_reference(case: Case):
     if case.kwargs.get("softcap") is None:
         return None
     z = _liger_logits(case) if case.linear is not None else K.logits_of(case)[0]
-    return K.exact_at(case, z, _tanh_derivative_float32)
+    return K.exact_at(case, z, _liger_tanh_derivative(case))
 
 
 def _probe(x, y, **kw):
@@ -340,6 +331,7 @@ def known() -> list[Known]:
                            softcap=30.0, reduction="sum"),
               check=lambda c, o: (not o.ok) and _explained_by(_tanh_derivative_reference)(c, o),
               also=(CE,)),
+        K.below_operand_rounding("liger-f16-below-operand-rounding", FLCE, also=(CE,)),
         Known("liger-1298", "defect",
               "fused linear cross-entropy, reduction='none': the weight gradient used "
               "grad_output[0] for every row", FLCE, "linkedin/Liger-Kernel#1298",

@@ -186,7 +186,8 @@ def _md_framework(r):
             out.append(f"- not exercised: {_md_escape(p['framework'])}")
             out.append("")
             continue
-        out.append(f"- smallest input: `{p['input']}`")
+        if p["input"]:
+            out.append(f"- smallest input: `{p['input']}`")
         out.append(f"- framework: `{p['framework']}`")
         if p.get("reference"):
             out.append(f"- reference (same convention): `{p['reference']}`")

@@ -145,7 +145,7 @@ def _probe(x, y, **kw):
 
 
 def known() -> list[Known]:
-    f32 = np.float32
+    f32, f16 = np.float32, np.float16
     one = np.ones((2, 2), f32)
     return [
         Known("torch-chunked-all-ignored-nan-grad", "defect",
@@ -157,6 +157,22 @@ def known() -> list[Known]:
               applies=_nan_gradients,
               probe=_probe(one, [-100, -100], linear_weight=np.ones((3, 2), f32),
                            ignore_index=-100, options={})),
+        Known("torch-chunked-f16-bias-double-rounding", "precision",
+              "chunked path in float16 with a bias: the logits are rounded to float16 twice, "
+              "after input @ weight.T and again after + bias (the reference path's F.linear "
+              "rounds once), so the loss and gradients can be less accurate than the float16 "
+              "composition", CHUNKED, "no PyTorch issue found",
+              "Checked: the framework agrees with the exact result computed from the "
+              "twice-rounded logits (on the probe exactly: 1762 where single rounding gives "
+              "1764 and the exact loss is 1764.08).",
+              applies=K.explained_by(K.double_rounding_reference),
+              probe=_probe(np.array([[-1.0, -0.851]], f16), [1],
+                           linear_weight=np.array([[-2238.0, -2072.0], [-2238.0, 1.0]], f16),
+                           linear_bias=np.array([0.8, 1.0], f16), reduction="sum",
+                           options=dict(CHUNK_OPTIONS[1])),
+              check=lambda c, o: (not o.ok) and K.explained_by(K.double_rounding_reference)(c, o)),
+        K.below_operand_rounding("torch-linear-f16-below-operand-rounding", REF,
+                                 also=(CHUNKED,)),
         Known("torch-zero-weight-mean", "convention",
               "weighted mean whose kept rows all have class weight 0 (0/0): NaN loss and NaN "
               "gradients; the reference gives NaN with zero gradients", REF,
