@@ -144,7 +144,7 @@ def compare_low_precision(fw: Result, ref: Result, base: Result | None, dtype) -
         if k not in fw.arrays:
             continue
         r = np.asarray(r, np.float64)
-        a = np.asarray(fw.arrays[k], np.float64)
+        a = np.asarray(fw.arrays[k])          # its own dtype: the range it can represent
         if a.shape != r.shape:
             if a.size == r.size:
                 a = a.reshape(r.shape)

@@ -331,7 +331,9 @@ def known() -> list[Known]:
                            softcap=30.0, reduction="sum"),
               check=lambda c, o: (not o.ok) and _explained_by(_tanh_derivative_reference)(c, o),
               also=(CE,)),
-        K.below_operand_rounding("liger-f16-below-operand-rounding", FLCE, also=(CE,)),
+        K.below_operand_rounding("liger-f16-below-operand-rounding", FLCE, also=(CE,),
+                                 mechanisms=(_double_rounding_reference,
+                                             _tanh_derivative_reference)),
         Known("liger-1298", "defect",
               "fused linear cross-entropy, reduction='none': the weight gradient used "
               "grad_output[0] for every row", FLCE, "linkedin/Liger-Kernel#1298",

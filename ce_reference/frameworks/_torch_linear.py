@@ -140,6 +140,24 @@ def _zero_weight_mean(case: Case, o) -> bool:
         bool(np.isnan(o.framework.arrays["value"]))
 
 
+def _overflow_where_finite(case: Case, o) -> bool:
+    """float16: a gradient entry is non-finite where the exact gradient (rounded to float16)
+    and the same-dtype composition are finite."""
+    if case.dtype != np.float16 or o.framework is None or o.baseline is None:
+        return False
+    for k, a in o.framework.arrays.items():
+        if not k.startswith("grad") or k not in o.reference.arrays or k not in o.baseline.arrays:
+            continue
+        a = np.asarray(a, np.float64)
+        with np.errstate(over="ignore"):
+            r = np.asarray(o.reference.arrays[k], np.float64).astype(np.float16)
+        b = np.asarray(o.baseline.arrays[k], np.float64)
+        if a.shape == r.shape == b.shape and np.any(~np.isfinite(a) & np.isfinite(r)
+                                                     & np.isfinite(b)):
+            return True
+    return False
+
+
 def _probe(x, y, **kw):
     return lambda: Case(x=np.asarray(x), targets=np.asarray(y), kwargs=dict(kw), region="probe")
 
@@ -172,7 +190,21 @@ def known() -> list[Known]:
                            options=dict(CHUNK_OPTIONS[1])),
               check=lambda c, o: (not o.ok) and K.explained_by(K.double_rounding_reference)(c, o)),
         K.below_operand_rounding("torch-linear-f16-below-operand-rounding", REF,
-                                 also=(CHUNKED,)),
+                                 also=(CHUNKED,), mechanisms=(K.double_rounding_reference,)),
+        Known("torch-chunked-f16-target-term-overflow", "defect",
+              "chunked path in float16 with class weights: the input gradient is -inf where "
+              "the exact gradient is finite (on the probe 0: one class, so the gradient "
+              "vanishes identically) and the reference path is finite: the target term "
+              "w_y * W_y of p w W - w_y W_y is formed in float16 and overflows (1000 * 1884 > "
+              "65504) before it cancels; below the overflow the same subtraction leaves the "
+              "float16 rounding of w_y W_y (0.244 for w_y = 0.8853, W = -2268, exact 0)", CHUNKED,
+              "no PyTorch issue found",
+              "Every acc_policy (accurate, balanced, compact).  The reference path (options=None) "
+              "returns 0.",
+              applies=_overflow_where_finite,
+              probe=_probe(np.array([[0.0]], f16), [0], linear_weight=np.array([[1884.0]], f16),
+                           weight=np.array([1000.0], f16), reduction="sum",
+                           options=dict(CHUNK_OPTIONS[1]))),
         Known("torch-zero-weight-mean", "convention",
               "weighted mean whose kept rows all have class weight 0 (0/0): NaN loss and NaN "
               "gradients; the reference gives NaN with zero gradients", REF,

@@ -112,29 +112,48 @@ class InterpreterUnavailable(ImportError):
     """Triton is missing, or was imported before interpretation could be enabled."""
 
 
-def enable() -> str:
-    """Turn on Triton's interpreter and apply the two patches; returns triton's version.
+#: Modules whose @triton.jit functions must have been decorated in interpreter mode.
+_AUDITED = ("liger_kernel", "cut_cross_entropy")
 
-    Idempotent.  Raises :class:`InterpreterUnavailable` when triton is not
-    installed, or when it was imported earlier without ``TRITON_INTERPRET=1``
-    and kernels may already have been decorated for a GPU.
+
+def _compiled_mode_triton() -> bool:
+    """triton is imported and its own jit functions (``tl.max``...) are compiled-mode."""
+    lang = sys.modules.get("triton.language.standard")
+    if lang is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+    return not isinstance(getattr(lang, "max", None), InterpretedFunction)
+
+
+def enable() -> str:
+    """Turn on Triton's interpreter and apply the patches; returns triton's version.
+
+    Idempotent.  ``@triton.jit`` picks the interpreter when a function is
+    decorated, so triton's own library (``tl.max``, ``tl.sum``...) must be
+    imported with ``TRITON_INTERPRET=1``.  When something imported triton
+    before (PyTorch's chunked ``F.linear_cross_entropy`` does, to look for GPU
+    kernels), its Python modules -- not the compiled extension
+    ``triton._C`` -- are imported again in interpreter mode, provided no audited
+    package was imported yet.  Raises :class:`InterpreterUnavailable` when
+    triton is not installed or that is not possible.
     """
     global _PATCHED
-    if "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1"
+    if _compiled_mode_triton():
+        if any(m == p or m.startswith(p + ".") for m in sys.modules for p in _AUDITED):
+            raise InterpreterUnavailable(
+                "triton was imported without TRITON_INTERPRET=1 and the audited kernels are "
+                "already compiled-mode JIT functions; call _triton_interp.enable() first")
+        for name in [m for m in sys.modules
+                     if (m == "triton" or m.startswith("triton.")) and not m.startswith("triton._C")]:
+            del sys.modules[name]
     try:
         import triton
         from triton import knobs
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise InterpreterUnavailable(f"triton is not installed: {exc}") from exc
-    if not knobs.runtime.interpret:
-        if any(m in sys.modules for m in ("liger_kernel.ops.cross_entropy", "cut_cross_entropy.cce")):
-            raise InterpreterUnavailable(
-                "triton was imported without TRITON_INTERPRET=1 and the audited kernels are "
-                "already compiled-mode JIT functions; call _triton_interp.enable() first")
-        os.environ["TRITON_INTERPRET"] = "1"
-        if not knobs.runtime.interpret:  # pragma: no cover
-            raise InterpreterUnavailable("cannot switch triton to interpreter mode")
+    if not knobs.runtime.interpret or _compiled_mode_triton():  # pragma: no cover
+        raise InterpreterUnavailable("cannot switch triton to interpreter mode")
     if not _PATCHED:
         _patch_float_args()
         _patch_libdevice()
