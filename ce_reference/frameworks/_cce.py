@@ -254,6 +254,7 @@ def known() -> list[Known]:
               check=lambda c, o: (not o.ok) and K.explained_by(_indexed_dot_reference)(c, o)),
         K.below_operand_rounding("cce-f16-below-operand-rounding", CCE, also=(COMPILE,),
                                  mechanisms=(_indexed_dot_reference,)),
+        K.float16_overflow("cce-f16-overflow", CCE, also=(COMPILE,)),
         Known("cce-14-float16", "defect",
               "the classifier gradient far from PyTorch's (reported in bfloat16 with shift, "
               "impl='torch_compile'); bfloat16 cannot be compared here, so its float16 "

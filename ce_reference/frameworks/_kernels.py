@@ -298,6 +298,44 @@ def double_rounding_reference(case: Case, softcap_derivative=None):
     return exact_at(case, rounded_logits(case, bias_separately=True), softcap_derivative)
 
 
+def float16_overflow(fid: str, target: str, also=()):
+    """The catalogue entry (kind ``precision``) of float16 deviations in overflow: every
+    deviating output has exact entries beyond float16's range (65504), or the same-dtype
+    composition itself overflows where the exact value is finite -- the products and partial
+    sums of the gradient GEMMs overflow, and which infinities (or wrong finite values) an
+    implementation returns depends on its order of operations."""
+    from ._core import Known
+    big = float(np.finfo(np.float16).max)
+
+    def applies(case: Case, o) -> bool:
+        if o.unit != "ratio" or o.framework is None or case.dtype != np.float16:
+            return False
+        for k, ratio in o.errors.items():
+            if ratio <= 1:
+                continue
+            r = np.asarray(o.reference.arrays.get(k), np.float64)
+            over = bool(np.any(np.isfinite(r) & (np.abs(r) > big)))
+            b = None if o.baseline is None else o.baseline.arrays.get(k)
+            if b is not None:
+                b = np.asarray(b, np.float64)
+                if b.shape == r.shape:
+                    with np.errstate(over="ignore"):
+                        rr = r.astype(np.float16)
+                    over = over or bool(np.any(~np.isfinite(b) & np.isfinite(rr)))
+            if not over:
+                return False
+        return True
+
+    return Known(fid, "precision",
+                 "float16 in overflow (logits ~1e4 with class weights ~1e3): exact gradient "
+                 "entries beyond float16's range, or the float16 composition itself overflowing "
+                 "where the exact value is finite; the implementation's infinities and "
+                 "overflowed partial sums differ from the rounded exact values (an infinity "
+                 "of the wrong sign included)", target, "",
+                 "Every deviating output is in that regime; the ratio is reported in the sweep.",
+                 applies=applies, also=tuple(also))
+
+
 def rounded_logits(case: Case, bias_separately=False) -> np.ndarray:
     """The logits as a float16 kernel holds them: ``x @ W.T (+ b)`` rounded once to the input
     dtype (as ``F.linear``), or, with ``bias_separately``, ``x @ W.T`` rounded and then

@@ -334,6 +334,7 @@ def known() -> list[Known]:
         K.below_operand_rounding("liger-f16-below-operand-rounding", FLCE, also=(CE,),
                                  mechanisms=(_double_rounding_reference,
                                              _tanh_derivative_reference)),
+        K.float16_overflow("liger-f16-overflow", FLCE, also=(CE,)),
         Known("liger-1298", "defect",
               "fused linear cross-entropy, reduction='none': the weight gradient used "
               "grad_output[0] for every row", FLCE, "linkedin/Liger-Kernel#1298",

@@ -205,6 +205,7 @@ def known() -> list[Known]:
               probe=_probe(np.array([[0.0]], f16), [0], linear_weight=np.array([[1884.0]], f16),
                            weight=np.array([1000.0], f16), reduction="sum",
                            options=dict(CHUNK_OPTIONS[1]))),
+        K.float16_overflow("torch-linear-f16-overflow", REF, also=(CHUNKED,)),
         Known("torch-zero-weight-mean", "convention",
               "weighted mean whose kept rows all have class weight 0 (0/0): NaN loss and NaN "
               "gradients; the reference gives NaN with zero gradients", REF,
