@@ -18,9 +18,15 @@ import numpy as np
 from ce_reference.registry import LOSSES
 from ce_reference.spec import BenchCase
 
-from . import impls
+from . import impls, linear
 
 MiB = 1 << 20
+
+def runner(spec):
+    """The benchmark of a loss's structure: a linear cross-entropy has its own inputs,
+    floor (the three GEMMs) and peers (:mod:`benchmarks.linear`)."""
+    return linear.run_case if spec.structure == "linear" else run_case
+
 
 def _default_case(spec):
     """A benchmark case for a loss whose spec names none."""
@@ -132,7 +138,8 @@ def check_targets(results):
             if fused is None:
                 continue
             if what == "floor":
-                value, label = fused["x_floor"], "fused / np.copyto time"
+                value = fused["x_floor"]
+                label = f"fused / {case.get('floor', 'np.copyto')} time"
             elif what in rows:
                 value, label = rows[what]["median_s"] / fused["median_s"], f"{what} / fused time"
             else:
@@ -142,9 +149,11 @@ def check_targets(results):
                         "goal": f"{cmp} {goal}", "measured": value, "met": bool(met)})
     for case in results:  # memory targets, every case measured
         rows = {r["implementation"]: r for r in case["rows"]}
+        extra = case.get("extra_limit_bytes", 32 * MiB)
         for name, limit, label in (
-                (impls.FUSED, case["grad_bytes"] + 32 * MiB, "peak extra <= grad + 32 MiB"),
-                (impls.FUSED + ", out=", 32 * MiB, "peak extra with out= <= 32 MiB")):
+                (impls.FUSED, case["grad_bytes"] + extra,
+                 f"peak extra <= grad + {extra / MiB:.0f} MiB"),
+                (impls.FUSED + ", out=", extra, f"peak extra with out= <= {extra / MiB:.0f} MiB")):
             if name in rows and rows[name]["peak_extra_bytes"] is not None:
                 peak = rows[name]["peak_extra_bytes"]
                 out.append({"kind": case["kind"], "shape": case["shape"],
@@ -267,7 +276,7 @@ def markdown_tables(results, targets):
         for r in case["rows"]:
             out.append(f"| {r['implementation']} | {r['median_s'] * 1e3:.1f} | "
                        f"{r['min_s'] * 1e3:.1f} | "
-                       f"{r['gb_per_s']:.2f} | {_fmt(r['x_floor'], '.2f')} | "
+                       f"{_fmt(r['gb_per_s'], '.2f')} | {_fmt(r['x_floor'], '.2f')} | "
                        f"{_fmt(r['peer_over_fused'], '.2f')} | "
                        f"{_fmt(None if r['peak_extra_bytes'] is None else r['peak_extra_bytes'] / MiB, '.1f')} |")
         out.append("")
@@ -280,15 +289,27 @@ def markdown_tables(results, targets):
     return "\n".join(out)
 
 
+def sweep_markdown(sweep):
+    """Each implementation's time over the floor's, per size of the sweeps."""
+    out = ["| loss | shape | " + " | ".join(["implementation", "× floor", "time / fused"]) + " |",
+           "|---|---|---|---:|---:|"]
+    for case in sweep:
+        for r in case["rows"]:
+            out.append(f"| {case['kind']} | {tuple(case['shape'])} | {r['implementation']} | "
+                       f"{_fmt(r['x_floor'], '.2f')} | {_fmt(r['peer_over_fused'], '.2f')} |")
+    return "\n".join(out)
+
+
 def size_sweep(dtype, repeat, workers, log, selected=None):
     """Every case with a ``sweep`` over its shapes, for the throughput plot."""
     sweep = []
     for spec, case in selected or cases():
         for shape in case.sweep:
             log(f"sweep {spec.name} {shape} {np.dtype(dtype).name}")
-            sweep.append(run_case(spec, case, dtype, repeat, workers, shape=shape,
-                                  only={impls.FLOOR, impls.FUSED, "jax.jit + optax",
-                                        "torch eager", "scipy.special"}, log=log))
+            only = None if spec.structure == "linear" else {
+                impls.FLOOR, impls.FUSED, "jax.jit + optax", "torch eager", "scipy.special"}
+            sweep.append(runner(spec)(spec, case, dtype, repeat, workers, shape=shape,
+                                      only=only, log=log))
     return sweep
 
 
@@ -300,6 +321,9 @@ def plot(sweep, path):
     except ImportError:
         print("--plot needs matplotlib (pip install 'ce_reference[bench]'); no plot drawn",
               file=sys.stderr)
+        return False
+    sweep = [c for c in sweep if c["rows"][0]["gb_per_s"] is not None]   # memory-bound ones
+    if not sweep:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     first = sweep[0]
@@ -342,6 +366,13 @@ def main(argv=None):
                     help="draw GB/s against size (the cases with a size sweep) with the floor "
                          "as a line")
     ap.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the size sweeps of the cases that have one (float32): "
+                         "softmax over the batch size, linear cross-entropy over V")
+    ap.add_argument("--linear-memory", metavar="N,H,V", default=None,
+                    help="also measure linear cross-entropy's peak memory (RSS, each "
+                         "implementation in a fresh process, and tracemalloc) at this size, "
+                         "float32; the issue's size is 8192,1024,65536 (about 5 minutes)")
     keys = [case_key(s, c) for s, c in cases()]
     ap.add_argument("--case", action="append", choices=keys, metavar="LOSS-SHAPE",
                     help="run only these cases (repeatable): " + ", ".join(keys))
@@ -362,10 +393,15 @@ def main(argv=None):
     for dt in dtypes:
         for spec, case in selected:
             log(f"{spec.name} {case.shape} {np.dtype(dt).name}")
-            results.append(run_case(spec, case, dt, repeat, workers, log=log))
+            results.append(runner(spec)(spec, case, dt, repeat, workers, log=log))
     sweep = None
-    if args.plot:
+    if args.plot or args.sweep:
         sweep = size_sweep(np.float32, repeat, workers, log, selected)
+    memory = None
+    if args.linear_memory:
+        shape = tuple(int(d) for d in args.linear_memory.split(","))
+        memory = {"shape": list(shape), "peaks": linear.rss_peaks(shape, "float32", workers,
+                                                                  log=log)}
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = time.perf_counter() - t_start
     targets = check_targets(results)
@@ -376,10 +412,17 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": info, "repeat": repeat, "results": results,
-                       "targets": targets, "sweep": sweep}, fh, indent=1, default=str)
+                       "targets": targets, "sweep": sweep, "linear_memory": memory}, fh,
+                      indent=1, default=str)
         log(f"results written to {args.json}")
+    extra_md = []
+    if sweep:
+        extra_md.append(sweep_markdown(sweep))
+    if memory:
+        extra_md.append(linear.memory_markdown(memory["shape"], "float32", memory["peaks"]))
+        print(extra_md[-1])
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(markdown_tables(results, targets) + "\n")
+            fh.write("\n\n".join([markdown_tables(results, targets)] + extra_md) + "\n")
     log(f"wall time {info['wall_s']:.0f} s")
     return 0

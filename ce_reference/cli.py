@@ -1,10 +1,14 @@
 """Command line: ``ce-reference verify`` and ``ce-reference audit``.
 
 ``ce-reference audit`` is the one entry point of every audit: ``MODULE:FUNCTION``
-(a function against a reference loss, :func:`ce_reference.audit`), a framework
-(``torch``, ``optax``, ``keras``, ``sklearn``), a GPU kernel audited on the CPU
-(``torch-linear``, ``liger``, ``cce``) or ``all`` (:mod:`ce_reference.frameworks`;
-``python -m ce_reference.frameworks`` runs this same command).  Every argument is checked before any work starts, output paths
+(a function against a reference loss, :func:`ce_reference.audit`;
+``MODULE:FUNCTION --vocab-parallel``, a sharded cross-entropy through
+:func:`ce_reference.parallel.audit_vocab_parallel`, which runs
+:func:`~ce_reference.parallel.check_invariance` on every input region) or a
+framework (``torch``, ``optax``, ``keras``, ``sklearn``, ``megatron``), a GPU
+linear cross-entropy kernel audited on the CPU (``torch-linear``, ``liger``,
+``cce``) or ``all`` (:mod:`ce_reference.frameworks`; ``python -m
+ce_reference.frameworks`` runs this same command).  Every argument is checked before any work starts, output paths
 included; an option that does not apply to the kind of audit asked for is a
 usage error.
 
@@ -25,7 +29,7 @@ import sys
 from ._format import check_writable
 from .registry import LOSSES
 
-FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
+FRAMEWORKS = ("torch", "optax", "keras", "sklearn", "megatron")
 #: The kernel audits (``ce_reference.frameworks.KERNELS``): same flags as the frameworks.
 KERNELS = ("torch-linear", "liger", "cce")
 #: Options of ``audit`` by the kind of audit they apply to (``dest`` names).
@@ -33,6 +37,11 @@ FUNCTION_ONLY = {"loss": "--loss", "grad": "--grad", "targets": "--targets",
                  "dtypes": "--dtypes", "rtol": "--rtol", "cases": "--cases",
                  "timeout": "--timeout", "no_shrink": "--no-shrink"}
 FRAMEWORK_ONLY = {"quick": "--quick", "strict": "--strict"}
+#: Options of ``audit MODULE:FUNCTION --vocab-parallel`` only.
+VOCAB_ONLY = {"splits": "--splits", "even": "--even"}
+#: Options of ``audit MODULE:FUNCTION --loss NAME`` that the vocab-parallel audit does not take.
+LOSS_ONLY = {"loss": "--loss", "grad": "--grad", "targets": "--targets", "rtol": "--rtol",
+             "cases": "--cases", "timeout": "--timeout"}
 #: Seconds per call of an audited function, by default (0: no timeout, in-process).
 DEFAULT_TIMEOUT = 60.0
 
@@ -66,6 +75,19 @@ def _nonneg_float(text):
     if not value >= 0 or value == float("inf"):       # rejects NaN, inf and negatives
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
+
+
+def _splits(text):
+    """``1,2,4`` -> ``(1, 2, 4)``: positive shard counts."""
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, got {text!r}")
+    return out
 
 
 def _names(text):
@@ -116,16 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "audit", help="compare another implementation, or a framework, with the reference",
         usage="%(prog)s MODULE:FUNCTION --loss NAME [function options] [common options]\n"
-              "       %(prog)s {" + ",".join(FRAMEWORKS + KERNELS) + ",all} [framework options] "
-              "[common options]",
+              "       %(prog)s MODULE:FUNCTION --vocab-parallel [vocab-parallel options] "
+              "[--dtypes D] [--no-shrink] [common options]\n"
+              "       %(prog)s {" + ",".join(FRAMEWORKS + KERNELS) + ",all} "
+              "[framework options] [common options]",
         description="Audit MODULE:FUNCTION (NumPy arrays in, with the reference's signature; "
-                    "the loss out) against the reference loss NAME, or run the built-in audit "
-                    "of a framework or of a GPU linear cross-entropy kernel on the CPU "
-                    "(torch-linear, liger, cce: the 'kernels' extra). Every argument is checked before the audit starts; an "
-                    "option that does not apply to the kind of audit is a usage error. Exit 0 "
-                    "on a match (framework audits: every deviation catalogued), 1 on a "
-                    "mismatch or an inconclusive audit (framework audits: a deviation not in "
-                    "the catalogue, or any defect with --strict), 2 on usage errors.")
+                    "the loss out) against the reference loss NAME; or, with --vocab-parallel, "
+                    "audit a sharded cross-entropy MODULE:FUNCTION(shards, targets, **options) "
+                    "-> (loss, [per-shard gradients]) for split invariance and against the "
+                    "single-device reference (ce_reference.parallel.check_invariance on every "
+                    "input region); or run the built-in audit of a framework (megatron: "
+                    "megatron-core's vocab-parallel cross-entropy on 1, 2 and 4 gloo processes "
+                    "of this machine, loopback only; torch-linear, liger, cce: the GPU linear "
+                    "cross-entropy kernels on the CPU, the 'kernels' extra). Every argument is "
+                    "checked before the "
+                    "audit starts; an option that does not apply to the kind of audit is a "
+                    "usage error. Exit 0 on a match (framework audits: every deviation "
+                    "catalogued), 1 on a mismatch or an inconclusive audit (framework audits: "
+                    "a deviation not in the catalogue, or any defect with --strict), 2 on "
+                    "usage errors.")
     a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS + KERNELS) + "|all")
     fa = a.add_argument_group("function audits (MODULE:FUNCTION)")
     fa.add_argument("--loss", choices=sorted(LOSSES), metavar="NAME",
@@ -156,8 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "timeout, the function runs in this process)")
     fa.add_argument("--no-shrink", action="store_true",
                     help="report mismatches with the first failing input, not shrunk")
-    fw = a.add_argument_group("framework and kernel audits (" + ", ".join(FRAMEWORKS + KERNELS)
-                              + ", all)")
+    vp = a.add_argument_group("vocab-parallel audits (MODULE:FUNCTION --vocab-parallel)")
+    vp.add_argument("--vocab-parallel", action="store_true",
+                    help="MODULE:FUNCTION is a sharded cross-entropy taking the logits split "
+                         "along the class axis (a list of arrays) and global targets, with "
+                         "some of the options label_smoothing, smoothing, z_loss, "
+                         "ignore_index, reduction (its signature decides which are audited), "
+                         "returning (loss, [per-shard gradients]); every split must give the "
+                         "single-device result (eps of the operands, tolerance "
+                         f"{TOL_EPS:g} eps). --dtypes and --no-shrink apply")
+    vp.add_argument("--splits", type=_splits, metavar="N[,N...]",
+                    help="shard counts to run (default 1,2,4,8; uneven splits where N does "
+                         "not divide the classes)")
+    vp.add_argument("--even", action="store_true",
+                    help="the function needs equal shards (as Megatron-LM's): the number of "
+                         "classes is kept a multiple of every split")
+    fw = a.add_argument_group("framework and kernel audits ("
+                              + ", ".join(FRAMEWORKS + KERNELS) + ", all)")
     fw.add_argument("--quick", action="store_true",
                     help="sweep a subset of regions and option sets (the probes all run)")
     fw.add_argument("--strict", action="store_true",
@@ -282,7 +328,8 @@ def _given(args, dests):
 def _audit(parser, args) -> int:
     frameworks = FRAMEWORKS + KERNELS + ("all",)
     if args.target in frameworks:
-        extra = _given(args, FUNCTION_ONLY)
+        extra = _given(args, {**FUNCTION_ONLY, "vocab_parallel": "--vocab-parallel",
+                              **VOCAB_ONLY})
         if extra:
             parser.error(f"{', '.join(extra)}: only for MODULE:FUNCTION audits, not for the "
                          f"framework audit {args.target!r}")
@@ -294,6 +341,11 @@ def _audit(parser, args) -> int:
     if extra:
         parser.error(f"{', '.join(extra)}: only for the framework audits "
                      f"({', '.join(frameworks)}), not for MODULE:FUNCTION")
+    if args.vocab_parallel:
+        return _vocab_parallel(parser, args)
+    extra = _given(args, VOCAB_ONLY)
+    if extra:
+        parser.error(f"{', '.join(extra)}: only with --vocab-parallel")
     if args.loss is None:
         parser.error("audit MODULE:FUNCTION needs --loss NAME")
     if "" not in sys.path and "." not in sys.path:
@@ -333,6 +385,42 @@ def _audit(parser, args) -> int:
         with open(args.markdown, "w", encoding="utf-8") as fh:
             fh.write(f"# Audit of `{result.function}`\n\n{result.verdict()}\n\n```\n{result}\n"
                      "```\n")
+    return 0 if result.ok else 1
+
+
+def _vocab_parallel(parser, args) -> int:
+    extra = _given(args, LOSS_ONLY)
+    if extra:
+        parser.error(f"{', '.join(extra)}: not for --vocab-parallel audits (the reference is "
+                     "the single-device softmax cross-entropy; the function runs in-process)")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")          # MODULE may live in the current directory
+    fn = _load(parser, args.target, "the audited function")
+    from .parallel import AUDIT_SPLITS, audit_vocab_parallel
+
+    dtypes = (("float64", "float32") if args.dtypes is None
+              else [d for group in args.dtypes for d in group])
+    for d in dtypes:
+        if d not in ("float64", "float32"):
+            parser.error(f"--dtypes must be float64 and/or float32, got {d!r}")
+    splits = args.splits or AUDIT_SPLITS
+    progress, finish = _progress(not args.no_progress)
+    try:
+        result = audit_vocab_parallel(fn, splits=splits, dtypes=dtypes, seed=args.seed,
+                                      even=args.even, shrink=not args.no_shrink,
+                                      progress=progress, name=args.target)
+    finally:
+        finish()
+    print(result)
+    if args.json:
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(result.to_dict(), fh, indent=1, allow_nan=False)
+            fh.write("\n")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(result.markdown())
     return 0 if result.ok else 1
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -58,12 +59,11 @@ def contract_cases(spec, dtypes=DTYPES, per_set=1, seed=20261201):
     return out
 
 
-def _call(fn, case, *extra, **override):
-    kw = dict(case.kwargs)
-    kw.update(override)
+def _call(spec, fn, case, *extra, **override):
+    """``fn`` on ``case`` as the loss takes it, with every warning an error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")           # no RuntimeWarning where results are finite
-        return fn(case.x, case.targets, *extra, **kw)
+        return spec.call(fn, case, *extra, **override)
 
 
 def _where(spec, case):
@@ -77,56 +77,114 @@ def _close(spec, case, got, want, operand, tol, what):
                         f"at element {k}; {_where(spec, case)}")
 
 
+def _parts(spec, grad):
+    """``(name, array)`` for each present gradient part (``wrt`` order)."""
+    return [(name, g) for name, g in zip(spec.wrt, spec.grad_parts(grad)) if g is not None]
+
+
+def _same_bits(a, b):
+    return np.array_equal(a, b, equal_nan=True)
+
+
+def _same_results(spec, one, other):
+    """Two ``(value, grad)`` pairs hold the same bits."""
+    return _same_bits(one[0], other[0]) and all(
+        (g is None and h is None) or _same_bits(g, h)
+        for g, h in zip(spec.grad_parts(one[1]), spec.grad_parts(other[1])))
+
+
+def _accepts(fn, keyword):
+    return keyword in inspect.signature(fn).parameters
+
+
 # --------------------------------------------------------------------------- checks
 
 def check_fused(spec, case):
-    value, grad = _call(spec.value, case), _call(spec.grad, case)
-    v2, g2 = _call(spec.value_and_grad, case)
+    value, grad = _call(spec, spec.value, case), _call(spec, spec.grad, case)
+    fused = _call(spec, spec.value_and_grad, case)
+    v2, g2 = fused
     ops = errors.operands(spec, case)
-    assert np.shape(v2) == np.shape(value) and np.shape(g2) == np.shape(grad), _where(spec, case)
+    assert np.shape(v2) == np.shape(value), _where(spec, case)
     _close(spec, case, v2, value, ops.value, FUSED_EPS, "value_and_grad's value")
-    _close(spec, case, g2, grad, ops.grad, FUSED_EPS, "value_and_grad's gradient")
+    for (name, g), (_, g_plain), op in zip(_parts(spec, g2), _parts(spec, grad),
+                                           spec.grad_parts(ops.grad)):
+        assert np.shape(g) == np.shape(g_plain), f"{name}: {_where(spec, case)}"
+        _close(spec, case, g, g_plain, op, FUSED_EPS, f"value_and_grad's gradient ({name})")
+    if _accepts(spec.value_and_grad, "workers"):
+        for w in (1, 2, 3):
+            assert _same_results(spec, _call(spec, spec.value_and_grad, case, workers=w), fused), \
+                f"workers={w} changed the result; {_where(spec, case)}"
+    if _accepts(spec.value_and_grad, "out"):
+        _check_out(spec, case, fused)
+
+
+def _check_out(spec, case, fused):
+    """``out=`` returns the buffer with the same bits, also when it is the input itself."""
+    v2, g2 = fused
     out = np.empty_like(g2)
-    v3, g3 = _call(spec.value_and_grad, case, out=out)
+    v3, g3 = _call(spec, spec.value_and_grad, case, out=out)
     assert g3 is out, f"value_and_grad(out=buf) did not return buf; {_where(spec, case)}"
-    for w in (1, 2, 3):
-        vw, gw = _call(spec.value_and_grad, case, workers=w)
-        assert np.array_equal(vw, v2, equal_nan=True) and np.array_equal(gw, g2, equal_nan=True), \
-            f"workers={w} changed the result; {_where(spec, case)}"
-    assert np.array_equal(v3, v2, equal_nan=True) and np.array_equal(g3, g2, equal_nan=True), \
-        f"out= changed the result; {_where(spec, case)}"
+    assert _same_bits(v3, v2) and _same_bits(g3, g2), f"out= changed the result; " \
+                                                      f"{_where(spec, case)}"
     if case.x.dtype == g2.dtype:
         x = np.array(case.x, copy=True)
-        v4, g4 = spec.value_and_grad(x, case.targets, out=x, **case.kwargs)
-        assert g4 is x and np.array_equal(v4, v2, equal_nan=True) and \
-            np.array_equal(g4, g2, equal_nan=True), f"in place differs; {_where(spec, case)}"
+        v4, g4 = spec.call(spec.value_and_grad, case.replace(x=x), out=x)
+        assert g4 is x and _same_bits(v4, v2) and _same_bits(g4, g2), \
+            f"in place differs; {_where(spec, case)}"
 
 
 def check_jax(spec, case):
-    jax = oracles._jax()
     out = oracles.jax_oracle(spec, case)
-    value, grad = _call(spec.value, case), _call(spec.grad, case)
+    value, grad = _call(spec, spec.value, case), _call(spec, spec.grad, case)
     ops = errors.operands(spec, case)
     floor = T.JAX_ABS_FLOOR if case.dtype == np.float64 else None
     tol = T.TOL_JAX[case.dtype]
-    for what, got, want, op, mask in (("value", value, out["value"], ops.value_jax, None),
-                                      ("gradient", grad, out["grad"], ops.grad_jax, case.kink)):
+    compared = [("value", value, out["value"], ops.value_jax, None)]
+    for (name, g), want, op in zip(_parts(spec, grad), _present(spec.grad_parts(out["grad"])),
+                                   _present(spec.grad_parts(ops.grad_jax))):
+        compared.append((f"gradient ({name})", g, want, op,
+                         case.kink if name == "input" else None))
+    for what, got, want, op, mask in compared:
         err, _, k = errors.combined(np.asarray(got, np.float64), want, op, case.dtype,
                                     mask=mask, floor=floor)
         assert err <= tol, (f"JAX twin {what} differs by {err:.3g} eps (tolerance {tol}) at "
                             f"element {k}; {_where(spec, case)}")
-    # jax.jvp of the summed twin in the direction v: the directional derivative <grad, v>.
-    x, v = case.x.astype(np.float64), case.v.astype(np.float64)
-    kw = {k: (np.asarray(a, np.float64) if isinstance(a, np.ndarray) else a)
-          for k, a in case.kwargs.items()}
+    _check_jvp(spec, case, grad, ops, tol)
+
+
+def _present(parts):
+    return [p for p in parts if p is not None]
+
+
+def _check_jvp(spec, case, grad, ops, tol):
+    """jax.jvp of the summed twin along a direction in every ``wrt`` array is <grad, v>."""
+    jax = oracles._jax()
+    rng = np.random.default_rng([case.seed, case.index, 11])
+    names = [n for n, a in zip(spec.wrt, spec.wrt_arrays(case)) if a is not None]
+    points = [np.asarray(a, np.float64) for a in spec.wrt_arrays(case) if a is not None]
+    tangents = [case.v.astype(np.float64) if n == "input" else rng.standard_normal(p.shape)
+                for n, p in zip(names, points)]
     if case.kink is not None:
-        v = np.where(case.kink, 0.0, v)
-    t = case.targets if np.asarray(case.targets).dtype.kind in "iu" else \
-        np.asarray(case.targets, np.float64)
-    _, tangent = jax.jvp(lambda z: jax.numpy.sum(spec.twin(z, t, **kw)), (x,), (v,))
-    g64 = np.asarray(_call(spec.grad, case), np.float64)
-    scale = float(np.sum(np.abs(ops.grad_jax * v))) or 1.0
-    diff = abs(float(tangent) - float(np.sum(g64 * v)))
+        tangents[0] = np.where(case.kink, 0.0, tangents[0])
+    base = case.replace(x=case.x.astype(np.float64), kwargs={
+        k: (np.asarray(a, np.float64) if isinstance(a, np.ndarray) else a)
+        for k, a in case.kwargs.items()})
+    if base.targets.dtype.kind not in "iu":
+        base = base.replace(targets=np.asarray(base.targets, np.float64))
+
+    def total(*diffs):
+        changed = dict(zip(names, diffs))
+        # spec.call reads only x, targets and kwargs (a Case would convert the tracers)
+        at = SimpleNamespace(x=changed.pop("input", base.x), targets=base.targets,
+                             kwargs=base.kwargs)
+        return jax.numpy.sum(spec.call(spec.twin, at, **changed))
+
+    _, tangent = jax.jvp(total, tuple(points), tuple(tangents))
+    g64 = [np.asarray(g, np.float64) for _, g in _parts(spec, grad)]
+    ops_grad = _present(spec.grad_parts(ops.grad_jax))
+    inner = sum(float(np.sum(g * t)) for g, t in zip(g64, tangents))
+    scale = sum(float(np.sum(np.abs(o * t))) for o, t in zip(ops_grad, tangents)) or 1.0
+    diff = abs(float(tangent) - inner)
     assert diff <= tol * np.finfo(case.dtype).eps * scale + T.JAX_ABS_FLOOR, \
         f"jax.jvp differs from <grad, v> by {diff:.3g} (scale {scale:.3g}); {_where(spec, case)}"
 
@@ -135,7 +193,7 @@ def check_hvp(spec, case):
     if spec.hvp is None:
         return
     out = oracles.jax_oracle(spec, case, want_hvp=True)
-    hv = np.asarray(_call(spec.hvp, case, case.v), np.float64)
+    hv = np.asarray(_call(spec, spec.hvp, case, case.v), np.float64)
     assert hv.shape == case.x.shape, f"hvp has shape {hv.shape}; {_where(spec, case)}"
     ops = errors.operands(spec, case, case.v)
     skip = np.isnan(out["hvp"]) if case.kink is None else (case.kink | np.isnan(out["hvp"]))
@@ -149,18 +207,32 @@ def check_hvp(spec, case):
 def check_dtypes(spec, case):
     batch = batch_shape(spec, case)
     red = case.kwargs["reduction"]
-    value, grad = _call(spec.value, case), _call(spec.grad, case)
-    assert np.asarray(value).dtype == case.dtype and np.asarray(grad).dtype == case.dtype, \
-        f"results not in the input's dtype {case.dtype}; {_where(spec, case)}"
+    value, grad = _call(spec, spec.value, case), _call(spec, spec.grad, case)
+    assert np.asarray(value).dtype == case.dtype, \
+        f"value not in the input's dtype {case.dtype}; {_where(spec, case)}"
     assert np.shape(value) == (batch if red == "none" else ()), _where(spec, case)
-    assert np.shape(grad) == case.x.shape, _where(spec, case)
+    for (name, g), array in zip(_parts(spec, grad), _present(spec.wrt_arrays(case))):
+        assert np.asarray(g).dtype == case.dtype, \
+            f"gradient ({name}) not in the input's dtype {case.dtype}; {_where(spec, case)}"
+        assert np.shape(g) == np.shape(array), f"gradient ({name}): {_where(spec, case)}"
+    _check_half(spec, case)
+
+
+def _check_half(spec, case):
+    """float16 arguments: float16 results (``package`` policy, computed in float32) or
+    float64 ones (``exact`` policy: the exact values of the half-precision arguments)."""
+    half = case.replace(x=case.x.astype(np.float16), kwargs={
+        k: (a.astype(np.float16) if k in spec.wrt and isinstance(a, np.ndarray) else a)
+        for k, a in case.kwargs.items()})
     try:
         with np.errstate(over="ignore"):      # float16 rounds huge logits to inf: rejected
-            half = spec.value(case.x.astype(np.float16), case.targets, **case.kwargs)
+            result = spec.call(spec.value, half)
     except ValueError as err:                 # an option or value invalid in float16
         assert "float16" in str(err) or "inf" in str(err), str(err)
         return
-    assert np.asarray(half).dtype == np.float16, f"float16 in, {np.asarray(half).dtype} out"
+    want = np.float16 if spec.dtype_policy == "package" else np.float64
+    assert np.asarray(result).dtype == want, \
+        f"float16 in, {np.asarray(result).dtype} out ({spec.dtype_policy} dtype policy)"
 
 
 def check_inputs_unmodified(spec, case):
@@ -170,7 +242,7 @@ def check_inputs_unmodified(spec, case):
     for fn, extra in ((spec.value, ()), (spec.grad, ()), (spec.value_and_grad, ()),
                       (spec.hvp, (case.v,))):
         if fn is not None:
-            _call(fn, case, *extra)
+            _call(spec, fn, case, *extra)
     for a, b in zip(arrays, before):
         assert np.array_equal(a, b, equal_nan=True), f"an argument was modified; " \
                                                      f"{_where(spec, case)}"
@@ -179,13 +251,12 @@ def check_inputs_unmodified(spec, case):
 def check_reductions(spec, case):
     if not {"none", "sum", "mean"} <= set(spec.reductions):
         return
-    v_none, g_none = _call(spec.value_and_grad, case, reduction="none")
-    v_sum, g_sum = _call(spec.value_and_grad, case, reduction="sum")
-    v_mean, g_mean = _call(spec.value_and_grad, case, reduction="mean")
-    ops = errors.operands(spec, case)
+    v_none, g_none = _call(spec, spec.value_and_grad, case, reduction="none")
+    v_sum, g_sum = _call(spec, spec.value_and_grad, case, reduction="sum")
+    v_mean, g_mean = _call(spec, spec.value_and_grad, case, reduction="mean")
     _close(spec, case, np.sum(np.asarray(v_none, np.float64)), v_sum,
            np.sum(np.abs(np.asarray(v_none, np.float64))), FUSED_EPS, "sum of 'none'")
-    assert np.array_equal(g_none, g_sum, equal_nan=True), \
+    assert _same_results(spec, (0, g_none), (0, g_sum)), \
         f"the gradient of 'none' is not the gradient of 'sum'; {_where(spec, case)}"
     total = float(v_sum)
     if total == 0 or not np.isfinite(float(v_mean)) or not np.isfinite(total):
@@ -194,23 +265,28 @@ def check_reductions(spec, case):
            for o in spec.options):
         return              # a term with its own mean denominator: no single scale
     s = float(v_mean) / total                        # the mean's 1/denominator
-    want = np.asarray(g_sum, np.float64) * s
-    op = np.abs(want) + np.abs(ops.grad) * s
-    # a sum's gradient may overflow where the mean's does not: compare the finite ones
-    finite = np.isfinite(want)
-    _close(spec, case, np.where(finite, g_mean, 0), np.where(finite, want, 0),
-           np.where(finite, op, 0), REDUCTION_EPS + FUSED_EPS, "'mean' gradient")
+    ops = errors.operands(spec, case)
+    for (name, gm), (_, gs), op in zip(_parts(spec, g_mean), _parts(spec, g_sum),
+                                       _present(spec.grad_parts(ops.grad))):
+        want = np.asarray(gs, np.float64) * s
+        scaled_op = np.abs(want) + np.abs(op) * s
+        # a sum's gradient may overflow where the mean's does not: compare the finite ones
+        finite = np.isfinite(want)
+        _close(spec, case, np.where(finite, gm, 0), np.where(finite, want, 0),
+               np.where(finite, scaled_op, 0), REDUCTION_EPS + FUSED_EPS,
+               f"'mean' gradient ({name})")
 
 
-def _first_parameters(fn):
-    names = [p.name for p in inspect.signature(fn).parameters.values()
+def _parameter_names(spec):
+    """The signature's names of the input and of the targets (``positional`` order)."""
+    names = [p.name for p in inspect.signature(spec.value).parameters.values()
              if p.kind is p.POSITIONAL_OR_KEYWORD]
-    return names[0], names[1]
+    return names[spec.positional.index("input")], names[spec.positional.index("targets")]
 
 
-def _expect(fn, exc, fragment, spec, *args, **kw):
+def _expect(spec, fn, exc, fragment, case):
     try:
-        fn(*args, **kw)
+        spec.call(fn, case)
     except exc as err:
         assert fragment in str(err), (f"{fn.__name__} raised {type(err).__name__}({err}) "
                                       f"without naming {fragment!r}")
@@ -223,24 +299,23 @@ def _expect(fn, exc, fragment, spec, *args, **kw):
 
 def check_errors(spec, case):
     """Bad values of every argument raise a named ValueError/TypeError at every entry point."""
-    input_name, targets_name = _first_parameters(spec.value)
-    entry_points = [spec.value, spec.grad, spec.value_and_grad]
+    input_name, targets_name = _parameter_names(spec)
     bad_x = np.array(case.x, dtype=np.float64, copy=True)
     bad_x.reshape(-1)[0] = np.nan
     wrong_targets = np.asarray(case.targets)[..., :0] if np.ndim(case.targets) else \
         np.zeros(3, np.asarray(case.targets).dtype)
-    for fn in entry_points:
-        _expect(fn, ValueError, input_name, spec, bad_x, case.targets, **case.kwargs)
-        _expect(fn, TypeError, input_name, spec, np.array(["a"] * case.x.size), case.targets,
-                **case.kwargs)
-        _expect(fn, ValueError, targets_name, spec, case.x, wrong_targets, **case.kwargs)
-        _expect(fn, ValueError, "reduction", spec, case.x, case.targets,
-                **{**case.kwargs, "reduction": "avg"})
-        for option in spec.options:
-            for value, exc in option.invalid:
-                bad = value(case.x) if callable(value) else value
-                _expect(fn, exc, option.name, spec, case.x, case.targets,
-                        **{**case.kwargs, option.name: bad})
+    bad = [(ValueError, input_name, case.replace(x=bad_x)),
+           (TypeError, input_name, case.replace(x=np.array(["a"] * case.x.size))),
+           (ValueError, targets_name, case.replace(targets=wrong_targets)),
+           (ValueError, "reduction", case.replace(kwargs={**case.kwargs, "reduction": "avg"}))]
+    for option in spec.options:
+        for value, exc in option.invalid:
+            wrong = value(case.x) if callable(value) else value
+            bad.append((exc, option.name, case.replace(kwargs={**case.kwargs,
+                                                               option.name: wrong})))
+    for fn in (spec.value, spec.grad, spec.value_and_grad):
+        for exc, fragment, bad_case in bad:
+            _expect(spec, fn, exc, fragment, bad_case)
 
 
 CHECKS = (check_fused, check_jax, check_hvp, check_dtypes, check_inputs_unmodified,

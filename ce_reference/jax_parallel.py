@@ -57,7 +57,7 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = ["vocab_parallel_cross_entropy", "SMOOTHING"]
 
-SMOOTHING = ("uniform", "others")
+from .parallel import SMOOTHING, check_options  # noqa: E402 -- one set of option checks
 
 
 def _coefficients(eps, smoothing, V):
@@ -73,21 +73,8 @@ def _has_explicit_axes(mesh):
 
 
 def _check_options(label_smoothing, smoothing, z_loss, ignore_index, reduction, V):
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    if smoothing not in SMOOTHING:
-        raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}")
-    if smoothing == "others" and eps > 0 and V < 2:
-        raise ValueError("smoothing='others' needs V >= 2 classes")
-    z = float(z_loss)
-    if not z >= 0 or z == float("inf"):
-        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool)
-                                     or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be None or an int, got {ignore_index!r}")
+    """The NumPy version's checks (:func:`ce_reference.parallel.check_options`): ``(eps, z)``."""
+    eps, z, _, _ = check_options(label_smoothing, smoothing, z_loss, ignore_index, reduction, V)
     return eps, z
 
 

@@ -88,7 +88,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validation as V
+from ._format import clean_json, fmt_eps
+from ._problem import ClassProblem
 from ._reduction import grad_scale, reduce_loss, to_result
+from .auditing.tolerance import TOL_EPS, Measure, is_within, measure, operand_scale, verdict
+from .cases import Case, regions
+from .cases import shrink as shrink_case
+from .losses.softmax_cross_entropy import _check_z_loss
 
 __all__ = [
     "SMOOTHING",
@@ -96,7 +102,10 @@ __all__ = [
     "reference_cross_entropy",
     "split_logits",
     "check_invariance",
+    "check_options",
     "InvarianceReport",
+    "audit_vocab_parallel",
+    "VocabParallelAudit",
 ]
 
 #: The two label-smoothing conventions: ``uniform`` = eps/V on every class
@@ -122,6 +131,38 @@ class _Problem:
     cdt: np.dtype
     rdt: np.dtype
     batch: tuple
+    denominator: float      # the mean's: the number of kept rows
+
+
+def check_options(label_smoothing=0.0, smoothing="uniform", z_loss=0.0, ignore_index=None,
+                  reduction="mean", num_classes=None):
+    """The validated options of the vocab-parallel loss: ``(eps, z, ignore_index, reduction)``.
+
+    One set of checks for the NumPy and JAX versions and the single-device
+    reference, made of the library's validators (:mod:`ce_reference._validation`
+    and the softmax loss's ``z_loss`` check), so that an option is accepted or
+    refused with the same message everywhere.  ``num_classes`` (the full
+    vocabulary) is needed for ``smoothing="others"``, which puts
+    :math:`\varepsilon/(V-1)` on the other classes.
+    """
+    if smoothing not in SMOOTHING:
+        raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}")
+    eps = V.check_label_smoothing(label_smoothing)
+    if smoothing == "others" and eps > 0 and num_classes is not None and num_classes < 2:
+        raise ValueError("smoothing='others' puts eps/(V-1) on the other classes and needs "
+                         f"V >= 2 classes, got V={num_classes}")
+    return eps, _check_z_loss(z_loss), V.check_ignore_index(ignore_index), \
+        V.check_reduction(reduction)
+
+
+def _index_problem(x_shape, dtype, targets, ignore_index, reduction):
+    """The softmax loss's own argument handling (:class:`ce_reference._problem.ClassProblem`,
+    index targets only) for logits of ``x_shape`` -- the targets, the kept rows and the
+    mean's denominator -- without the logits themselves (a broadcast zero stands for them)."""
+    stand_in = np.broadcast_to(np.zeros((), dtype), x_shape)
+    return ClassProblem(stand_in, targets, input_name="logits", input_kind="logits", axis=-1,
+                        ignore_index=ignore_index, reduction=reduction, index_only=True,
+                        check_values=False)
 
 
 def _prepare(logit_shards, targets, label_smoothing, smoothing, z_loss, ignore_index,
@@ -147,48 +188,17 @@ def _prepare(logit_shards, targets, label_smoothing, smoothing, z_loss, ignore_i
             raise ValueError(f"logit_shards[{k}] has shape {x.shape}; every shard must have the "
                              f"leading shape {batch} of logit_shards[0] (only the last, class, "
                              "axis may differ)")
-        V.check_no_nan(f"logit_shards[{k}]", x)
-        if np.isposinf(x).any():
-            raise ValueError(f"logit_shards[{k}] contains +inf; expected finite values or -inf "
-                             "(a masked class)")
+        V.check_logits(f"logit_shards[{k}]", x)       # no NaN, no +inf (all -inf: checked below)
     widths = [x.shape[-1] for x in shards]
     Vtot = int(sum(widths))
     if Vtot == 0:
         raise ValueError("logit_shards has no classes (every shard has width 0)")
     offsets = [0, *itertools.accumulate(widths)][:-1]
-    if smoothing not in SMOOTHING:
-        raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}")
-    eps = V.check_label_smoothing(label_smoothing)
-    if smoothing == "others" and Vtot < 2 and eps > 0:
-        raise ValueError("smoothing='others' puts eps/(V-1) on the other classes and needs "
-                         f"V >= 2 classes, got V={Vtot}")
-    z = _check_z_loss(z_loss)
-    reduction = V.check_reduction(reduction)
-    index, keep = _index_targets(targets, batch + (Vtot,), ignore_index)
-    return _Problem(shards, offsets, Vtot, index, keep, eps, smoothing, z, reduction,
-                    cdt, rdt, batch)
-
-
-def _index_targets(targets, x_shape, ignore_index):
-    """Global class indices of the batch shape (the input's shape without the last axis)."""
-    ignore_index = V.check_ignore_index(ignore_index)
-    t = V.as_numeric_array("targets", targets)
-    if t.dtype.kind not in "iu":
-        raise TypeError("targets must be integer class indices (global, in [0, V)); "
-                        "probability targets are not supported by the vocab-parallel loss")
-    return V.index_targets(t, x_shape, len(x_shape) - 1, ignore_index)
-
-
-def _check_z_loss(z_loss) -> float:
-    if isinstance(z_loss, bool):
-        raise TypeError(f"z_loss must be a float, got {z_loss!r}")
-    try:
-        z = float(z_loss)
-    except (TypeError, ValueError):
-        raise TypeError(f"z_loss must be a float, got {z_loss!r}") from None
-    if not (z >= 0 and math.isfinite(z)):
-        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
-    return z
+    eps, z, ignore_index, reduction = check_options(label_smoothing, smoothing, z_loss,
+                                                    ignore_index, reduction, Vtot)
+    P = _index_problem(batch + (Vtot,), cdt, targets, ignore_index, reduction)
+    return _Problem(shards, offsets, Vtot, P.index.reshape(batch), P.keep.reshape(batch), eps,
+                    smoothing, z, reduction, cdt, rdt, batch, P.denominator)
 
 
 def _coefficients(eps, smoothing, V):
@@ -339,7 +349,7 @@ def vocab_parallel_cross_entropy(logit_shards, targets, *, label_smoothing=0.0,
     if P.z:
         rows = rows + P.z * lse * lse
     rows = np.where(keep, rows, 0.0)
-    denom = float(np.count_nonzero(keep))
+    denom = P.denominator
     loss = reduce_loss(rows, P.reduction, denom, P.rdt)
 
     # 4. the gradient, local to each shard: p_c (1 + 2 z lse) - q_c, times the scale
@@ -388,19 +398,14 @@ def reference_cross_entropy(logits, targets, *, label_smoothing=0.0, smoothing="
     if x.ndim == 0:
         raise ValueError("logits is 0-dimensional; expected (..., V)")
     Vn = x.shape[-1]
-    eps = V.check_label_smoothing(label_smoothing)
-    z = _check_z_loss(z_loss)
-    reduction = V.check_reduction(reduction)
-    if smoothing not in SMOOTHING:
-        raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}")
-    index, keep = _index_targets(targets, x.shape, ignore_index)
+    eps, z, ignore_index, reduction = check_options(label_smoothing, smoothing, z_loss,
+                                                    ignore_index, reduction, Vn)
+    P = _index_problem(x.shape, cdt, targets, ignore_index, reduction)   # index targets only
     if smoothing == "uniform" or eps == 0:
         kw = dict(ignore_index=ignore_index, label_smoothing=eps, z_loss=z, reduction=reduction)
         return softmax_cross_entropy(x, targets, **kw), softmax_cross_entropy_grad(x, targets, **kw)
     # "others": per-row losses and the gradient of their sum, then our own reduction
-    if Vn < 2:
-        raise ValueError("smoothing='others' needs V >= 2 classes")
-    denom = float(np.count_nonzero(keep))
+    index, keep = P.index.reshape(x.shape[:-1]), P.keep.reshape(x.shape[:-1])
     q = smooth_labels(index, eps, num_classes=Vn, scheme="off_class").astype(cdt)
     q = np.where(keep[..., None], q, cdt.type(0))
     rows = softmax_cross_entropy(x, q, reduction="none").astype(_ACC)
@@ -412,8 +417,8 @@ def reference_cross_entropy(logits, targets, *, label_smoothing=0.0, smoothing="
         grad = grad + (2 * z * lse).astype(cdt)[..., None] * p
     rows = np.where(keep, rows, 0.0)
     grad = np.where(keep[..., None], grad, cdt.type(0))
-    loss = reduce_loss(rows, reduction, denom, rdt)
-    return loss, to_result(grad * cdt.type(grad_scale(reduction, denom)), rdt)
+    loss = reduce_loss(rows, reduction, P.denominator, rdt)
+    return loss, to_result(grad * cdt.type(P.scale), rdt)
 
 
 def split_logits(logits, n):
@@ -432,20 +437,36 @@ def split_logits(logits, n):
 class _Row:
     options: dict
     ok: bool
-    loss_err: float = 0.0               # worst |loss - reference| in eps * operand units
-    grad_err: float = 0.0
-    loss_abs: float = 0.0               # worst absolute differences
-    grad_abs: float = 0.0
+    loss_err: float = 0.0               # worst loss error against the reference, eps units
+    grad_err: float = 0.0               # (eps of the dtype times the operand, TOL_EPS scheme)
     split_loss_err: float = 0.0         # worst difference between two splits, eps units
     split_grad_err: float = 0.0
-    split_loss_abs: float = 0.0
-    split_grad_abs: float = 0.0
     worst_split: int | None = None
     splits_run: tuple = ()
     splits_skipped: tuple = ()
     error: str | None = None            # the callable raised / returned the wrong structure
-    witness: dict | None = None         # the smallest input showing the worst deviation
+    detail: str = ""                    # the worst element over the tolerance, if any
+    witness: dict | None = None         # the smallest input showing the deviation (shrunk)
     worst_row: tuple | None = None      # (when ok) the row with the largest deviation
+
+    @property
+    def worst(self) -> float:
+        """The largest of the four errors (inf when the callable failed)."""
+        if self.error:
+            return math.inf
+        return max(self.loss_err, self.grad_err, self.split_loss_err, self.split_grad_err)
+
+    def to_json(self) -> dict:
+        w = None
+        if self.witness:
+            w = {k: v for k, v in self.witness.items() if k not in ("logits", "targets", "case")}
+            w["case"] = self.witness["case"].to_json()
+        return clean_json({
+            "options": self.options, "ok": self.ok, "loss_eps": self.loss_err,
+            "grad_eps": self.grad_err, "split_loss_eps": self.split_loss_err,
+            "split_grad_eps": self.split_grad_err, "worst_split": self.worst_split,
+            "splits_run": list(self.splits_run), "splits_skipped": list(self.splits_skipped),
+            "error": self.error, "detail": self.detail, "witness": w})
 
 
 @dataclass
@@ -453,15 +474,17 @@ class InvarianceReport:
     """Result of :func:`check_invariance`: one row per option combination.
 
     ``ok`` is True when every split of every option combination agrees with
-    the reference and with every other split within ``tol_eps`` (errors are
-    ``|got - expected| / (eps(dtype) * S)``, ``S`` the operand scale: the
-    larger of the largest reference entry and ``max(1, max|x|)`` for the loss
-    -- times the number of kept rows for ``sum`` -- or the largest gradient
-    entry at logits 0 for the gradient).
+    the reference and with every other split within ``tol_eps``.  Errors are
+    in the one tolerance scheme of the audits
+    (:mod:`ce_reference.auditing.tolerance`): ``|got - expected| / (eps(dtype)
+    * S)``, normwise, ``S`` the larger of the expected array's largest entry and
+    the operand size -- ``max(1, max|x|)`` for the loss (times the number of
+    kept rows for ``sum``), the largest reference gradient entry at logits 0
+    for the gradient.
     """
 
     rows: list = field(default_factory=list)
-    tol_eps: float = 256.0
+    tol_eps: float = TOL_EPS
     dtype: str = ""
     shape: tuple = ()
 
@@ -469,170 +492,138 @@ class InvarianceReport:
     def ok(self) -> bool:
         return all(r.ok for r in self.rows)
 
+    @property
+    def worst(self) -> float:
+        return max((r.worst for r in self.rows), default=0.0)
+
     def __str__(self) -> str:
-        lines = [f"check_invariance: logits {self.shape} {self.dtype}; errors in eps x operand "
-                 f"(tolerance {self.tol_eps:g}); {'OK' if self.ok else 'FAIL'}"]
+        lines = [f"check_invariance: logits {self.shape} {self.dtype}; errors in eps of the "
+                 f"operands (tolerance {fmt_eps(self.tol_eps)}); {'OK' if self.ok else 'FAIL'}"]
         for r in self.rows:
-            head = f"  [{'ok' if r.ok else 'FAIL'}] {_label(r.options)}"
-            sp = ",".join(map(str, r.splits_run))
-            if r.error:
-                lines += [head, f"      splits {sp}: ERROR {r.error}"]
-                continue
-            lines += [head, f"      splits {sp}: vs reference loss {r.loss_err:.3g}, grad "
-                            f"{r.grad_err:.3g} (worst split {r.worst_split}); between splits "
-                            f"loss {r.split_loss_err:.3g}, grad {r.split_grad_err:.3g}"]
-            if r.splits_skipped:
-                lines.append(f"      skipped (more shards than classes): "
-                             f"{','.join(map(str, r.splits_skipped))}")
-            if r.witness:
-                lines.append(f"      smallest input: {r.witness['describe']}")
+            lines += _row_lines(r)
         return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "tolerance_eps": self.tol_eps, "dtype": self.dtype,
+                "shape": list(self.shape), "worst_eps": clean_json(self.worst),
+                "rows": [r.to_json() for r in self.rows]}
+
+
+def _row_lines(r, indent="  "):
+    head = f"{indent}[{'ok' if r.ok else 'FAIL'}] {_label(r.options)}"
+    sp = ",".join(map(str, r.splits_run))
+    if r.error:
+        lines = [head, f"{indent}    splits {sp}: ERROR {r.error}"]
+    else:
+        lines = [head, f"{indent}    splits {sp}: vs reference loss {fmt_eps(r.loss_err)}, grad "
+                       f"{fmt_eps(r.grad_err)} eps (worst split {r.worst_split}); between splits "
+                       f"loss {fmt_eps(r.split_loss_err)}, grad {fmt_eps(r.split_grad_err)} eps"]
+        if r.detail:
+            lines.append(f"{indent}    worst element: {r.detail}")
+    if r.splits_skipped:
+        lines.append(f"{indent}    skipped (more shards than classes, or uneven with even=True): "
+                     f"{','.join(map(str, r.splits_skipped))}")
+    if r.witness:
+        lines.append(f"{indent}    smallest input: {r.witness['describe']}")
+        if r.witness.get("detail"):
+            lines.append(f"{indent}      {r.witness['detail']}")
+    return lines
 
 
 def _label(opts):
     return ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "defaults"
 
 
-def _scales(x, keep_count, reduction, g_ref):
+def _case(x, y, opts, class_multiple=1, region=""):
+    """The :class:`ce_reference.cases.Case` of one check: the options define the row and are
+    fixed; the ignore sentinel is never renumbered."""
+    ig = "ignore_index" if opts.get("ignore_index") is not None else None
+    return Case(x=x, targets=y, kwargs=dict(opts), region=region, axis=x.ndim - 1,
+                domain="logits", target_kind="index", fixed=frozenset(opts), ignore=ig,
+                class_multiple=class_multiple)
+
+
+def _operands(x, y, opts):
+    """Operand sizes ``(loss, grad)`` of a case (see :class:`InvarianceReport`)."""
     xf = np.abs(x[np.isfinite(x)]).astype(np.float64)
     xs = max(1.0, float(xf.max())) if xf.size else 1.0
-    loss_s = xs * (max(1, keep_count) if reduction == "sum" else 1)
-    gs = float(np.max(np.abs(g_ref[np.isfinite(g_ref)]))) if np.isfinite(g_ref).any() else 0.0
-    return loss_s, gs
+    if opts.get("reduction", "mean") == "sum":
+        ig = opts.get("ignore_index")
+        xs *= max(1, int(np.size(y)) if ig is None else int(np.count_nonzero(np.asarray(y) != ig)))
+    with np.errstate(all="ignore"):
+        g0 = np.asarray(reference_cross_entropy(np.zeros_like(x), y, **opts)[1], np.float64)
+    g0 = g0[np.isfinite(g0)]
+    return xs, (float(np.max(np.abs(g0))) if g0.size else 0.0)
 
 
-def _diff(a, b, S, eps):
-    """(eps-units error, absolute error) of ``a`` against ``b`` (inf for a non-finite mismatch)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return math.inf, math.inf
-    same_nonfinite = (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & (a == b))
-    fin = np.isfinite(a) & np.isfinite(b)
-    if np.any(~fin & ~same_nonfinite):
-        return math.inf, math.inf
-    if not fin.any():
-        return 0.0, 0.0
-    d = float(np.max(np.abs(a[fin] - b[fin])))
-    S = max(S, float(np.max(np.abs(b[fin]))), np.finfo(np.float64).tiny)
-    return d / (eps * S), d
+def _measure(got, expected, operand, dtype, tol, name):
+    """The one error measure (:func:`ce_reference.auditing.tolerance.measure`), normwise."""
+    a = np.asarray(got, np.float64)
+    r = np.asarray(expected, np.float64)
+    if a.shape != r.shape:
+        return Measure(math.inf, None, f"{name}: shape {a.shape}, expected {r.shape}")
+    return measure(a, r, operand_scale(r, operand), dtype, tol, name)
 
 
-def _evaluate(fn, x, y, opts, splits, tol, want_rows=False):
-    """Run ``fn`` on every split; return a filled :class:`_Row`."""
+def _runs(n, V, even):
+    return n <= V and not (even and V % n)
+
+
+def _evaluate(fn, case, splits, tol, even=False):
+    """Run ``fn`` on every split of ``case``; return a filled :class:`_Row`."""
+    x, y, opts = case.x, case.targets, case.kwargs
     row = _Row(dict(opts), True)
     ref_loss, ref_grad = reference_cross_entropy(x, y, **opts)
     dt = np.dtype(ref_grad.dtype)
-    eps = float(np.finfo(dt if dt.kind == "f" else np.float64).eps)
-    ig = opts.get("ignore_index")
-    keep_count = int(np.count_nonzero(np.asarray(y) != ig)) if ig is not None else int(np.size(y))
-    red = opts.get("reduction", "mean")
-    g0 = reference_cross_entropy(np.zeros_like(x), y, **opts)[1]
-    Sl, Sg = _scales(x, keep_count, red, np.asarray(g0))
+    Sl, Sg = _operands(x, y, opts)
     first = None
-    run, skipped = [], []
+    run, skipped, worst_detail = [], [], (0.0, "")
     for n in splits:
-        if n > x.shape[-1]:
+        if not _runs(n, x.shape[-1], even):
             skipped.append(n)
             continue
-        shards = split_logits(x, n)
+        run.append(n)
         try:
-            out = fn([s.copy() for s in shards], y.copy(), **opts)
-            loss, grads = out
+            loss, grads = fn([s.copy() for s in split_logits(x, n)], y.copy(), **opts)
             grad = np.concatenate([np.asarray(g) for g in grads], axis=-1)
         except Exception as exc:    # noqa: BLE001 -- reported, not raised
             row.ok, row.error = False, f"split {n}: {type(exc).__name__}: {exc}".splitlines()[0]
-            run.append(n)
             break
-        run.append(n)
-        le, la = _diff(loss, ref_loss, Sl, eps)
-        ge, ga = _diff(grad, ref_grad, Sg, eps)
-        if max(le, ge) > max(row.loss_err, row.grad_err) or row.worst_split is None:
+        ms = [("ref", _measure(loss, ref_loss, Sl, dt, tol, f"loss (split {n})")),
+              ("ref", _measure(grad, ref_grad, Sg, dt, tol, f"grad (split {n})"))]
+        le, ge = ms[0][1].worst, ms[1][1].worst
+        if row.worst_split is None or max(le, ge) > max(row.loss_err, row.grad_err):
             row.worst_split = n
-        row.loss_err, row.loss_abs = max(row.loss_err, le), max(row.loss_abs, la)
-        row.grad_err, row.grad_abs = max(row.grad_err, ge), max(row.grad_abs, ga)
+        row.loss_err, row.grad_err = max(row.loss_err, le), max(row.grad_err, ge)
         if first is None:
-            first = (loss, grad)
+            first = (n, loss, grad)
         else:
-            sle, sla = _diff(loss, first[0], Sl, eps)
-            sge, sga = _diff(grad, first[1], Sg, eps)
-            row.split_loss_err, row.split_loss_abs = max(row.split_loss_err, sle), max(
-                row.split_loss_abs, sla)
-            row.split_grad_err, row.split_grad_abs = max(row.split_grad_err, sge), max(
-                row.split_grad_abs, sga)
+            m0, m1 = (_measure(loss, first[1], Sl, dt, tol, f"loss (split {n} vs {first[0]})"),
+                      _measure(grad, first[2], Sg, dt, tol, f"grad (split {n} vs {first[0]})"))
+            ms += [("split", m0), ("split", m1)]
+            row.split_loss_err = max(row.split_loss_err, m0.worst)
+            row.split_grad_err = max(row.split_grad_err, m1.worst)
+        for _, m in ms:
+            if m.detail and m.worst > worst_detail[0]:
+                worst_detail = (m.worst, m.detail)
     row.splits_run, row.splits_skipped = tuple(run), tuple(skipped)
+    row.detail = worst_detail[1]
     if row.error is None:
-        row.ok = max(row.loss_err, row.grad_err, row.split_loss_err, row.split_grad_err) <= tol
+        row.ok = is_within(row.worst, tol)
     return row
 
 
-def _shrink(fn, x, y, opts, splits, tol, budget=200):
-    """Greedy shrink of ``(x, y)`` while the check still fails: rows, classes, values."""
-    calls = [0]
-
-    def fails(xc, yc):
-        if calls[0] >= budget:
-            return False
-        calls[0] += 1
-        try:
-            return not _evaluate(fn, xc, yc, opts, splits, tol).ok
-        except (ValueError, TypeError):             # the reference rejects the candidate
-            return False
-
-    x2, y2 = x.reshape(-1, x.shape[-1]), np.asarray(y).reshape(-1)
-    changed = True
-    while changed and calls[0] < budget:
-        changed = False
-        i = 0
-        while x2.shape[0] > 1 and i < x2.shape[0]:           # drop rows
-            cx, cy = np.delete(x2, i, 0), np.delete(y2, i, 0)
-            if fails(cx, cy):
-                x2, y2, changed = cx, cy, True
-            else:
-                i += 1
-        j = 0
-        while x2.shape[1] > 1 and j < x2.shape[1]:           # drop classes nobody targets
-            if np.any(y2 == j):
-                j += 1
-                continue
-            cy = np.where((y2 > j) & (y2 < x2.shape[1]), y2 - 1, y2)
-            cx = np.delete(x2, j, 1)
-            if fails(cx, cy):
-                x2, y2, changed = cx, cy, True
-            else:
-                j += 1
-        for idx in np.ndindex(x2.shape):                      # simpler values
-            v = float(x2[idx])
-            if not math.isfinite(v) or v == 0:
-                continue
-            for alt in (0.0, float(f"{v:.1g}")):
-                if alt == v:
-                    continue
-                cx = x2.copy()
-                cx[idx] = alt
-                if fails(cx, y2):
-                    x2, changed = cx, True
-                    break
-    return x2, y2
-
-
-def _describe(x, y, opts):
-    with np.printoptions(floatmode="unique", threshold=60, linewidth=10_000):
-        xs = np.array2string(np.asarray(x), separator=", ").replace("\n", "")
-        ys = np.array2string(np.asarray(y), separator=", ")
-    o = "".join(f", {k}={v!r}" for k, v in opts.items())
-    return f"logits={xs} ({np.asarray(x).dtype}), targets={ys}{o}"
-
-
-def check_invariance(fn, logits, targets, *, splits=(1, 2, 4, 8), tol_eps=256.0, shrink=True,
-                     **options):
+def check_invariance(fn, logits, targets, *, splits=(1, 2, 4, 8), tol_eps=TOL_EPS, shrink=True,
+                     even=False, shrink_budget=200, **options):
     r"""Check a sharded cross-entropy for split invariance and against the reference.
 
     ``fn(shards, targets, **opts)`` must take a list of consecutive slices of
     the logits along the last axis (as :func:`split_logits` makes them:
     uneven, possibly of width 1) and return ``(loss, [per-shard gradients])``,
     like :func:`vocab_parallel_cross_entropy`.  It is run on every split in
-    ``splits`` (splits into more shards than classes are skipped) and compared
+    ``splits`` (splits into more shards than classes are skipped; with
+    ``even=True``, for an implementation that needs equal shards such as
+    Megatron-LM's, also the splits that do not divide the classes) and compared
     with :func:`reference_cross_entropy` on the full logits and with the other
     splits.
 
@@ -641,12 +632,16 @@ def check_invariance(fn, logits, targets, *, splits=(1, 2, 4, 8), tol_eps=256.0,
     ``reduction``).  An option given as a list sweeps its values: every
     combination is checked and reported on its own row.
 
-    Returns an :class:`InvarianceReport`: per option combination the largest
-    difference from the reference and between splits (in units of
-    ``eps(dtype)`` times the operand scale, and absolute), the split where it
-    occurred, and -- for a combination that exceeds ``tol_eps`` -- the smallest
-    input found that still shows it (greedy shrink over rows, untargeted
-    classes and values), otherwise the row with the largest deviation.
+    Errors are in eps of the dtype times the operands, the one tolerance scheme
+    of every audit (:mod:`ce_reference.auditing.tolerance`; ``tol_eps``
+    defaults to :data:`~ce_reference.auditing.tolerance.TOL_EPS`).  Returns an
+    :class:`InvarianceReport`: per option combination the largest error against
+    the reference and between splits, the split where it occurred, the worst
+    element, and -- for a combination that exceeds ``tol_eps`` -- the smallest
+    input that still shows it, found by the one shrinker
+    (:func:`ce_reference.cases.shrink`: fewer rows, fewer untargeted classes --
+    with ``even=True`` in multiples of every split --, simpler values; the
+    options stay as they are), otherwise the row with the largest deviation.
 
     Examples
     --------
@@ -663,26 +658,38 @@ def check_invariance(fn, logits, targets, *, splits=(1, 2, 4, 8), tol_eps=256.0,
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     y = np.asarray(targets)
+    splits = tuple(int(n) for n in splits)
+    if not splits or min(splits) < 1:
+        raise ValueError(f"splits must be positive shard counts, got {splits!r}")
+    multiple = math.lcm(*splits) if even else 1
     names = list(options)
     values = [v if isinstance(v, list) else [v] for v in options.values()]
     report = InvarianceReport(tol_eps=float(tol_eps), dtype=str(x.dtype), shape=tuple(x.shape))
     for combo in itertools.product(*values):
         opts = dict(zip(names, combo))
-        row = _evaluate(fn, x, y, opts, splits, tol_eps)
+        case = _case(x, y, opts, multiple)
+        row = _evaluate(fn, case, splits, tol_eps, even)
         if not row.ok and shrink:
-            sx, sy = _shrink(fn, x, y, opts, splits, tol_eps)
-            small = _evaluate(fn, sx, sy, opts, splits, tol_eps)
-            row.witness = {"logits": sx, "targets": sy, "describe": _describe(sx, sy, opts),
-                           "loss_err": small.loss_err, "grad_err": small.grad_err,
-                           "split_loss_err": small.split_loss_err,
-                           "split_grad_err": small.split_grad_err, "error": small.error}
+            def still(c):
+                try:
+                    r = _evaluate(fn, c, splits, tol_eps, even)
+                except (ValueError, TypeError):          # the reference rejects the candidate
+                    return None
+                return r if not r.ok else None
+
+            small, srow = shrink_case(case, still, budget=shrink_budget, info=row)
+            row.witness = {"case": small, "logits": small.x, "targets": small.targets,
+                           "describe": small.arguments(), "loss_err": srow.loss_err,
+                           "grad_err": srow.grad_err, "split_loss_err": srow.split_loss_err,
+                           "split_grad_err": srow.split_grad_err, "error": srow.error,
+                           "detail": srow.error or srow.detail}
         elif row.ok and x.ndim >= 2:
-            row.worst_row = _worst_row(fn, x, y, opts, splits)
+            row.worst_row = _worst_row(fn, x, y, opts, splits, even)
         report.rows.append(row)
     return report
 
 
-def _worst_row(fn, x, y, opts, splits):
+def _worst_row(fn, x, y, opts, splits, even=False):
     """Index of the row (reduction 'none') with the largest deviation from the reference."""
     o = dict(opts, reduction="none")
     x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1)
@@ -690,7 +697,7 @@ def _worst_row(fn, x, y, opts, splits):
         ref = np.asarray(reference_cross_entropy(x2, y2, **o)[0], np.float64)
         worst = np.zeros(x2.shape[0])
         for n in splits:
-            if n > x2.shape[-1]:
+            if not _runs(n, x2.shape[-1], even):
                 continue
             got = np.asarray(fn(split_logits(x2, n), y2.copy(), **o)[0], np.float64)
             with np.errstate(invalid="ignore"):
@@ -699,3 +706,163 @@ def _worst_row(fn, x, y, opts, splits):
     except Exception:   # noqa: BLE001 -- a fn without reduction='none' support
         return None
     return (int(np.argmax(worst)),) if worst.size else None
+
+
+# --------------------------------------------------------------------------- the audit
+
+#: Option sets of :func:`audit_vocab_parallel` (each with every reduction the function takes;
+#: an option set with an option the function does not accept is left out).
+AUDIT_OPTION_SETS = (
+    {},
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.1, "smoothing": "others"},
+    {"z_loss": 1e-3},
+    {"ignore_index": -100},
+    {"label_smoothing": 0.2, "smoothing": "others", "z_loss": 1e-2, "ignore_index": -100},
+)
+#: Input regions of :func:`audit_vocab_parallel`: the framework audits' logit regions and the
+#: regions of a split class axis (:mod:`ce_reference.cases.regions`).
+AUDIT_REGIONS = regions.LOGIT_REGIONS + regions.SHARD_REGIONS
+AUDIT_SPLITS = (1, 2, 4, 8)
+
+
+def accepted_options(fn) -> set | None:
+    """The keyword options of the vocab-parallel loss that ``fn`` accepts (None: all, it
+    takes ``**kwargs``)."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return names & {"label_smoothing", "smoothing", "z_loss", "ignore_index", "reduction"}
+
+
+@dataclass
+class VocabParallelAudit:
+    """Result of :func:`audit_vocab_parallel`: one :class:`InvarianceReport` row per option
+    set x reduction x dtype x region (``rows``: ``(dtype, region, row)``)."""
+
+    function: str
+    splits: tuple
+    even: bool
+    seed: int
+    rows: list = field(default_factory=list)
+    option_sets: list = field(default_factory=list)
+    tol_eps: float = TOL_EPS
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.ok for _, _, r in self.rows)
+
+    def worst(self, dtype=None) -> float:
+        return max((r.worst for d, _, r in self.rows if dtype in (None, d)), default=0.0)
+
+    @property
+    def dtypes(self) -> list:
+        return list(dict.fromkeys(d for d, _, _ in self.rows))
+
+    def verdict(self) -> str:
+        if not self.rows:
+            return "INCONCLUSIVE: no case ran"
+        parts = [verdict(self.ok, self.worst(d), self.tol_eps).replace(
+            " (tolerance", f" in {d} (tolerance") for d in self.dtypes]
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        bad = [(d, g, r) for d, g, r in self.rows if not r.ok]
+        lines = [f"vocab-parallel audit of {self.function}: {self.verdict()}",
+                 f"  {len(self.rows)} checks (option set x reduction x dtype x region), splits "
+                 f"{','.join(map(str, self.splits))}{' (equal shards only)' if self.even else ''}"
+                 f", seed {self.seed}; {len(bad)} failing"]
+        seen = set()
+        for d, g, r in bad:                       # one report per failing option set and dtype
+            key = (_label(r.options), d)
+            if key in seen:
+                continue
+            seen.add(key)
+            n = sum(1 for d2, _, r2 in bad if (_label(r2.options), d2) == key)
+            lines.append(f"  {d}, region {g!r} ({n} region(s) fail with these options):")
+            lines += _row_lines(r, indent="    ")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return clean_json({
+            "function": self.function, "ok": self.ok, "verdict": self.verdict(),
+            "tolerance_eps": self.tol_eps, "splits": list(self.splits), "even": self.even,
+            "seed": self.seed, "worst_eps": {d: self.worst(d) for d in self.dtypes},
+            "option_sets": self.option_sets,
+            "rows": [dict(r.to_json(), dtype=d, region=g) for d, g, r in self.rows]})
+
+    def markdown(self) -> str:
+        out = [f"# Vocab-parallel audit of `{self.function}`", "", self.verdict(), "",
+               "| dtype | region | options | splits | vs reference (loss / grad eps) "
+               "| between splits (loss / grad eps) | ok |", "|---|---|---|---|---|---|---|"]
+        for d, g, r in self.rows:
+            out.append(f"| {d} | {g} | {_label(r.options)} | {','.join(map(str, r.splits_run))} "
+                       f"| {fmt_eps(r.loss_err)} / {fmt_eps(r.grad_err)} "
+                       f"| {fmt_eps(r.split_loss_err)} / {fmt_eps(r.split_grad_err)} "
+                       f"| {'ok' if r.ok else 'FAIL'} |")
+        out += ["", "```", str(self), "```", ""]
+        return "\n".join(out)
+
+
+def audit_vocab_parallel(fn, *, splits=AUDIT_SPLITS, dtypes=("float64", "float32"), seed=0,
+                         even=False, shrink=True, progress=None, name=None,
+                         regions_=AUDIT_REGIONS) -> VocabParallelAudit:
+    """Audit a sharded cross-entropy ``fn`` (the signature of :func:`check_invariance`'s) on
+    the audits' seeded random and extreme inputs.
+
+    For every option set of :data:`AUDIT_OPTION_SETS` that ``fn`` accepts (its signature
+    decides; ``reduction`` is swept over mean, sum and none when it takes it), every dtype and
+    every region of :data:`AUDIT_REGIONS`, a case is drawn from the shared generator
+    (:func:`ce_reference.cases.regions.categorical`, index targets; with ``even`` the number
+    of classes is a multiple of every split) and :func:`check_invariance` runs it on every
+    split (``regions_`` restricts the regions).  ``ok`` when every check is within the
+    tolerance.  This is what ``ce-reference audit MODULE:FUNCTION --vocab-parallel`` runs.
+    """
+    splits = tuple(int(n) for n in splits)
+    if not splits or min(splits) < 1:
+        raise ValueError(f"splits must be positive shard counts, got {splits!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    dtypes = [np.dtype(d).name for d in dtypes]
+    for d in dtypes:
+        if d not in ("float64", "float32"):
+            raise ValueError(f"dtypes must be float64 and/or float32, got {d!r}")
+    accepted = accepted_options(fn)
+    sets = []
+    for o in AUDIT_OPTION_SETS:
+        kept = o if accepted is None else {k: v for k, v in o.items() if k in accepted}
+        if kept == o and o not in sets:
+            sets.append(o)
+    sweep_red = accepted is None or "reduction" in accepted
+    gen = regions.categorical("logits", "index",
+                              class_multiple=math.lcm(*splits) if even else 1)
+    result = VocabParallelAudit(name or getattr(fn, "__qualname__", repr(fn)), splits, even,
+                                seed, option_sets=[dict(o) for o in sets])
+    unknown = [r for r in regions_ if r not in AUDIT_REGIONS]
+    if unknown:
+        raise ValueError(f"unknown regions {unknown}; expected some of {AUDIT_REGIONS}")
+    total = len(sets) * len(dtypes) * len(regions_)
+    done = 0
+    for oi, opts in enumerate(sets):
+        for di, dt in enumerate(dtypes):
+            for region in regions_:
+                ri = AUDIT_REGIONS.index(region)
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"{_label(opts)} | {dt} | {region}")
+                rng = np.random.default_rng([seed, oi, di, ri])
+                case = gen(rng, dt, opts, region)
+                if case is None:
+                    continue
+                kw = dict(opts)
+                if sweep_red:
+                    kw["reduction"] = ["mean", "sum", "none"]
+                rep = check_invariance(fn, case.x, case.targets, splits=splits, shrink=shrink,
+                                       even=even, **kw)
+                result.rows += [(dt, region, r) for r in rep.rows]
+    return result

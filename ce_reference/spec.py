@@ -18,11 +18,15 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-#: Domains of a loss's first argument.  The verifier draws values by domain.
-INPUT_DOMAINS = ("logits", "probs", "log_probs")
+#: Domains of a loss's first argument.  The verifier draws values by domain;
+#: ``features`` are the input of a linear layer (linear cross-entropy).
+INPUT_DOMAINS = ("logits", "probs", "log_probs", "features")
 #: ``elementwise``: one loss per element of the input (the binary losses);
-#: ``classes``: one loss per row along a class axis ``axis`` (softmax, CCE, ...).
-STRUCTURES = ("elementwise", "classes")
+#: ``classes``: one loss per row along a class axis ``axis`` (softmax, CCE, ...);
+#: ``linear``: one loss per row of features ``(..., H)`` whose logits are
+#: ``input @ linear_weight.T (+ linear_bias)``, the classes the rows of
+#: ``linear_weight`` (the output head of a language model).
+STRUCTURES = ("elementwise", "classes", "linear")
 #: Kinds of targets.  Elementwise: ``hard`` (0/1) and ``soft`` (in [0, 1]).
 #: Classes: ``index`` (integer class ids), ``onehot``, ``soft`` (probability
 #: rows), ``log_soft`` (log-probability rows, ``-inf`` for a zero probability).
@@ -97,10 +101,11 @@ def option_set(name, targets, options=(), regions=()):
 class BenchCase:
     """One benchmark case of a loss (``python -m benchmarks`` iterates the registry).
 
-    ``shape`` of the first argument (class axis last), ``targets`` kind,
-    keyword ``options``; ``goals`` are ratios the fused kernel is held to, each
-    ``(quantity, comparison, value)`` with quantity ``"floor"`` (fused time over
-    the ``np.copyto`` floor) or a peer's name (peer time over fused time);
+    ``shape`` of the first argument (class axis last; a linear loss: ``(N, H, V)``),
+    ``targets`` kind, keyword ``options``; ``goals`` are ratios the fused kernel is
+    held to, each ``(quantity, comparison, value)`` with quantity ``"floor"`` (fused
+    time over the floor: ``np.copyto`` of the input, for a linear loss its three
+    GEMMs) or a peer's name (peer time over fused time);
     ``sweep`` lists further shapes timed for the throughput plot.
     """
 
@@ -163,9 +168,10 @@ class LossSpec:
         Public name (``ce_reference.<name>``; the JAX twin has the same name).
     input : {"logits", "probs", "log_probs"}
         Domain of the first argument.
-    structure : {"elementwise", "classes"}
-        Shape of the per-example result: the input's shape, or the input's
-        shape without the class axis ``axis``.
+    structure : {"elementwise", "classes", "linear"}
+        Shape of the per-example result: the input's shape, the input's
+        shape without the class axis ``axis``, or (``linear``) without the
+        feature axis (the last).
     targets : tuple of str
         Target kinds the loss accepts (see :data:`TARGET_KINDS`).
     options : tuple of :class:`Option`
@@ -193,10 +199,6 @@ class LossSpec:
         How a case is passed: the positional parameters, ``"input"`` (the
         case's ``x``), ``"targets"``, or a keyword of the case (linear
         cross-entropy: ``("input", "linear_weight", "targets")``).
-    make_case : callable, optional
-        ``make_case(spec, option_set, dtype, region, i, seed, layout)``: the
-        loss's own verifier inputs, for a loss whose arguments the generic
-        generator (by structure and input domain) cannot draw.
     dtype_policy : {"package", "exact"}
         ``package``: the package's dtype policy (float16 computed in float32,
         returned as float16); ``exact``: float16 and bfloat16 are computed and
@@ -225,7 +227,6 @@ class LossSpec:
     reductions: tuple = ("mean", "sum", "none")
     wrt: tuple = ("input",)
     positional: tuple = ("input", "targets")
-    make_case: Callable | None = None
     dtype_policy: str = "package"
     benchmarks: tuple = ()
     short: str = ""
@@ -264,6 +265,13 @@ class LossSpec:
     def wrt_arrays(self, case) -> tuple:
         """The case's arrays the loss is differentiated with respect to (``wrt`` order)."""
         return tuple(case.x if name == "input" else case.kwargs.get(name) for name in self.wrt)
+
+    @property
+    def array_keywords(self) -> tuple:
+        """Keywords of a case holding arrays: positional arrays other than the input and
+        the targets (``linear_weight``), then the array options."""
+        return tuple(n for n in self.positional if n not in ("input", "targets")) + tuple(
+            o.name for o in self.options if o.array)
 
     @property
     def option_names(self) -> tuple:

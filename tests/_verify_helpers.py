@@ -130,3 +130,67 @@ PLANTED = {
     "wrong sign, one class": ("softmax_cross_entropy", wrong_sign_class, ("index",)),
     "off-by-one class": ("softmax_cross_entropy", off_by_one_class, ("index",)),
 }
+
+
+# --------------------------------------------------------------------------- linear cross-entropy
+
+def linear_backward_without_bias():
+    """cut-cross-entropy #52's kind: the backward recomputes the logits without the bias."""
+    ref = _ref("linear_cross_entropy")
+
+    def grad(h, W, t, linear_bias=None, **kw):
+        d_h, d_W, _ = ref.grad(h, W, t, **kw)                  # BUG: bias left out
+        if linear_bias is None:
+            return d_h, d_W, None
+        logits_grad = ce_softmax_grad(h, W, t, **kw)
+        return d_h, d_W, logits_grad.sum(axis=0).astype(d_h.dtype)
+
+    return {"grad": grad}
+
+
+def ce_softmax_grad(h, W, t, chunk_size=None, **kw):
+    from ce_reference import softmax_cross_entropy_grad
+    return softmax_cross_entropy_grad(h.reshape(-1, h.shape[-1]) @ W.T,
+                                      np.asarray(t).reshape(-1), **kw)
+
+
+def linear_smoothing_dropped():
+    """Liger #243's kind: label smoothing not passed through to the backward."""
+    ref = _ref("linear_cross_entropy")
+
+    def grad(*a, label_smoothing=0.0, **kw):
+        return ref.grad(*a, **kw)                               # BUG: no smoothing
+
+    return {"grad": grad}
+
+
+def linear_chunk_local_mean():
+    """A chunked mean over each chunk's own rows, averaged over the chunks."""
+    ref = _ref("linear_cross_entropy")
+
+    def wrap(f, is_grad):
+        def g(h, W, t, chunk_size=None, reduction="mean", **kw):
+            if reduction != "mean" or chunk_size is None or h.ndim != 2:
+                return f(h, W, t, chunk_size=chunk_size, reduction=reduction, **kw)
+            starts = range(0, h.shape[0], chunk_size)
+            parts = [f(h[s:s + chunk_size], W, t[s:s + chunk_size], reduction="mean", **kw)
+                     for s in starts]                           # BUG: mean of chunk means
+            if not is_grad:
+                return np.mean(parts).astype(h.dtype)
+            n = len(parts)
+            d_h = np.concatenate([p[0] for p in parts]) / n
+            d_W = sum(p[1] for p in parts) / n
+            d_b = None if parts[0][2] is None else sum(p[2] for p in parts) / n
+            return d_h.astype(h.dtype), d_W.astype(h.dtype), \
+                None if d_b is None else d_b.astype(h.dtype)
+        return g
+
+    return {"value": wrap(ref.value, False), "grad": wrap(ref.grad, True)}
+
+
+LINEAR_PLANTED = {
+    "backward without the bias": (linear_backward_without_bias, ("index + bias",)),
+    "label smoothing dropped": (linear_smoothing_dropped,
+                                ("index + weight + ignore + smoothing + bias",)),
+    "chunk-local mean": (linear_chunk_local_mean, ("index",)),
+}

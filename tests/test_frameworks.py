@@ -2,7 +2,9 @@
 
 Each installed framework is audited once per session (``quick=True``: every
 catalogue probe, a subset of the sweep); the tests read that report.  CI
-installs torch==2.13.0, optax, keras (JAX backend) and scikit-learn.
+installs torch==2.13.0, optax, keras (JAX backend) and scikit-learn.  The
+Megatron audit (multi-process, float32 only) has its own module,
+tests/test_megatron_audit.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ce_reference.frameworks import FRAMEWORKS, _core, audit_framework, run_fram
 from ce_reference.frameworks.__main__ import main
 
 _MODULE = {"torch": "torch", "optax": "optax", "keras": "keras", "sklearn": "sklearn"}
+#: The single-process frameworks swept in float64 and float32 (megatron: test_megatron_audit).
+SWEPT = tuple(n for n in FRAMEWORKS if n in _MODULE)
 
 
 def _installed(name):
@@ -30,7 +34,7 @@ def _installed(name):
 def reports():
     """One quick audit per installed framework (keras/JAX start-up paid once)."""
     before = {k: os.environ.get(k) for k in ("KERAS_BACKEND", "TF_FORCE_GPU_ALLOW_GROWTH")}
-    out = {n: audit_framework(n, quick=True) for n in FRAMEWORKS if _installed(n)}
+    out = {n: audit_framework(n, quick=True) for n in SWEPT if _installed(n)}
     after = {k: os.environ.get(k) for k in before}
     out["_env"] = (before, after)
     return out
@@ -67,7 +71,7 @@ CONVENTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize("name", SWEPT)
 def test_audit_runs_and_everything_is_classified(reports, name):
     rep = report_for(reports, name)
     assert rep["status"] == "ran" and rep["version"]
@@ -79,7 +83,7 @@ def test_audit_runs_and_everything_is_classified(reports, name):
     assert sum(r["matches"] for r in rep["rows"]) > 0.7 * sum(r["cases"] for r in rep["rows"])
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize("name", SWEPT)
 def test_known_defects_are_reproduced_with_small_inputs(reports, name):
     rep = report_for(reports, name)
     for fid in KNOWN_DEFECTS[name]:
@@ -91,7 +95,7 @@ def test_known_defects_are_reproduced_with_small_inputs(reports, name):
         assert x.count(",") <= 6, (fid, x)
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize("name", SWEPT)
 def test_conventions_are_verified(reports, name):
     rep = report_for(reports, name)
     for fid in CONVENTIONS[name]:
@@ -228,3 +232,16 @@ def test_cli_usage_errors():
     assert e.value.code == 2
     with pytest.raises(ValueError, match="unknown framework"):
         run_framework_audit("jax", console=False)
+
+
+def test_megatron_without_ss_is_skipped(monkeypatch, tmp_path):
+    """No `ss`, no loopback evidence: the multi-process audit is skipped, never run blind."""
+    import ce_reference._loopback as lb
+    monkeypatch.setattr(lb, "ss_available", lambda: False)
+    rep = audit_framework("megatron")
+    assert rep["status"] == "skipped" and rep["exit_code"] == 0
+    if importlib.util.find_spec("megatron") is not None:
+        assert "ss" in rep["reason"] and "loopback" in rep["reason"]
+    md = tmp_path / "m.md"
+    assert run_framework_audit("megatron", markdown_path=str(md), console=False) == 0
+    assert "Skipped: not available" in md.read_text()

@@ -14,6 +14,7 @@ from ce_reference.spec import BenchCase
 
 cli = pytest.importorskip("benchmarks.cli")
 impls = pytest.importorskip("benchmarks.impls")
+linear = pytest.importorskip("benchmarks.linear")
 
 
 @pytest.mark.parametrize("loss,shape,targets", [
@@ -48,9 +49,12 @@ def test_every_registered_loss_has_a_benchmark_case():
     assert {s.name for s, _ in cli.cases()} == set(LOSSES)
     assert len(keys) == len(set(keys))
     for spec, case in cli.cases():          # inputs of every case are valid for the loss
-        small = (8, 5) if spec.structure == "classes" else (40,)
-        x, t = cli._inputs(spec, small, case.targets, np.float32)
-        assert np.isfinite(spec.value(x, t, **dict(case.options)))
+        if spec.structure == "linear":
+            args = linear.inputs((8, 4, 5), np.float32)
+        else:
+            small = (8, 5) if spec.structure == "classes" else (40,)
+            args = cli._inputs(spec, small, case.targets, np.float32)
+        assert np.isfinite(spec.value(*args, **dict(case.options)))
 
 
 def test_targets_and_markdown_from_synthetic_results():
@@ -92,3 +96,21 @@ def test_command_line_help_and_json(tmp_path):
         cli.run_case = orig
     data = json.loads(path.read_text())
     assert data["results"][0]["loss"] == spec.name and "versions" in data["machine"]
+
+
+def test_linear_case_runs_every_implementation_and_measures_memory():
+    spec = LOSSES["linear_cross_entropy"]
+    case = BenchCase((64, 16, 300), "index", goals=(("floor", "<=", 1e9),))
+    res = cli.runner(spec)(spec, case, np.float32, repeat=2, workers=1, log=lambda m: None)
+    rows = {r["implementation"]: r for r in res["rows"]}
+    assert {linear.FLOOR, linear.FUSED, linear.UNFUSED} <= set(rows)
+    assert rows[linear.FLOOR]["x_floor"] == 1.0 and rows[linear.FUSED]["peer_over_fused"] == 1.0
+    assert rows[linear.UNFUSED]["peak_extra_bytes"] >= 64 * 300 * 4   # it holds the logits
+    targets = cli.check_targets([res])
+    assert any(t["quantity"] == "fused / 3 GEMMs time" for t in targets)
+    assert "× floor" in cli.markdown_tables([res], targets)
+    peaks = linear.rss_peaks((256, 16, 4096), "float32", 1, names=[linear.FUSED, linear.UNFUSED],
+                             log=lambda m: None)
+    fused_peak, unfused_peak = (p["tracemalloc_peak_bytes"] for p in peaks)
+    assert unfused_peak >= 2 * 256 * 4096 * 4 > fused_peak      # logits and their gradient
+    assert "peak RSS extra MiB" in linear.memory_markdown((256, 16, 4096), "float32", peaks)

@@ -298,3 +298,79 @@ def test_check_invariance_reports_an_exception(rng):
     rep = check_invariance(breaks_on_uneven, rng.normal(size=(2, 7)), np.array([0, 6]),
                            shrink=False)
     assert not rep.ok and "uneven split" in rep.rows[0].error
+
+
+# --------------------------------------------------------------------------- the audit and CLI
+
+def test_audit_vocab_parallel_passes_the_reference():
+    from ce_reference.parallel import audit_vocab_parallel
+    r = audit_vocab_parallel(vocab_parallel_cross_entropy, dtypes=("float64", "float32"),
+                             splits=(1, 3, 8),
+                             regions_=("scale 10", "shard slice -inf", "all ignored"))
+    assert r.ok, str(r)
+    assert r.verdict().startswith("MATCH: worst") and "in float32" in r.verdict()
+    # every option set (the function takes them all), every reduction
+    assert len(r.option_sets) == 6
+    assert {row.options["reduction"] for _, _, row in r.rows} == {"mean", "sum", "none"}
+    assert {g for _, g, _ in r.rows} == {"scale 10", "shard slice -inf", "all ignored"}
+
+
+def test_audit_vocab_parallel_catches_megatron_like_smoothing():
+    from ce_reference.parallel import audit_vocab_parallel
+
+    def no_ignore(shards, targets, *, label_smoothing=0.0, smoothing="others",
+                  reduction="mean"):
+        return _megatron_like(shards, targets, label_smoothing=label_smoothing,
+                              smoothing=smoothing, reduction=reduction)
+
+    r = audit_vocab_parallel(no_ignore, dtypes=("float64",), splits=(1, 2, 4),
+                             regions_=("scale 1",))
+    assert not r.ok and "MISMATCH" in r.verdict()
+    # only the option sets the signature accepts: no z_loss, no ignore_index
+    assert r.option_sets == [{}, {"label_smoothing": 0.1},
+                             {"label_smoothing": 0.1, "smoothing": "others"}]
+    bad = [row for _, _, row in r.rows if not row.ok]
+    assert bad and all(row.options.get("label_smoothing") for row in bad)
+    assert all(row.witness["logits"].size <= 4 for row in bad), [row.witness for row in bad]
+    text = str(r)
+    assert "smallest input: x=" in text and "label_smoothing=0.1" in text
+
+
+def test_cli_vocab_parallel(tmp_path, capsys):
+    import json
+
+    from ce_reference.cli import main
+    js, md = tmp_path / "vp.json", tmp_path / "vp.md"
+    code = main(["audit", "ce_reference.parallel:vocab_parallel_cross_entropy",
+                 "--vocab-parallel", "--dtypes", "float64", "--splits", "1,3", "--seed", "3",
+                 "--json", str(js), "--markdown", str(md), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "MATCH: worst" in out
+    doc = json.loads(js.read_text())
+    assert doc["ok"] and doc["splits"] == [1, 3] and doc["seed"] == 3
+    assert "| dtype | region |" in md.read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--splits", "2"],
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--even"],
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--vocab-parallel",
+     "--loss", "softmax_cross_entropy"],
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--vocab-parallel",
+     "--timeout", "5"],
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--vocab-parallel",
+     "--splits", "0,2"],
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--vocab-parallel",
+     "--dtypes", "float16"],
+    ["audit", "ce_reference.parallel:vocab_parallel_cross_entropy", "--vocab-parallel",
+     "--quick"],
+    ["audit", "megatron", "--vocab-parallel"],
+    ["audit", "megatron", "--cases", "3"],
+    ["audit", "no_such_module_xyz:fn", "--vocab-parallel"],
+])
+def test_cli_vocab_parallel_usage_errors(argv, capsys):
+    from ce_reference.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2

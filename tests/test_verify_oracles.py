@@ -45,25 +45,32 @@ def test_softmax_oracle_keeps_p_minus_1_below_epsilon():
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_mp_gradient_formulas_match_mpmath_diff(loss):
-    """Each gradient formula of the oracle, cross-checked once by mpmath.diff of its value."""
+    """Each gradient formula of the oracle, cross-checked once by mpmath.diff of its value
+    (in every differentiated argument)."""
     spec = LOSSES[loss]
     opt = spec.option_sets[-1]                               # the richest option set
-    layout = cases.Layout((7,), None, "none") if spec.structure == "elementwise" else \
-        cases.Layout((3, 4), -1, "none")
+    layout = {"elementwise": cases.Layout((7,), None, "none"),
+              "classes": cases.Layout((3, 4), -1, "none"),
+              "linear": cases.Layout((3, 4), -1, "none", 5)}[spec.structure]
     case = cases.make_case(spec, opt, np.float64, "random", 1, seed=3, layout=layout)
     _, grads = mp.exact_parts(spec, case)
-    flat_grads = list(np.asarray(grads, dtype=object).reshape(-1))
-    x = case.x.reshape(-1)
-    for i in range(x.size):
-        def f(t, i=i):
-            z = np.array([mpmath.mpf(float(v)) for v in x], dtype=object)
-            z[i] = t
-            c = cases.Case(loss, "", case.dtype, "", 0, 0, z.reshape(case.x.shape),
-                            case.targets, case.kwargs, case.v)
-            return mpmath.fsum(mp.exact_parts(spec, c, 300)[0])
-        with mpmath.workdps(60):
-            d = mpmath.diff(f, mpmath.mpf(float(x[i])))
-            assert abs(d - flat_grads[i]) <= mpmath.mpf(10) ** -30 * (1 + abs(d))
+    for name, array, grad in zip(spec.wrt, spec.wrt_arrays(case), spec.grad_parts(grads)):
+        if array is None:
+            continue
+        flat_grad = list(np.asarray(grad, dtype=object).reshape(-1))
+        values = np.asarray(array).reshape(-1)
+        for i in range(values.size):
+            def f(t, i=i, name=name, values=values, shape=np.shape(array)):
+                z = np.array([mpmath.mpf(float(v)) for v in values], dtype=object)
+                z[i] = t
+                z = z.reshape(shape)
+                c = case.replace(x=z) if name == "input" else \
+                    case.replace(kwargs={**case.kwargs, name: z})
+                return mpmath.fsum(mp.exact_parts(spec, c, 300)[0])
+            with mpmath.workdps(60):
+                d = mpmath.diff(f, mpmath.mpf(float(values[i])))
+                assert abs(d - flat_grad[i]) <= mpmath.mpf(10) ** -30 * (1 + abs(d)), \
+                    f"{name}[{i}]"
 
 
 def test_error_measures_ulp_and_operand():

@@ -7,7 +7,7 @@ from ce_reference import audit
 from ce_reference.registry import LOSSES
 from ce_reference.verify import verify
 
-from _verify_helpers import PLANTED, planted
+from _verify_helpers import LINEAR_PLANTED, PLANTED, planted
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
@@ -52,3 +52,18 @@ def test_no_false_alarm_on_the_reference_audited_as_external(loss):
     spec = LOSSES[loss]
     result = audit(spec.value, loss=loss, grad=spec.grad, cases=60, seed=6)
     assert result.ok, str(result)
+
+
+@pytest.mark.parametrize("bug", sorted(LINEAR_PLANTED))
+def test_verifier_catches_planted_linear_cross_entropy_bug(bug):
+    build, option_sets = LINEAR_PLANTED[bug]
+    spec = planted("linear_cross_entropy", **build())
+    rep = verify(specs=[spec], cases=1, seed=4, dtypes=(np.float64,), hvp=False,
+                 option_sets=option_sets, regions=("random",))
+    assert not rep.ok, f"planted bug {bug!r} went unnoticed"
+    caught_by = {f["measure"] for r in rep.rows for f in r.failures}
+    assert caught_by & {"mpmath", "jax", "check_grad"}
+    reference = verify(specs=[LOSSES["linear_cross_entropy"]], cases=1, seed=4,
+                       dtypes=(np.float64,), hvp=False, option_sets=option_sets,
+                       regions=("random",))
+    assert reference.ok, "the same rows pass without the bug"

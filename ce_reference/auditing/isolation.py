@@ -57,6 +57,14 @@ def check_picklable(fn, what: str) -> None:
                         + advice) from None
 
 
+def as_float64(result):
+    """A result as float64 array(s): a tuple (the gradients of several arguments) part by
+    part, None kept."""
+    if isinstance(result, (tuple, list)):
+        return tuple(None if r is None else np.asarray(r, dtype=np.float64) for r in result)
+    return np.asarray(result, dtype=np.float64)
+
+
 def _child(read_fd: int, write_fd: int) -> None:  # pragma: no cover - runs in the worker
     """The worker's loop: set ``sys.path``, load the functions, answer calls until EOF."""
     rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
@@ -74,18 +82,18 @@ def _child(read_fd: int, write_fd: int) -> None:  # pragma: no cover - runs in t
             return
         if msg is None:
             return
-        name, x, targets, kwargs = msg
+        name, args, kwargs = msg
         try:
             with warnings.catch_warnings():      # judge the numbers, not the warnings
                 warnings.simplefilter("ignore")
-                out = np.asarray(functions[name](x, targets, **kwargs), dtype=np.float64)
+                out = as_float64(functions[name](*args, **kwargs))
             tx.send(("ok", out))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             tx.send(("raised", type(exc).__name__, str(exc)))
 
 
 class Isolated:
-    """Call ``functions[name](x, targets, **kwargs)`` in a worker process with a timeout."""
+    """Call ``functions[name](*args, **kwargs)`` in a worker process with a timeout."""
 
     def __init__(self, functions: dict, timeout: float):
         for name, fn in functions.items():
@@ -143,11 +151,12 @@ class Isolated:
         self._kill(self._proc, self._rx, self._tx)
         self._proc = self._rx = self._tx = None
 
-    def call(self, name, x, targets, kwargs):
+    def call(self, name, args, kwargs):
+        """``functions[name](*args, **kwargs)`` in the worker, as float64 (:func:`as_float64`)."""
         if self._proc is None:
             self._start()
         try:
-            self._tx.send((name, x, targets, kwargs))
+            self._tx.send((name, tuple(args), kwargs))
             if not self._rx.poll(self.timeout):
                 self._drop()
                 self.timeouts += 1

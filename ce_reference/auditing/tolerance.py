@@ -112,6 +112,16 @@ def errors_eps(got, expected, operand, dtype):
     return np.where(bad, np.inf, err)
 
 
+def operand_scale(expected, floor=0.0) -> float:
+    """The scalar operand of a normwise comparison: the larger of ``expected``'s largest
+    finite magnitude and ``floor`` (the size of the operands the computation cancels), at
+    least the smallest positive float64."""
+    r = np.asarray(expected, np.float64)
+    fin = np.isfinite(r)
+    return max(float(np.max(np.abs(r[fin]), initial=0.0)), float(floor),
+               np.finfo(np.float64).tiny)
+
+
 def measure(got, expected, operand, dtype, tol=TOL_EPS, name="") -> Measure:
     """The worst elementwise error of ``got`` (see :func:`errors_eps`) and, when it exceeds
     ``tol``, a sentence naming the worst element: ``name[i]: got G, expected E (X eps)``."""

@@ -1,7 +1,8 @@
 """Audit somebody else's cross-entropy against the verified reference.
 
-:func:`audit` calls ``fn(x, targets, **options)`` (and ``grad(...)`` when
-given) on the verifier's seeded rows (:mod:`ce_reference.cases.sweep`:
+:func:`audit` calls ``fn(x, targets, **options)`` (the loss's positional
+parameters: ``fn(input, linear_weight, targets, **options)`` for a linear
+cross-entropy; and ``grad(...)`` when given) on the verifier's seeded rows (:mod:`ce_reference.cases.sweep`:
 random and extreme values, every option set and region of the loss), and
 compares each value and gradient with the reference loss of that name,
 element by element, in the one tolerance scheme of the audits
@@ -34,7 +35,7 @@ from .._format import clean_json, fmt_array, fmt_eps
 from ..cases import Case, Layout, layouts, make_case
 from ..cases import shrink as shrink_case
 from . import tolerance as T
-from .isolation import CallTimeout, Isolated, RemoteError, check_picklable
+from .isolation import CallTimeout, Isolated, RemoteError, as_float64, check_picklable
 
 #: Target number of cases (spread over the rows; every row gets at least one).
 DEFAULT_CASES = 240
@@ -298,7 +299,9 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
         Name of the reference loss, e.g. ``"softmax_cross_entropy"``.
     grad : callable, optional
         ``grad(x, targets, **options)``: gradient of the reduced loss with
-        respect to ``x`` (for ``reduction="none"``, of the sum).
+        respect to ``x`` (for ``reduction="none"``, of the sum); for a loss
+        differentiated in several arguments (``linear_cross_entropy``), the
+        tuple of their gradients, as the reference returns it.
     cases : int
         Target number of inputs, spread evenly over the rows (option set x
         dtype x region) that can be exercised; every row gets at least one,
@@ -397,7 +400,8 @@ def audit(fn, loss: str, grad=None, *, cases: int = DEFAULT_CASES, seed: int = 0
             shrunk = shrink and not o.timed_out and not runner.stopped
             if shrunk:
                 case, o = runner.shrink(case, q, o)
-            case = case.replace(kwargs={k: v for k, v in case.kwargs.items() if k in acc})
+            case = case.replace(kwargs={k: v for k, v in case.kwargs.items()
+                                        if k in acc or k in spec.positional})
             mismatches.append(Mismatch(q, optname, g["count"], g["worst"], case, o.got,
                                        o.expected, o.message, shrunk))
     finally:
@@ -485,6 +489,49 @@ class _Outcome:
     timed_out: bool = False
 
 
+def _positional(spec, case):
+    """The positional arguments of a call of ``spec``'s loss on ``case`` (the input, the
+    targets, and for a linear cross-entropy the linear weight between them)."""
+    return [case.x if n == "input" else case.targets if n == "targets" else case.kwargs[n]
+            for n in spec.positional]
+
+
+def _flat_parts(spec, grad):
+    """A gradient of one or several arguments as one float64 vector (absent parts left out)."""
+    parts = [np.asarray(p, np.float64).reshape(-1) for p in spec.grad_parts(grad)
+             if p is not None]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _conform(spec, quantity, got, expected):
+    """``got`` in ``expected``'s shape (a 1-element result of a scalar loss is reshaped),
+    or a sentence saying why not."""
+    if quantity == "grad" and len(spec.wrt) > 1:
+        if not isinstance(got, tuple) or len(got) != len(spec.wrt):
+            return got, f"returned {type(got).__name__}, expected a tuple of {len(spec.wrt)} " \
+                        f"gradients ({', '.join(spec.wrt)})"
+        for name, g, e in zip(spec.wrt, got, expected):
+            if (g is None) != (e is None) or (g is not None and g.shape != e.shape):
+                return got, f"gradient of {name} has shape {None if g is None else g.shape}, " \
+                            f"expected {None if e is None else e.shape}"
+        return got, ""
+    if got.shape != expected.shape:
+        if got.size == expected.size == 1:
+            return got.reshape(expected.shape), ""
+        return got, f"returned shape {got.shape}, expected {expected.shape}"
+    return got, ""
+
+
+def _measure(spec, quantity, got, expected, operand, dtype, tol):
+    """The tolerance measure of a value or gradient; a gradient of several arguments part
+    by part (the worst part, named ``grad[linear_weight]`` in the detail)."""
+    if quantity != "grad" or len(spec.wrt) == 1:
+        return T.measure(got, expected, operand, dtype, tol, name=quantity)
+    measures = [T.measure(g, e, o, dtype, tol, name=f"grad[{name}]")
+                for name, g, e, o in zip(spec.wrt, got, expected, operand) if e is not None]
+    return max(measures, key=lambda m: m.worst)
+
+
 class _Runner:
     """Calls the audited functions (in this process, or isolated with a timeout) and the
     reference, and compares them."""
@@ -509,17 +556,17 @@ class _Runner:
         Failures of the worker machinery itself (it cannot start) are not the
         function's: they propagate.
         """
+        args = _positional(self.spec, case)
         kw = {k: v for k, v in case.kwargs.items() if k in self.acc}
         if self.isolated is None:
             try:
                 with warnings.catch_warnings():   # judge the numbers, not the warnings
                     warnings.simplefilter("ignore")
-                    return np.asarray(self.functions[q](case.x, case.targets, **kw),
-                                      dtype=np.float64)
+                    return as_float64(self.functions[q](*args, **kw))
             except Exception as exc:  # noqa: BLE001 - the audited function failed
                 return _Failed(f"raised {type(exc).__name__}: {exc}")
         try:
-            return self.isolated.call(q, case.x, case.targets, kw)
+            return self.isolated.call(q, args, kw)
         except CallTimeout as exc:
             self.stopped = self.timeouts >= MAX_TIMEOUTS
             return _Failed(f"timed out: {exc}", timed_out=True)
@@ -538,14 +585,14 @@ class _Runner:
             ref = case if case.dtype == np.float64 else x64
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                v = spec.value(ref.x, ref.targets, **ref.kwargs)
-                g = spec.grad(ref.x, ref.targets, **ref.kwargs)
+                v = spec.call(spec.value, ref)
+                g = spec.call(spec.grad, ref)
                 if not np.all(np.isfinite(v)):
                     return None
                 ops = spec.resolve_oracle().operands(x64, None)
         except Exception:  # noqa: BLE001 - the reference rejects the input
             return None
-        return np.asarray(v, np.float64), np.asarray(g, np.float64), ops
+        return np.asarray(v, np.float64), as_float64(g), ops
 
     def compare(self, case):
         """The value (and gradient) outcomes of ``case``; None if the reference rejects it."""
@@ -562,20 +609,20 @@ class _Runner:
             if self.stopped:
                 break
             got = self._call(q, case)
+            shown = _flat_parts(self.spec, expected) if q == "grad" else expected
             if isinstance(got, _Failed):
-                out.append(_Outcome(q, math.inf, False, None, expected, got.message,
+                out.append(_Outcome(q, math.inf, False, None, shown, got.message,
                                     got.timed_out))
                 continue
-            if got.shape != expected.shape:
-                if got.size == expected.size == 1:
-                    got = got.reshape(expected.shape)
-                else:
-                    out.append(_Outcome(q, math.inf, False, got, expected,
-                                        f"returned shape {got.shape}, expected "
-                                        f"{expected.shape}"))
-                    continue
-            m = T.measure(got, expected, op, case.dtype, tol, name=q)
+            got, problem = _conform(self.spec, q, got, expected)
+            if problem:
+                out.append(_Outcome(q, math.inf, False,
+                                    got if isinstance(got, np.ndarray) else None, shown, problem))
+                continue
+            m = _measure(self.spec, q, got, expected, op, case.dtype, tol)
             ok = T.is_within(m.worst, tol)
+            if q == "grad":                       # several arguments: shown as one vector
+                got, expected = _flat_parts(self.spec, got), shown
             out.append(_Outcome(q, m.worst, ok, got, expected,
                                 "" if ok else f"worst element {m.detail}"))
         return out

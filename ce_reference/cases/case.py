@@ -27,11 +27,14 @@ ARRAY_KINDS = ("input", "last", "classes", "batch")
 
 @dataclass(frozen=True)
 class Layout:
-    """Shape of the first argument, its class axis (class-axis losses) and the reduction."""
+    """Shape of the first argument, its class axis (class-axis losses) and the reduction;
+    ``classes``: the number of classes when they are not an axis of the first argument
+    (a linear cross-entropy: the rows of ``linear_weight``)."""
 
     shape: tuple
     axis: int | None
     reduction: str
+    classes: int | None = None
 
 
 @dataclass
@@ -80,6 +83,12 @@ class Case:
         ``axis`` is the feature axis of ``x`` (the last), which the row
         shrinking leaves alone as it leaves a class axis alone.  None for
         every other loss.
+    ``class_multiple``
+        The number of classes must stay a multiple of this (default 1: any
+        number).  A function that splits the class axis into ``k`` equal
+        shards (Megatron-LM's tensor parallelism, ``k`` ranks) needs ``k``:
+        the shrinker then drops ``k`` classes at a time and keeps at least
+        ``k``.
     """
 
     loss: str = ""
@@ -102,6 +111,7 @@ class Case:
     ignore: str | None = field(default=None, kw_only=True)
     flags: tuple = field(default=(), kw_only=True)
     linear: str | None = field(default=None, kw_only=True)
+    class_multiple: int = field(default=1, kw_only=True)
 
     def __post_init__(self):
         if self.x is None or self.targets is None:

@@ -17,6 +17,13 @@ logits (class axis): ``scale 1/3/10/30`` (normal), ``dominant right`` /
 :data:`~.values.DOMINANT`, 20 to 1e4, on / off the target), ``all equal``,
 ``±1e4``, ``near overflow`` (±log(finfo.max) ± 3), ``-inf, zero target``
 (``-inf`` where the target is 0), ``many classes`` (C = 200), ``all ignored``.
+logits split along the class axis (:data:`SHARD_REGIONS`, for vocab-parallel
+functions; "shard" = a quarter of the classes, the slice of one of 4 ranks):
+``shard slice -inf`` (the second quarter of every row is ``-inf``: a rank
+whose whole slice is masked), ``max in last shard`` (the row maximum in the
+last class), ``tied max across shards`` (the maximum in the first and the
+last class), ``spread 110`` (one logit 110 above the others: their
+``exp(x - max)`` underflows in float32).
 probabilities: ``dirichlet``, ``peaked``, ``near 0 and 1`` (rows of entries
 down to 1e-300 / the smallest subnormals), ``target below clip`` (the
 target's probability ~1e-20), ``zeros`` (exact 0 and 1).
@@ -50,6 +57,9 @@ LOGIT_REGIONS = ("scale 1", "scale 3", "scale 10", "scale 30", "dominant right",
 PROB_REGIONS = ("dirichlet", "peaked", "near 0 and 1", "target below clip", "zeros")
 BINARY_LOGIT_REGIONS = ("scale 1", "scale 3", "scale 10", "scale 30", "±1e4",
                         "near overflow", "beyond overflow")
+#: Regions for a loss whose class axis is split into shards (vocab-parallel).
+SHARD_REGIONS = ("shard slice -inf", "max in last shard", "tied max across shards",
+                 "spread 110")
 BINARY_PROB_REGIONS = ("uniform", "near 0 and 1", "sigmoid(±50)", "exact 0 and 1",
                        "clip boundary")
 LINEAR_REGIONS = ("scale 1", "scale 3", "scale 10", "scale 30", "dominant right",
@@ -78,6 +88,7 @@ class Generator:
     shape: tuple = (N_ROWS, 3)    # elementwise: the input's shape
     float_labels: bool = False    # index targets as floats (scikit-learn's _loss)
     fixed: tuple = ()             # keywords the shrinker must leave alone besides the defaults
+    class_multiple: int = 1       # draw (and keep, when shrinking) C a multiple of this
 
     @property
     def arrays(self) -> dict:
@@ -96,7 +107,8 @@ class Generator:
         return Case(x=x, targets=targets, kwargs=kwargs, region=region, axis=axis,
                     domain=self.domain, target_kind=self.target_kind,
                     arrays={k: v for k, v in self.arrays.items() if k in kwargs},
-                    fixed=frozenset(fixed), ignore=ignore, flags=tuple(flags))
+                    fixed=frozenset(fixed), ignore=ignore, flags=tuple(flags),
+                    class_multiple=self.class_multiple)
 
     def __call__(self, rng, dtype, options, region):
         dtype = np.dtype(dtype)
@@ -106,11 +118,14 @@ class Generator:
 
 
 def categorical(domain: str, targets: str, *, float_labels: bool = False,
-                fixed=()) -> Generator:
+                fixed=(), class_multiple: int = 1) -> Generator:
     """Categorical cases: ``domain`` in {"logits", "log_probs", "probs"}, ``targets`` in
     {"index", "onehot", "soft"} (index targets are int64, or floats with ``float_labels``);
-    ``fixed`` names keywords the shrinker must not change besides the convention flags."""
-    return Generator("classes", domain, targets, float_labels=float_labels, fixed=tuple(fixed))
+    ``fixed`` names keywords the shrinker must not change besides the convention flags;
+    ``class_multiple``: the number of classes is rounded up to a multiple of it (a function
+    that splits the classes into that many equal shards), here and in the shrinker."""
+    return Generator("classes", domain, targets, float_labels=float_labels, fixed=tuple(fixed),
+                     class_multiple=int(class_multiple))
 
 
 def binary(domain: str, targets: str, shape=(N_ROWS, 3)) -> Generator:
@@ -143,11 +158,17 @@ def _categorical(gen, rng, dtype, options, region):
         return None
     if gen.domain != "probs" and region in PROB_REGIONS:
         return None
+    if gen.domain != "logits" and region in SHARD_REGIONS:
+        return None
     N, C = N_ROWS, N_CLASSES
     if region == "many classes":
         N, C = 3, 200
     elif region in ("all equal", "dominant wrong"):
         C = 3
+    elif region in SHARD_REGIONS:
+        C = 8
+    k = gen.class_multiple
+    C = -(-C // k) * k                                   # a multiple of the shard count
     y_idx = rng.integers(0, C, N)
     if gen.target_kind in ("index", "onehot"):
         q = np.eye(C)[y_idx]
@@ -186,6 +207,8 @@ def _class_input(rng, domain, region, N, C, y_idx, q, dtype):
         z = np.where(drop, -np.inf, z)
     elif region in ("many classes", "all ignored"):
         z = V.normal(rng, (N, C), 3.0)
+    elif region in SHARD_REGIONS:
+        z = _shard_rows(rng, region, N, C, y_idx)
     elif region in PROB_REGIONS:
         return _prob_rows(rng, region, N, C, y_idx, dtype)
     else:
@@ -194,6 +217,25 @@ def _class_input(rng, domain, region, N, C, y_idx, q, dtype):
         return z
     logp = V.log_softmax(z)
     return logp if domain == "log_probs" else np.exp(logp)
+
+
+def _shard_rows(rng, region, N, C, y_idx):
+    """Logits for a class axis split into shards (a quarter of the classes per shard).
+    Index targets (``y_idx``, edited in place) are the row's arg-max on every other row and
+    never a masked class."""
+    z = V.normal(rng, (N, C), 1.0)
+    w = max(1, C // 4)
+    if region == "shard slice -inf":
+        z[:, w:2 * w] = -np.inf
+        y_idx[(y_idx >= w) & (y_idx < 2 * w)] = 0      # the target stays finite
+    elif region == "max in last shard":
+        z[:, -1] = 12.0
+    elif region == "tied max across shards":
+        z[:, 0] = z[:, -1] = 6.0
+    elif region == "spread 110":
+        z[:, 0] = 110.0
+    y_idx[::2] = np.argmax(z, axis=1)[::2]             # half the rows: the arg-max is the target
+    return z
 
 
 def _prob_rows(rng, region, N, C, y_idx, dtype):

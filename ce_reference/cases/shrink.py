@@ -13,10 +13,13 @@ starts over from that one, until nothing simpler fails or the budget of
    index target equals it, or its column of target rows is 0); index targets
    above it are renumbered (never the ignore sentinel), class weights lose
    its entry, and probability rows of ``x`` keep their mass (the remaining
-   entries are rescaled); for a linear case (``Case.linear``) the class is a
-   row of the linear weight, dropped with its entries of the ``"classes"``
-   arrays (bias, class weights) -- and then fewer features: columns of
-   ``x`` dropped with the same columns of the weight;
+   entries are rescaled); a case whose ``class_multiple`` is ``k > 1`` (a
+   function that splits the classes into ``k`` equal shards) loses ``k``
+   such classes at a time and keeps at least ``k``; for a linear case
+   (``Case.linear``) the class is a row of the linear weight, dropped with
+   its entries of the ``"classes"`` arrays (bias, class weights) -- and then
+   fewer features: columns of ``x`` dropped with the same columns of the
+   weight;
 3. fewer options -- each keyword that is not ``fixed`` (nor the linear
    weight): an array dropped or
    set to ones, ``reduction`` to ``"sum"``, any other option dropped (back to
@@ -182,37 +185,65 @@ def _fewer_rows(case: Case):
 # --------------------------------------------------------------------------- classes
 
 def _fewer_classes(case: Case):
+    k = max(1, int(case.class_multiple))
+    if k == 1:
+        for c in range(case.x.shape[case.axis] - 1, -1, -1):
+            smaller = _drop_class(case, c)
+            if smaller is not None:
+                yield smaller
+        return
+    # classes in multiples of k: drop k droppable classes at once (highest first), keep >= k
+    if case.x.shape[case.axis] < 2 * k:
+        return
+    for first in range(case.x.shape[case.axis] - 1, k - 2, -1):
+        smaller, c = case, first
+        for _ in range(k):
+            while c >= 0:
+                nxt = _drop_class(smaller, c)
+                c -= 1
+                if nxt is not None:
+                    smaller = nxt
+                    break
+            else:
+                smaller = None
+                break
+        if smaller is not None:
+            yield smaller
+
+
+def _drop_class(case: Case, c: int):
+    """``case`` without class ``c``, or None when ``c`` carries target mass (or would move
+    the ignore sentinel, or empty a probability row)."""
     ax = case.axis
     x = case.x
     C = x.shape[ax]
     if C <= 1:
-        return
-    for c in range(C - 1, -1, -1):
-        nt = _targets_without(case, c, C)
-        if nt is None:
+        return None
+    nt = _targets_without(case, c, C)
+    if nt is None:
+        return None
+    nx = np.delete(x, c, axis=ax)
+    if case.x_rows:
+        nx = _keep_row_mass(case, x, nx)
+        if nx is None:
+            return None
+    kw = dict(case.kwargs)
+    for name, kind in case.arrays.items():
+        w = kw.get(name)
+        if not isinstance(w, np.ndarray):
             continue
-        nx = np.delete(x, c, axis=ax)
-        if case.x_rows:
-            nx = _keep_row_mass(case, x, nx)
-            if nx is None:
-                continue
-        kw = dict(case.kwargs)
-        for name, kind in case.arrays.items():
-            w = kw.get(name)
-            if not isinstance(w, np.ndarray):
-                continue
-            if kind == "classes" and w.ndim == 1 and w.shape[0] == C:
-                kw[name] = np.delete(w, c)
-            elif kind == "last" and ax == x.ndim - 1 and w.ndim and w.shape[-1] == C:
-                kw[name] = np.delete(w, c, axis=-1)
-            elif kind == "input":
-                j = _right_aligned_axis(w, x.ndim, ax, C)
-                if j is not None:
-                    kw[name] = np.delete(w, c, axis=j)
-        yield case.replace(
-            x=nx, targets=nt, kwargs=kw,
-            v=None if case.v is None else np.delete(case.v, c, axis=ax),
-            kink=None if case.kink is None else np.delete(case.kink, c, axis=ax))
+        if kind == "classes" and w.ndim == 1 and w.shape[0] == C:
+            kw[name] = np.delete(w, c)
+        elif kind == "last" and ax == x.ndim - 1 and w.ndim and w.shape[-1] == C:
+            kw[name] = np.delete(w, c, axis=-1)
+        elif kind == "input":
+            j = _right_aligned_axis(w, x.ndim, ax, C)
+            if j is not None:
+                kw[name] = np.delete(w, c, axis=j)
+    return case.replace(
+        x=nx, targets=nt, kwargs=kw,
+        v=None if case.v is None else np.delete(case.v, c, axis=ax),
+        kink=None if case.kink is None else np.delete(case.kink, c, axis=ax))
 
 
 def _targets_without(case, c, C):

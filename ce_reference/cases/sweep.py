@@ -67,11 +67,24 @@ CLASS_LAYOUTS = {
 CLASS_LAYOUTS["near 0/1"] = CLASS_LAYOUTS["extreme"]
 CLASS_LAYOUTS["clip"] = CLASS_LAYOUTS["extreme"]
 
+# Linear: features (..., H) and V classes.  Small enough for the mpmath oracle (its cost is
+# N V H products); in ``extreme`` the rows are at most H (see _linear_extreme).
+LINEAR_LAYOUTS = {
+    "random": (_L((4, 6), -1, "mean", 5), _L((2, 3, 8), -1, "none", 7), _L((5,), -1, "sum", 9),
+               _L((4, 6), -1, "mean", 200), _L((3, 4), -1, "sum", 1)),
+    "extreme": (_L((4, 6), -1, "mean", 5), _L((3, 8), -1, "none", 12),
+                _L((2, 2, 4), -1, "sum", 6)),
+}
+#: The keywords of the linear structure (PyTorch's names): the weight and bias of the head.
+LINEAR_WEIGHT, LINEAR_BIAS = "linear_weight", "linear_bias"
+
 
 def batch_shape(spec: LossSpec, case: Case) -> tuple:
     """Shape of the per-example losses of ``case``."""
     if spec.structure == "elementwise":
         return case.x.shape
+    if spec.structure == "linear":
+        return case.x.shape[:-1]
     ax = case.kwargs.get("axis", -1) % case.x.ndim
     return case.x.shape[:ax] + case.x.shape[ax + 1:]
 
@@ -92,7 +105,8 @@ def _rng(seed, key, i):
 
 
 def layouts(spec: LossSpec, region: str):
-    table = ELEMENTWISE_LAYOUTS if spec.structure == "elementwise" else CLASS_LAYOUTS
+    table = {"elementwise": ELEMENTWISE_LAYOUTS, "classes": CLASS_LAYOUTS,
+             "linear": LINEAR_LAYOUTS}[spec.structure]
     return table[region]
 
 
@@ -106,17 +120,19 @@ def make_case(spec: LossSpec, opt: OptionSet, dtype, region: str, i: int, seed: 
     k = i % len(choices)
     if layout is None:
         layout = choices[k]
-    build = _elementwise if spec.structure == "elementwise" else _classes
+    build = {"elementwise": _elementwise, "classes": _classes, "linear": _linear}[spec.structure]
     x, t, kw, kink = build(spec, opt, dtype, region, layout, rng, i, k)
     kw["reduction"] = _reduction(spec, layout, i)
     v = rng.standard_normal(x.shape).astype(dtype)
-    axis = None if spec.structure == "elementwise" else layout.axis % len(layout.shape)
+    axis = layout.axis % len(layout.shape) if spec.structure == "classes" else None
     ignore = next((o.name for o in spec.options if o.targets and o.name in kw), None)
+    arrays = {o.name: o.shape for o in spec.options if o.array}
+    linear = None
+    if spec.structure == "linear":
+        linear, arrays = LINEAR_WEIGHT, {LINEAR_WEIGHT: "classes", **arrays}
     return Case(spec.name, opt.name, dtype, region, i, seed, x, t, kw, v, kink, layout,
-                axis=axis, domain=spec.input, target_kind=opt.targets,
-                arrays={o.name: o.shape for o in spec.options if o.array},
-                fixed=frozenset({"axis"} & kw.keys()),
-                ignore=ignore)
+                axis=axis, domain=spec.input, target_kind=opt.targets, arrays=arrays,
+                fixed=frozenset({"axis"} & kw.keys()), ignore=ignore, linear=linear)
 
 
 def _reduction(spec, layout, i):
@@ -243,3 +259,62 @@ def _class_input(spec, opt, region, rng, mshape, nrows, C, i, right, dtype):
     if "eps" not in opt.options:
         x = V.clip_open(x, dtype)
     return x, None
+
+
+# --------------------------------------------------------------------------- linear
+
+def _linear(spec, opt, dtype, region, layout, rng, i, k):
+    """Features ``x`` ``(..., H)``, the head ``linear_weight`` ``(C, H)`` (and
+    ``linear_bias`` when the option set has it) and targets over its ``C`` classes.
+
+    ``random``: ``x ~ N(0, 1)``, ``W ~ N(0, s / sqrt(H))`` (logits of scale ``s``,
+    cycling through :data:`LOGIT_SCALES`), ``b ~ N(0, s)``.  ``extreme``: the
+    logits are the class-axis extreme rows, made exactly (before the cast) by
+    orthogonal features (see :func:`_linear_extreme`); with a bias, classes no
+    index target names are masked by a ``-inf`` bias entry.
+    """
+    H, C = layout.shape[-1], layout.classes
+    batch = layout.shape[:-1]
+    nrows = int(np.prod(batch, dtype=np.int64))
+    kw = {}
+    draw = Draw(dtype, batch + (C,), batch, C, k, i, opt.targets,
+                index=rng.integers(0, C, batch), kwargs=kw)
+    _sample_options(spec, opt, rng, draw, kw, targets_stage=True)
+    t, right = _class_targets(opt.targets, draw.index, kw.get("ignore_index"), rng,
+                              batch + (C,), nrows, C, i, dtype)
+    with_bias = LINEAR_BIAS in opt.options
+    if region == "random":
+        s = LOGIT_SCALES[i % len(LOGIT_SCALES)]
+        x = rng.normal(0.0, 1.0, (nrows, H))
+        W = rng.normal(0.0, s / np.sqrt(H), (C, H))
+        b = rng.normal(0.0, s, C) if with_bias else None
+    else:
+        x, W, b = _linear_extreme(rng, nrows, H, C, right, with_bias, opt.targets, t,
+                                  "label_smoothing" in opt.options)
+    _sample_options(spec, opt, rng, draw, kw, targets_stage=False)
+    kw[LINEAR_WEIGHT] = W.astype(dtype)
+    if b is not None:
+        kw[LINEAR_BIAS] = b.astype(dtype)
+    ordered = {LINEAR_WEIGHT: kw.pop(LINEAR_WEIGHT), **_ordered(spec, kw)}
+    return x.reshape(batch + (H,)).astype(dtype), t, ordered, None
+
+
+def _linear_extreme(rng, nrows, H, C, right, with_bias, target_kind, targets, smoothing):
+    """``(x, W, b)`` whose logits ``x W^T + b`` are extreme rows ``z``.
+
+    Orthogonal feature rows of norm ``sqrt(H)`` (``x x^T = H I``, so ``nrows <= H``)
+    and ``W = (z - b)^T x / H`` give ``x W^T + b = z`` exactly in real arithmetic.
+    """
+    z = V.extreme_rows(rng, (nrows, C), right)
+    b = None
+    if with_bias:
+        b = rng.normal(0.0, 1.0, C)
+        # smoothing puts mass on every class: a masked one would make the loss infinite
+        if target_kind == "index" and not smoothing:
+            named = np.unique(np.asarray(targets).reshape(-1))
+            masked = np.setdiff1d(np.arange(C), named)
+            b[masked[rng.uniform(size=masked.size) < 0.5]] = -np.inf
+        z = z - np.where(np.isfinite(b), b, 0.0)
+    q, _ = np.linalg.qr(rng.normal(size=(H, nrows)))
+    x = q.T * np.sqrt(H)
+    return x, z.T @ x / H, b

@@ -1,4 +1,4 @@
-"""Audit PyTorch, optax, Keras 3, scikit-learn and the GPU linear cross-entropy kernels.
+"""Audit PyTorch, optax, Keras 3, scikit-learn, megatron-core and the GPU linear CE kernels.
 
 Each framework's cross-entropy functions are run (values, and gradients
 through the framework's own autograd; scikit-learn's ``_loss`` gives its own
@@ -18,9 +18,13 @@ classified as
   input outside the documented domain; with the smallest input found (shrunk
   from the sweep, or a hand-minimised probe) and the framework's version.
 
+megatron-core's vocab-parallel cross-entropy runs on ``torch.distributed``
+(gloo) in 1, 2 and 4 worker processes of this machine, every socket checked to
+stay on loopback (:mod:`._megatron`).
+
 The kernel audits (:data:`KERNELS`) run the fused linear cross-entropy
 kernels of LLM training on the CPU against the exact float64 reference
-(:func:`ce_reference.linear_cross_entropy` from the input's values):
+(:func:`ce_reference.linear_cross_entropy` at the input's values):
 ``torch-linear`` (PyTorch 2.13's ``F.linear_cross_entropy``, reference and
 chunked paths), ``liger`` (Liger Kernel's Triton cross-entropy and fused
 linear cross-entropy under Triton's interpreter, :mod:`._triton_interp`) and
@@ -29,13 +33,13 @@ linear cross-entropy under Triton's interpreter, :mod:`._triton_interp`) and
 operands) and float16 (the low-precision criterion against the same-dtype
 PyTorch composition, :func:`._core.compare_low_precision`) and are classified
 as above, plus **precision** (a float16 result that fails that criterion by
-a stated ratio without a wrong formula).  Their packages are the ``kernels``
-extra (``pip install -e ".[kernels]"``).
+a stated ratio and a checked mechanism, without a wrong formula).  Their
+packages are the ``kernels`` extra (``pip install -e ".[kernels]"``).
 
-Run it with ``python -m ce_reference.frameworks NAME|all`` (or
-``ce-reference audit NAME``; ``all`` is every framework and kernel), or from
-Python with :func:`run_framework_audit`.  A framework that is not installed
-is reported as skipped ("not installed"), not failed.
+Run it with ``ce-reference audit NAME|all`` (``NAME`` one of :data:`AUDITS`;
+``all`` runs every one) or ``python -m ce_reference.frameworks NAME``, or from
+Python with :func:`run_framework_audit`.  A framework that is not installed is
+reported as skipped ("not installed"), not failed.
 
 Exit status of :func:`run_framework_audit` (and of the command line)
 --------------------------------------------------------------------
@@ -50,6 +54,7 @@ Exit status of :func:`run_framework_audit` (and of the command line)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import platform
@@ -61,7 +66,7 @@ from .._format import check_writable, fmt_eps
 from ._core import (MAX_SHRINK, TOL_EPS, covers, evaluate, explains, probe_known, run_target,
                     shrink)
 
-FRAMEWORKS = ("torch", "optax", "keras", "sklearn")
+FRAMEWORKS = ("torch", "optax", "keras", "sklearn", "megatron")
 #: The GPU linear cross-entropy kernels, audited on the CPU (extra ``kernels``).
 KERNELS = ("torch-linear", "liger", "cce")
 #: Every audit ``ce-reference audit NAME`` knows; ``all`` runs them in this order.
@@ -82,6 +87,14 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     ``quick`` sweeps a subset (every third input region, the first two option
     sets of each function): the catalogue probes still all run.  ``progress``,
     if given, is called with a short status string as the audit proceeds.
+
+    An adapter may define ``session(seed=, quick=, progress=)``, a context
+    manager that holds what its targets need for the whole audit (Megatron's
+    worker processes and their loopback monitor); the sweep, the probes and the
+    shrinking run inside it, and afterwards its ``finish(report)`` adds its
+    evidence to the report: further keys, ``"sections"`` (Markdown lines),
+    ``"notes"`` (console lines) and ``"failed"`` (a reason that makes the audit
+    fail, exit status 1, whatever the classification).
     """
     mod = _adapter(name)
     t0 = time.perf_counter()
@@ -99,6 +112,33 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     report.update(status="ran", version=version)
     if about is not None:
         report["about"] = about()
+    hook = getattr(mod, "session", None)
+    ctx = hook(seed=seed, quick=quick, progress=progress) if hook else contextlib.nullcontext()
+    with ctx as sess:
+        rows, findings, unclassified = _sweep_and_probe(mod, name, report, seed, quick, progress)
+    if sess is not None:
+        sess.finish(report)
+    failed = report.pop("failed", None)
+    report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
+    report["exit_code"] = 1 if unclassified or failed else 0
+    report["ok"] = not unclassified and not failed
+    report["worst_match_eps"] = max((v for r in rows if r.unit == "eps"
+                                     for v in r.worst.values()), default=0.0)
+    ratios = [v for r in rows if r.unit == "ratio" for v in r.worst.values()]
+    if ratios:
+        report["worst_match_ratio"] = max(ratios)
+    calls = [s for r in rows for s in r.seconds]
+    if calls:
+        report["median_call_seconds"] = float(np.median(calls))
+    report["verdict"] = _verdict(report, findings, unclassified)
+    if failed:
+        report["verdict"] = f"FAILED: {failed}; {report['verdict']}"
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _sweep_and_probe(mod, name, report, seed, quick, progress):
+    """The sweep of every target, the catalogue probes and the shrunk witnesses."""
     targets = mod.targets()
     if quick:
         targets = [_quick(t) for t in targets]
@@ -155,20 +195,7 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
             uncl.append(entry)
     report["unclassified"] = uncl
     report["unclassified_cases"] = len(unclassified)
-    report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
-    report["exit_code"] = 1 if unclassified else 0
-    report["ok"] = not unclassified
-    report["worst_match_eps"] = max((v for r in rows if r.unit == "eps"
-                                     for v in r.worst.values()), default=0.0)
-    ratios = [v for r in rows if r.unit == "ratio" for v in r.worst.values()]
-    if ratios:
-        report["worst_match_ratio"] = max(ratios)
-    calls = [s for r in rows for s in r.seconds]
-    if calls:
-        report["median_call_seconds"] = float(np.median(calls))
-    report["verdict"] = _verdict(report, findings, unclassified)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    return report
+    return rows, findings, unclassified
 
 
 def _verdict(report, findings, unclassified):

@@ -252,9 +252,9 @@ def known() -> list[Known]:
               probe=_probe(np.array([[-0.5483, -1.088]], f16), [0],
                            linear_weight=np.array([[-6.223, -11.95]], f16), reduction="mean"),
               check=lambda c, o: (not o.ok) and K.explained_by(_indexed_dot_reference)(c, o)),
-        K.below_operand_rounding("cce-f16-below-operand-rounding", CCE, also=(COMPILE,),
+        K.below_operand_rounding("cce-f16-below-operand-rounding", CCE, scope=(COMPILE,),
                                  mechanisms=(_indexed_dot_reference,)),
-        K.float16_overflow("cce-f16-overflow", CCE, also=(COMPILE,)),
+        K.float16_overflow("cce-f16-overflow", CCE, scope=(COMPILE,)),
         Known("cce-14-float16", "defect",
               "the classifier gradient far from PyTorch's (reported in bfloat16 with shift, "
               "impl='torch_compile'); bfloat16 cannot be compared here, so its float16 "

@@ -38,7 +38,8 @@ from typing import Callable
 import numpy as np
 
 from .._format import clean_json, fmt_array
-from ..auditing.tolerance import LOW_PRECISION_DTYPES, TOL_EPS, low_precision, measure
+from ..auditing.tolerance import (LOW_PRECISION_DTYPES, TOL_EPS, low_precision, measure,
+                                  operand_scale)
 from ..cases import Case
 from ..cases import shrink as shrink_case
 from ..cases.regions import neutral_input
@@ -64,8 +65,7 @@ class Outcome:
 
     ok: bool
     kind: str                       # "match", "value", "grad", "hess", "exception", ...
-    errors: dict                    # name -> error in eps units (inf for NaN/inf mismatch),
-                                    # or the low-precision ratio (unit "ratio")
+    errors: dict                    # name -> error in eps units (inf for NaN/inf mismatch)
     detail: str = ""
     framework: Result | None = None
     reference: Result | None = None
@@ -121,10 +121,7 @@ def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
                 detail.append(f"{k}: shape {a.shape} != reference {r.shape}")
                 worst_kind = worst_kind or k
                 continue
-        fin = np.isfinite(r)
-        S = max(float(np.max(np.abs(r[fin]), initial=0.0)), float(scales.get(k, 0.0)),
-                np.finfo(np.float64).tiny)
-        m = measure(a, r, S, dtype, TOL_EPS, name=k)
+        m = measure(a, r, operand_scale(r, scales.get(k, 0.0)), dtype, TOL_EPS, name=k)
         errors[k] = m.worst
         if m.detail:
             worst_kind = worst_kind or k
@@ -191,18 +188,28 @@ class Known:
 
     ``applies(case, outcome)`` says whether a sweep deviation is explained by
     this finding.  ``probe`` is a hand-picked smallest input (a ``Case``; its
-    structure is taken from the target's generator) for the target named
-    ``target``; ``check(case, outcome)`` says whether the probe reproduces the
-    finding (default: the framework deviates from the reference).
-    ``unavailable`` says why a catalogued issue cannot be exercised with the
-    installed versions (its probe is not run).  For conventions, ``exact`` is
-    the convention-free reference (the core library's exact formula): a
-    convention difference is *verified* when the framework matches its
-    convention's reference and differs from ``exact`` on the probe.
+    structure is taken from the target's generator) for the target named ``target``; ``check(case, outcome)`` says whether the probe
+    reproduces the finding (default: the framework deviates from the
+    reference).  For conventions, ``exact`` is the convention-free reference
+    (the core library's exact formula): a convention difference is *verified*
+    when the framework matches its convention's reference and differs from
+    ``exact`` on the probe.  ``check`` may return ``(holds, note)``: the note
+    (a sentence of evidence) is shown with the probe.
+
+    ``kind`` is ``"defect"``, ``"convention"``, ``"validation"`` (see
+    :func:`probe_known`) or ``"match"``: a documented behaviour that stays within
+    the tolerance (``check`` says the probe shows it).  ``scope`` names further
+    targets (and their variants) whose sweep deviations the finding explains,
+    besides ``target``, where its probe runs (one defect of a function seen at
+    several tensor-parallel sizes, for instance).  ``unavailable`` says why a
+    catalogued issue cannot be exercised with the installed versions (its probe
+    is not run: class ``not exercised``); a finding without a ``probe`` is a
+    class of sweep deviations.  Kind ``precision``: a low-precision result that
+    fails the criterion of :func:`compare_low_precision` by a checked mechanism.
     """
 
     id: str
-    kind: str                       # "defect", "convention", "validation" or "precision"
+    kind: str                       # "defect" or "convention"
     title: str
     target: str
     refs: str = ""
@@ -212,8 +219,13 @@ class Known:
     check: Callable | None = None
     exact: Callable | None = None
     fields: tuple | None = None      # compare only these arrays when verifying a convention
+    scope: tuple = ()                # further targets whose deviations it explains
     unavailable: str = ""            # why the probe cannot run here (class "not exercised")
-    also: tuple = ()                 # further targets (and their variants) it explains
+
+
+def relevant(k: Known, target_name: str) -> bool:
+    """``k`` explains deviations of ``target_name``: its target, a scope entry, or a variant."""
+    return any(covers(t, target_name) for t in (k.target, *k.scope))
 
 
 def nan_with_neginf(case: Case, o: Outcome) -> bool:
@@ -253,6 +265,8 @@ class Target:
     scales: Callable[[Case], dict]
     dtypes: tuple = ("float64", "float32")
     repeats: int = 1
+    seed_key: str = ""              # seeds the cases (default: the name); shared by variants
+                                    # that must see the same inputs
     baseline: Callable[[Case], Result] | None = None
     quick_regions: tuple | None = None
     quick_option_sets: list | None = None
@@ -339,13 +353,14 @@ def run_target(target: Target, known: list, seed: int, progress=None):
     ``unclassified`` is a list of ``(case, outcome)``.
     """
     rows, attributed, unclassified = [], {}, []
-    relevant = [k for k in known if k.applies is not None and explains_target(k, target.name)]
+    relevant_known = [k for k in known if k.applies is not None and relevant(k, target.name)]
     for oi, spec in enumerate(target.option_sets):
         for dtype in target.dtypes:
             st = RowStats(target.name, options_label(spec), dtype)
             for ri, region in enumerate(target.regions):
                 for rep in range(target.repeats):
-                    rng = np.random.default_rng([seed, _stable(target.name), oi, ri, rep,
+                    rng = np.random.default_rng([seed, _stable(target.seed_key or target.name),
+                                                 oi, ri, rep,
                                                  0 if dtype == "float64" else 1])
                     case = target.gen(rng, dtype, spec, region)
                     if case is None:
@@ -360,7 +375,7 @@ def run_target(target: Target, known: list, seed: int, progress=None):
                         for k, v in o.errors.items():
                             st.worst[k] = max(st.worst.get(k, 0.0), v)
                         continue
-                    ids = attribute(target, relevant, case, o)
+                    ids = attribute(target, relevant_known, case, o)
                     for fid in ids:
                         a = attributed.setdefault(fid, [0, case, o])
                         a[0] += 1
@@ -424,11 +439,6 @@ def covers(known_target: str, target_name: str) -> bool:
     return target_name == known_target or target_name.startswith(known_target + " ")
 
 
-def explains_target(k: Known, target_name: str) -> bool:
-    """``k`` may explain deviations of ``target_name``: its target, ``k.also``, variants."""
-    return any(covers(t, target_name) for t in (k.target, *k.also))
-
-
 def _stable(name: str) -> int:
     return zlib.crc32(name.encode())
 
@@ -438,16 +448,21 @@ def probe_known(k: Known, target: Target) -> dict:
 
     * ``defect``: reproduced when the framework deviates from the reference (or
       ``k.check`` holds); otherwise ``not reproduced``.
-    * ``precision`` (a low-precision result that fails the criterion of
-      :func:`compare_low_precision`, by a stated ratio, without a wrong
-      formula): reproduced like a defect.
     * ``convention``: verified when the framework matches its convention's
       reference (or ``k.check`` holds) *and* differs from ``k.exact``.
     * ``validation`` (an input outside the documented domain): ``match`` when
       the framework raises, ``defect`` when it returns finite numbers
-      (silent acceptance), ``convention`` when it returns NaN/inf (the
+      (silent acceptance; with ``k.check``, only when the check also holds,
+      else ``not reproduced``), ``convention`` when it returns NaN/inf (the
       documented JAX out-of-bounds behaviour, for instance).
-    * ``unavailable`` set: ``not exercised`` (the probe is not run).
+    * ``match``: ``match`` when the framework agrees with the reference within
+      the tolerance and ``k.check`` holds (a documented behaviour that is no
+      defect); otherwise ``not reproduced``.
+    * ``precision`` (a low-precision result that fails the criterion of
+      :func:`compare_low_precision` by a checked mechanism): reproduced like a
+      defect.
+    * ``unavailable`` set: ``not exercised`` (the probe is not run); no probe:
+      ``not reproduced`` here (a class of sweep deviations).
     """
     if k.unavailable:
         return {"input": "", "dtype": "", "class": "not exercised", "reproduced": False,
@@ -470,6 +485,9 @@ def probe_known(k: Known, target: Target) -> dict:
         out.update({"class": "defect" if finite else "convention", "reproduced": True,
                     "framework": ("returns " if finite else "returns non-finite ")
                     + _fmt_result(r)})
+        if finite and k.check is not None:
+            holds = _checked(k, case, Outcome(False, "validation", {}, "", r, None), out)
+            out.update({"class": "defect" if holds else "not reproduced", "reproduced": holds})
         return out
     o = evaluate(target, case)
     out["framework"] = _fmt_result(o.framework) if o.framework else o.detail
@@ -484,7 +502,7 @@ def probe_known(k: Known, target: Target) -> dict:
             sub = lambda r: None if r is None else Result(
                 {n: v for n, v in r.arrays.items() if n in k.fields})
             o = judge(target, case, sub(o.framework), sub(o.reference), sub(o.baseline))
-        follows = o.ok if k.check is None else bool(k.check(case, o))
+        follows = o.ok if k.check is None else _checked(k, case, o, out)
         differs = False
         if k.exact is not None and o.framework is not None:
             ex = k.exact(case)
@@ -493,10 +511,25 @@ def probe_known(k: Known, target: Target) -> dict:
         out["reproduced"] = bool(follows and differs)
         out["class"] = "convention" if out["reproduced"] else "not reproduced"
         return out
-    reproduced = (not o.ok) if k.check is None else bool(k.check(case, o))
+    if k.kind == "match":
+        reproduced = o.ok and (k.check is None or _checked(k, case, o, out))
+        out["reproduced"] = reproduced
+        out["class"] = "match" if reproduced else "not reproduced"
+        return out
+    reproduced = (not o.ok) if k.check is None else _checked(k, case, o, out)
     out["reproduced"] = reproduced
     out["class"] = k.kind if reproduced else "not reproduced"
     return out
+
+
+def _checked(k: Known, case: Case, o: Outcome, out: dict) -> bool:
+    """``k.check(case, o)`` as a bool; a ``(holds, note)`` answer leaves its note in ``out``."""
+    got = k.check(case, o)
+    if isinstance(got, tuple):
+        got, note = got
+        if note:
+            out["note"] = note
+    return bool(got)
 
 
 def _fmt_result(r: Result) -> str:

@@ -85,12 +85,9 @@ def versions() -> dict:
 # --------------------------------------------------------------------------- the reference
 
 def _reference_functions():
-    """The library's linear cross-entropy (public once registered, issue 12)."""
+    """The library's linear cross-entropy, the exact reference of every kernel audit."""
     import ce_reference
-    vg = getattr(ce_reference, "linear_cross_entropy_value_and_grad", None)
-    if vg is None:        # until the loss is registered: the module that holds it
-        from ..losses._linear_cross_entropy import linear_cross_entropy_value_and_grad as vg
-    return vg
+    return ce_reference.linear_cross_entropy_value_and_grad
 
 
 def _f64(a):
@@ -236,7 +233,7 @@ def explained_by(reference):
     return applies
 
 
-def below_operand_rounding(fid: str, target: str, also=(), mechanisms=()):
+def below_operand_rounding(fid: str, target: str, scope=(), mechanisms=()):
     """The catalogue entry (kind ``precision``) of float16 deviations that are smaller than
     one float16 rounding of the operands: the criterion's slack is ``1 eps * max|exact|``, and
     where every row is confident the exact output is far below its operands (``p - 1`` of a
@@ -287,7 +284,7 @@ def below_operand_rounding(fid: str, target: str, also=(), mechanisms=()):
                  + (" -- measured from the exact result or from the catalogued mechanisms "
                     "(bias double rounding, the float32 soft-cap derivative), whichever is "
                     "closer" if mechanisms else "")
-                 + "; the ratio is reported in the sweep.", applies=applies, also=tuple(also))
+                 + "; the ratio is reported in the sweep.", applies=applies, scope=tuple(scope))
 
 
 def double_rounding_reference(case: Case, softcap_derivative=None):
@@ -298,7 +295,7 @@ def double_rounding_reference(case: Case, softcap_derivative=None):
     return exact_at(case, rounded_logits(case, bias_separately=True), softcap_derivative)
 
 
-def float16_overflow(fid: str, target: str, also=()):
+def float16_overflow(fid: str, target: str, scope=()):
     """The catalogue entry (kind ``precision``) of float16 deviations in overflow: every
     deviating output has exact entries beyond float16's range (65504), or the same-dtype
     composition itself overflows where the exact value is finite -- the products and partial
@@ -333,7 +330,7 @@ def float16_overflow(fid: str, target: str, also=()):
                  "overflowed partial sums differ from the rounded exact values (an infinity "
                  "of the wrong sign included)", target, "",
                  "Every deviating output is in that regime; the ratio is reported in the sweep.",
-                 applies=applies, also=tuple(also))
+                 applies=applies, scope=tuple(scope))
 
 
 def rounded_logits(case: Case, bias_separately=False) -> np.ndarray:

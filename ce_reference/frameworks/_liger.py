@@ -280,7 +280,7 @@ def known() -> list[Known]:
               "The kernels skip ignored rows and divide by max(count, 1): no 0/0.",
               applies=_all_ignored_mean,
               probe=_probe(np.zeros((2, 3), f32), [-100, -100], ignore_index=-100),
-              check=_zero_and_zero, exact=K.exact_logits, also=(FLCE,)),
+              check=_zero_and_zero, exact=K.exact_logits, scope=(FLCE,)),
         Known("liger-softcap-neginf", "convention",
               "softcap: a -inf logit (a masked class) becomes -softcap, the limit of "
               "s*tanh(x/s), and so gets probability; the reference keeps it masked", CE, "",
@@ -300,7 +300,7 @@ def known() -> list[Known]:
                            label_smoothing=0.1),
               check=lambda c, o: o.framework is not None and not np.isfinite(
                   float(o.framework.arrays["value"])),
-              exact=K.exact_logits, also=(FLCE,)),
+              exact=K.exact_logits, scope=(FLCE,)),
         Known("liger-f16-bias-double-rounding", "precision",
               "fused linear cross-entropy in float16 with a bias: the logits are rounded to "
               "float16 twice, after x @ W.T and again after + bias (F.linear rounds once), "
@@ -315,7 +315,7 @@ def known() -> list[Known]:
                            linear_weight=np.array([[101.0], [101.0]], f16),
                            linear_bias=np.array([-0.1599, -0.4531], f16), reduction="sum"),
               check=lambda c, o: (not o.ok) and _explained_by(_double_rounding_reference)(c, o),
-              also=(FLCE_MODULE,)),
+              scope=(FLCE_MODULE,)),
         Known("liger-softcap-derivative-float32", "precision",
               "softcap: the derivative sech^2(x/s) is computed as 1 - tanh^2(x/s) in float32, "
               "which cancels for |x/s| >~ 6 (multiples of 1.2e-7, then 0 beyond |x/s| ~ 8.7) "
@@ -330,11 +330,11 @@ def known() -> list[Known]:
                            linear_weight=np.array([[53.0, 176.0]], f16), z_loss=0.01,
                            softcap=30.0, reduction="sum"),
               check=lambda c, o: (not o.ok) and _explained_by(_tanh_derivative_reference)(c, o),
-              also=(CE,)),
-        K.below_operand_rounding("liger-f16-below-operand-rounding", FLCE, also=(CE,),
+              scope=(CE,)),
+        K.below_operand_rounding("liger-f16-below-operand-rounding", FLCE, scope=(CE,),
                                  mechanisms=(_double_rounding_reference,
                                              _tanh_derivative_reference)),
-        K.float16_overflow("liger-f16-overflow", FLCE, also=(CE,)),
+        K.float16_overflow("liger-f16-overflow", FLCE, scope=(CE,)),
         Known("liger-1298", "defect",
               "fused linear cross-entropy, reduction='none': the weight gradient used "
               "grad_output[0] for every row", FLCE, "linkedin/Liger-Kernel#1298",

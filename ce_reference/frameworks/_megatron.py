@@ -1,4 +1,4 @@
-r"""Audit of Megatron-LM's vocab-parallel cross-entropy (megatron-core) against the reference.
+"""megatron-core adapter: Megatron-LM's vocab-parallel cross-entropy on gloo, 1, 2 and 4 processes.
 
 What is audited
 ---------------
@@ -10,7 +10,10 @@ cross_entropy_fusion_impl="native"``:
 target, tp_group)`` (no options; ``torch.compile``-d, which works on CPU).  Each
 runs on ``torch.distributed`` with the gloo backend in 1, 2 and 4 processes
 (``parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)``), each
-process holding ``V / tp`` classes of every row, in float32.
+process holding ``V / tp`` classes of every row, in float32.  One target per function
+and tensor-parallel size (``vocab_parallel_cross_entropy tp=2``, ...); the sizes of one
+function draw the same cases (``Target.seed_key``), so the audit also compares every
+``tp > 1`` result with ``tp = 1`` (the invariance the users need).
 
 Megatron's stated convention (megatron-core 0.16.1, ``tensor_parallel/cross_entropy.py``)
 -----------------------------------------------------------------------------------------
@@ -30,11 +33,12 @@ Megatron's stated convention (megatron-core 0.16.1, ``tensor_parallel/cross_entr
 
 The reference is therefore :func:`ce_reference.parallel.reference_cross_entropy` with
 ``smoothing="others"`` and ``reduction="none"`` (the gradient of the sum of the
-per-token losses, i.e. ``grad_output = 1``), on the concatenated logits.  Errors are in
-float32 machine epsilons, normwise, relative to the larger of the reference result and
-the operand scale (:func:`ce_reference.frameworks._core.compare`, tolerance
-``TOL_EPS`` = 256 eps); every rank's loss is compared (they must all equal the
-reference), and the results of ``tp = 2, 4`` are compared with ``tp = 1``.
+per-token losses, i.e. ``grad_output = 1``), on the concatenated logits; every rank's
+loss is compared (the ``value`` array is ``(tp, *batch)``: they must all equal the
+reference).  Cases, regions (the logit regions and :data:`~ce_reference.cases.regions.SHARD_REGIONS`,
+with a number of classes divisible by 4), the shrinker (which keeps the classes a
+multiple of ``tp``), the tolerance (256 float32 eps of the operands) and the
+classification are those of every framework audit (:mod:`._core`).
 
 Network
 -------
@@ -42,42 +46,67 @@ Every process group is initialised from a *file* store (``init_method="file://..
 PyTorch's TCPStore listens on all interfaces whatever ``MASTER_ADDR`` says) with
 ``GLOO_SOCKET_IFNAME=lo``, so gloo's pairs bind to 127.0.0.1; a
 :class:`ce_reference._loopback.LoopbackMonitor` samples ``ss`` while the workers live,
-kills them at the first socket outside loopback, and its evidence is in the report.
+kills them at the first socket outside loopback, and its evidence is in the report (a
+socket outside loopback fails the audit, exit status 1).  Without ``ss`` the audit is
+skipped.
 
-Run ``python -m ce_reference.frameworks._megatron [--quick] [--json P] [--markdown P]``.
+Run ``ce-reference audit megatron [--quick] [--json P] [--markdown P]``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from ._core import TOL_EPS, Result, compare
+from ..auditing.tolerance import TOL_EPS
+from ..cases import Case, regions
+from ._core import Known, Result, Target, compare, operand_scales
 
+NAME = "megatron"
 #: The audited release; pinned in pyproject.toml (extras ``frameworks`` and ``megatron``).
 MEGATRON_CORE_VERSION = "0.16.1"
 TP_SIZES = (1, 2, 4)
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_megatron_worker.py")
+PLAIN = "vocab_parallel_cross_entropy"
+FUSED = "fused_vocab_parallel_cross_entropy"
+#: Input regions: the logit regions of every framework audit and those of a split class axis.
+REGIONS = regions.LOGIT_REGIONS + regions.SHARD_REGIONS
+#: Every case has a number of classes divisible by this (the largest tp), so that the same
+#: case runs at every tensor-parallel size.
+CLASS_MULTIPLE = 4
+
+_SESSION = None
 
 
 def load() -> str:
-    """The installed megatron-core version (ImportError when it is not installed)."""
+    """The installed megatron-core version, with torch's (ImportError when megatron-core or
+    torch is not installed, or when ``ss`` is missing: the loopback check needs it)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import torch  # noqa: F401
+    import torch
+
+    from .._loopback import ss_available
     try:
-        return version("megatron-core")
-    except PackageNotFoundError as exc:  # pragma: no cover
-        raise ImportError("megatron-core is not installed") from exc
+        v = version("megatron-core")
+    except PackageNotFoundError as exc:
+        raise ImportError("megatron-core is not installed (extra 'megatron')") from exc
+    if not ss_available():
+        raise ImportError("`ss` (iproute2) is not installed: the audit cannot check that every "
+                          "gloo socket stays on loopback, so it is left out")
+    return f"{v} (torch {torch.__version__})"
+
+
+def _name(fn, tp):
+    return f"{fn} tp={tp}"
 
 
 # --------------------------------------------------------------------------- the process group
@@ -212,255 +241,253 @@ class MegatronGroup:
         return False
 
 
-# --------------------------------------------------------------------------- reference
+# --------------------------------------------------------------------------- the session
 
-def reference(x, y, label_smoothing=0.0, smoothing="others"):
-    """Per-token loss and the gradient of their sum, single device, Megatron's convention."""
+class Session:
+    """The worker groups of one audit (started on first use, one per tp, kept until the end),
+    the loopback monitor watching them, and what the report adds: process start times, time
+    per call, the comparison across tensor-parallel sizes, the socket evidence."""
+
+    def __init__(self, workdir=None, progress=None):
+        from .._loopback import LoopbackMonitor
+
+        self.own_dir = workdir is None
+        self.dir = workdir
+        self.progress = progress
+        self.groups: dict = {}
+        self.stats: dict = {}
+        self.seen: dict = {}           # (impl, ls, region, x, y) -> {tp: (case, Output)}
+        self.monitor = LoopbackMonitor(interval=0.1, on_violation=self._stop_all)
+
+    def _stop_all(self, line):
+        for g in list(self.groups.values()):
+            g.kill()
+
+    def __enter__(self):
+        if self.dir is None:
+            self.dir = tempfile.mkdtemp(prefix="ce-megatron-")
+        self.monitor.start()
+        return self
+
+    def __exit__(self, *exc):
+        for g in self.groups.values():
+            g.close()
+        self.monitor.stop()
+        if self.own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+    def group(self, tp):
+        if tp not in self.groups:
+            if self.monitor.violations:
+                raise RuntimeError("a socket left loopback; no further process is started")
+            if self.progress:
+                self.progress(f"megatron: starting {tp} process(es)")
+            g = MegatronGroup(tp, self.dir, self.monitor).__enter__()
+            self.groups[tp] = g
+            self.stats[tp] = {"tp": tp, "start_seconds": round(g.start_seconds, 1), "calls": 0,
+                              "seconds": 0.0, "fused_first_call_seconds": None}
+        return self.groups[tp]
+
+    def call(self, case: Case, impl: str, tp: int, dtype="float32") -> Output:
+        g = self.group(tp)
+        ls = float(case.kwargs.get("label_smoothing", 0.0))
+        t0 = time.monotonic()
+        out = g.run(case.x, case.targets, ls, impl, dtype)
+        dt = time.monotonic() - t0
+        st = self.stats[tp]
+        if impl == "fused" and st["fused_first_call_seconds"] is None:
+            st["fused_first_call_seconds"] = round(dt, 1)        # torch.compile
+        elif impl == "plain":
+            st["calls"] += 1
+            st["seconds"] += dt
+        if case.region in REGIONS and dtype == "float32":
+            key = (impl, ls, case.region, case.x.shape, case.x.tobytes(), case.targets.tobytes())
+            self.seen.setdefault(key, {}).setdefault(tp, (case, out))
+        return out
+
+    def invariance(self) -> list:
+        """Every case run at tp = 1 and at a larger tp: the larger tp's every rank loss and
+        gradient against tp = 1's, in the one tolerance scheme."""
+        rows = []
+        for (impl, ls, region, *_), by_tp in self.seen.items():
+            if 1 not in by_tp:
+                continue
+            case1, base = by_tp[1]
+            for tp, (case, out) in sorted(by_tp.items()):
+                if tp == 1 or out.error or base.error:
+                    continue
+                ref = Result({"value": np.broadcast_to(base.losses[0], out.losses.shape),
+                              "grad": base.grad})
+                o = compare(Result({"value": out.losses, "grad": out.grad}), ref, "float32",
+                            operand_scales(_reference)(case))
+                rows.append({"impl": impl, "label_smoothing": ls, "tp": tp, "region": region,
+                             "ok": o.ok, "errors": o.errors})
+        return rows
+
+    def finish(self, report: dict) -> None:
+        """Add the session's evidence to the audit's report (after the workers are gone)."""
+        mon = self.monitor
+        groups = []
+        for tp in sorted(self.stats):
+            st = dict(self.stats[tp])
+            st["ms_per_call"] = round(1000 * st.pop("seconds") / max(1, st["calls"]), 1)
+            groups.append(st)
+        report["groups"] = groups
+        report["loopback"] = {
+            "ok": mon.ok, "samples": mon.samples, "sockets": len(mon.sockets),
+            "listening": len(mon.listeners), "violations": list(mon.violations),
+            "listening_addresses": sorted({s.split()[4].rpartition(":")[0]
+                                           for s in mon.listeners})}
+        report["invariance"] = inv = self.invariance()
+        if not mon.ok:
+            report["failed"] = f"{len(mon.violations)} socket(s) outside loopback"
+        report["sections"] = _sections(groups, report["loopback"], inv)
+        lb = report["loopback"]
+        report["notes"] = [
+            f"sockets: {lb['samples']} samples of `ss`, {lb['sockets']} sockets of the workers, "
+            f"{lb['listening']} listening on {', '.join(lb['listening_addresses']) or '-'}, "
+            f"{len(lb['violations'])} outside loopback",
+            f"tp invariance: {sum(r['ok'] for r in inv)} of {len(inv)} (case, tp > 1) equal to "
+            "tp = 1 within the tolerance"]
+
+
+@contextlib.contextmanager
+def session(*, seed=0, quick=False, progress=None, workdir=None):
+    """The audit's session (see :class:`Session`): the targets' calls go to its workers."""
+    global _SESSION
+    s = Session(workdir, progress)
+    with s:
+        prev, _SESSION = _SESSION, s
+        try:
+            yield s
+        finally:
+            _SESSION = prev
+
+
+def _session() -> Session:
+    if _SESSION is None:
+        raise RuntimeError("the Megatron targets run inside ce_reference.frameworks._megatron."
+                           "session() (audit_framework opens it)")
+    return _SESSION
+
+
+class MegatronError(RuntimeError):
+    """Megatron raised on the workers (the message is its exception, as ``Type: text``)."""
+
+
+# --------------------------------------------------------------------------- targets
+
+def _reference(case: Case) -> Result:
+    """Per-token loss (every rank's: shape ``(tp, *batch)``) and the gradient of their sum,
+    single device, in Megatron's convention (``smoothing="others"``)."""
     from ..parallel import reference_cross_entropy
-    return reference_cross_entropy(np.asarray(x, np.float32), np.asarray(y),
-                                   label_smoothing=label_smoothing, smoothing=smoothing,
-                                   reduction="none")
+    tp = int(case.kwargs.get("tp", 1))
+    if case.x.shape[-1] % tp:
+        raise ValueError(f"V={case.x.shape[-1]} is not divisible by tp={tp}")
+    v, g = reference_cross_entropy(case.x, case.targets,
+                                   label_smoothing=case.kwargs.get("label_smoothing", 0.0),
+                                   smoothing="others", reduction="none")
+    return Result({"value": np.broadcast_to(v, (tp,) + np.shape(v)).copy(), "grad": g})
 
 
-def _scales(x):
-    fin = np.abs(x[np.isfinite(x)]).astype(np.float64)
-    return {"value": max(1.0, float(fin.max())) if fin.size else 1.0, "grad": 1.0}
+def _uniform_reference(case: Case) -> Result:
+    """The same with PyTorch's smoothing (eps/V on every class): the convention-free formula."""
+    from ..parallel import reference_cross_entropy
+    tp = int(case.kwargs.get("tp", 1))
+    v, g = reference_cross_entropy(case.x, case.targets,
+                                   label_smoothing=case.kwargs.get("label_smoothing", 0.0),
+                                   smoothing="uniform", reduction="none")
+    return Result({"value": np.broadcast_to(v, (tp,) + np.shape(v)).copy(), "grad": g})
 
 
-def compare_output(out: Output, x, y, label_smoothing, smoothing="others"):
-    """Worst comparison of every rank's loss and the gradient with the reference."""
-    rv, rg = reference(x, y, label_smoothing, smoothing)
-    ref = Result({"value": rv, "grad": rg})
-    worst = None
-    for loss in out.losses:
-        o = compare(Result({"value": loss, "grad": out.grad}), ref, "float32", _scales(x))
-        if worst is None or (not o.ok and worst.ok) or \
-                max(o.errors.values(), default=0) > max(worst.errors.values(), default=0):
-            worst = o
-    return worst
+def _runner(impl, tp):
+    def run(case: Case) -> Result:
+        out = _session().call(case, impl, tp)
+        if out.error:
+            raise MegatronError(out.error)
+        return Result({"value": out.losses, "grad": out.grad, "input after": out.x_after})
+    return run
 
 
-def compare_tp(a: Output, b: Output, x):
-    """``b`` (tp > 1) against ``a`` (tp = 1): every rank's loss and the gradient."""
-    ref = Result({"value": a.losses[0], "grad": a.grad})
-    outs = [compare(Result({"value": loss, "grad": b.grad}), ref, "float32", _scales(x))
-            for loss in b.losses]
-    return max(outs, key=lambda o: max(o.errors.values(), default=0))
+@dataclass(frozen=True)
+class _TpGenerator:
+    """The shared generator (classes a multiple of 4: the same case at every tp), with the
+    tensor-parallel size as a fixed keyword ``tp`` and the shrinker keeping the classes a
+    multiple of it."""
+
+    base: regions.Generator
+    tp: int
+
+    def case(self, x, targets, kwargs=None, region="probe", flags=()) -> Case:
+        c = self.base.case(np.asarray(x, np.float32), targets, {**(kwargs or {}), "tp": self.tp},
+                           region, flags)
+        return c.replace(class_multiple=self.tp)
+
+    def __call__(self, rng, dtype, options, region):
+        c = self.base(rng, dtype, {**options, "tp": self.tp}, region)
+        return None if c is None else c.replace(class_multiple=self.tp)
 
 
-# --------------------------------------------------------------------------- inputs
-
-REGIONS = ("normal s=1", "normal s=10", "confident", "+-1e4", "all equal", "-inf masked",
-           "rank slice -inf", "max in last rank", "tied max", "spread 110")
-SMOOTHINGS = (0.0, 0.1, 0.5)
-
-
-def make_input(rng, region, V=16, shape=(2, 3)):
-    """Float32 logits ``shape + (V,)`` and targets for one region (``V`` divisible by 4)."""
-    n = int(np.prod(shape))
-    x = rng.normal(size=(n, V))
-    w = V // 4
-    if region == "normal s=10":
-        x *= 10
-    elif region == "confident":
-        x[np.arange(n), rng.integers(0, V, n)] = 40.0
-    elif region == "+-1e4":
-        x = rng.choice([-1e4, 0.0, 1e4], size=(n, V))
-    elif region == "all equal":
-        x[:] = 3.0
-    elif region == "-inf masked":
-        x[:, 1::3] = -np.inf
-    elif region == "rank slice -inf":
-        x[:, w:2 * w] = -np.inf               # one rank's whole slice (tp=4), half of one (tp=2)
-    elif region == "max in last rank":
-        x[:, -1] = 12.0
-    elif region == "tied max":
-        x[:, 0] = x[:, -1] = 6.0
-    elif region == "spread 110":
-        x[:, 0] = 110.0                         # exp(x - max) underflows in float32 for the rest
-    y = rng.integers(0, V, n)
-    fin = np.where(np.isfinite(x), x, -np.inf)
-    y[::2] = np.argmax(fin, axis=-1)[::2]
-    bad = np.isneginf(x[np.arange(n), y])
-    y[bad] = 0
-    x[bad, 0] = 0.5
-    return x.reshape(shape + (V,)).astype(np.float32), y.reshape(shape)
+def targets() -> list[Target]:
+    gen = regions.categorical("logits", "index", class_multiple=CLASS_MULTIPLE)
+    smoothing = [{}, {"label_smoothing": 0.1}, {"label_smoothing": 0.5}]
+    conv = ("parallel.reference_cross_entropy(smoothing='others', reduction='none'): per-token "
+            "float32 loss on every rank; smoothing 1 - alpha on the target, alpha/(V-1) elsewhere")
+    T = []
+    for impl, fn, sets in (("plain", PLAIN, smoothing), ("fused", FUSED, [{}])):
+        for tp in TP_SIZES:
+            T.append(Target(_name(fn, tp), conv, _runner(impl, tp), _reference,
+                            _TpGenerator(gen, tp), sets, REGIONS, operand_scales(_reference),
+                            dtypes=("float32",), seed_key=fn))
+    return T
 
 
 # --------------------------------------------------------------------------- the catalogue
 
-@dataclass
-class Finding:
-    id: str
-    klass: str                  # "defect", "convention", "match"
-    title: str
-    function: str
-    explanation: str
-    refs: str = ""
-    tp: int = 1
-    probe: dict = field(default_factory=dict)   # x, y, label_smoothing, impl, dtype
-    seen: int = 0
-    reproduced: bool | None = None
-    result: dict = field(default_factory=dict)
+def _c(x, y, **opts):
+    """A catalogue probe (float32; its structure and ``tp`` come from the target)."""
+    return lambda: Case(x=np.asarray(x, np.float32), targets=np.asarray(y), kwargs=dict(opts),
+                        region="probe")
 
 
-def catalogue():
-    """The findings, each with a hand-minimised probe input."""
-    f32 = np.float32
-    return [
-        Finding("megatron-smoothing-others", "convention",
-                "label smoothing puts 1 - alpha on the target and alpha/(V-1) on every other "
-                "class (PyTorch: alpha/V on every class)",
-                "vocab_parallel_cross_entropy",
-                "Stated in the source comment (from NeMo).  At tp=1 the loss and gradient equal "
-                "the reference with smoothing='others' and differ from smoothing='uniform'.",
-                tp=1, probe=dict(x=np.array([[1.0, 0.0, 0.0, 0.0]], f32), y=np.array([0]),
-                                 label_smoothing=0.1)),
-        Finding("megatron-smoothing-tp", "defect",
-                "label smoothing with tp > 1 uses the rank's own vocabulary size and the mean "
-                "log-probability of its own slice: every rank returns a different loss, and the "
-                "gradient puts alpha/(V/tp - 1) instead of alpha/(V-1) on the other classes",
-                "vocab_parallel_cross_entropy",
-                "vocab_size = exp_logits.size(-1) is the partition size and "
-                "log_probs.mean(dim=-1) is not all-reduced; the result depends on tp.",
-                refs="NVIDIA/Megatron-LM#737, #7464 (open); PR #5522 (closed), #7466 (open)",
-                tp=2, probe=dict(x=np.array([[1.0, 0.0, 0.0, 2.0]], f32), y=np.array([0]),
-                                 label_smoothing=0.1)),
-        Finding("megatron-smoothing-tp-width1", "defect",
-                "label smoothing with one class per rank (V = tp) raises ZeroDivisionError",
-                "vocab_parallel_cross_entropy",
-                "The smoothing coefficient divides by (V/tp - 1) = 0; a valid input (the "
-                "reference is finite) is refused.  Same root cause as megatron-smoothing-tp.",
-                refs="NVIDIA/Megatron-LM#7464 (same cause)",
-                tp=2, probe=dict(x=np.array([[1.0, 0.0]], f32), y=np.array([0]),
-                                 label_smoothing=0.1)),
-        Finding("megatron-smoothing-underflow", "defect",
-                "label smoothing: an infinite loss when a probability underflows in float32 "
-                "(a logit more than ~104 below the row maximum), where the loss is finite",
-                "vocab_parallel_cross_entropy",
-                "mean_log_probs = log(softmax).mean() takes log(0) = -inf after exp underflows; "
-                "the gradient stays finite, so the step silently trains on an inf loss (or a "
-                "loss scaler skips it).",
-                refs="pointed out in NVIDIA/Megatron-LM PR #5522 and PR #7466 (unmerged)",
-                tp=1, probe=dict(x=np.array([[0.0, -110.0]], f32), y=np.array([0]),
-                                 label_smoothing=0.1)),
-        Finding("megatron-inplace-float32", "defect",
-                "a float32 input is overwritten with the softmax (its slice, in place)",
-                "vocab_parallel_cross_entropy, fused_vocab_parallel_cross_entropy",
-                ".float() returns the float32 tensor itself; '-= logits_max' and "
-                "torch.exp(out=) then write into the caller's logits ('In-place subtraction "
-                "reduces memory pressure').  Not in the docstring; bf16/fp16 inputs are "
-                "copied by .float() and left intact (verified: the bf16 probe of this finding "
-                "keeps its input).",
-                refs="NVIDIA/Megatron-LM PR #1594 (open)",
-                tp=1, probe=dict(x=np.array([[0.0, 0.0]], f32), y=np.array([0]))),
-        Finding("megatron-target-range", "defect",
-                "a target outside [0, V) (e.g. PyTorch's ignore value -100, or V) is silently "
-                "accepted: loss log(sum exp(x - max)), gradient softmax (as if no class were "
-                "the target)",
-                "vocab_parallel_cross_entropy",
-                "Every rank masks it as 'not mine', so the SUM of the target logit is 0.  No "
-                "error, a finite loss and gradient: the batch trains on garbage unless the "
-                "caller's loss_mask zeroes that token.",
-                tp=2, probe=dict(x=np.array([[0.0, 0.0]], f32), y=np.array([-100]))),
-        Finding("megatron-negative-smoothing", "defect",
-                "a negative label_smoothing is silently ignored (treated as 0)",
-                "vocab_parallel_cross_entropy",
-                "Documented range [0, 1); 'if label_smoothing > 0' skips the check "
-                "(assert 1 > alpha > 0) that rejects alpha >= 1.",
-                tp=1, probe=dict(x=np.array([[1.0, 0.0]], f32), y=np.array([0]),
-                                 label_smoothing=-0.5)),
-        Finding("megatron-smoothing-one", "match",
-                "label_smoothing >= 1 is rejected (AssertionError)", "vocab_parallel_cross_entropy",
-                "An assert, so it is skipped under python -O.",
-                tp=1, probe=dict(x=np.array([[1.0, 0.0]], f32), y=np.array([0]),
-                                 label_smoothing=1.0)),
-        Finding("megatron-tiny-loss", "match",
-                "a confident token's loss is computed as log(sum exp) - (x_y - max): accurate "
-                "to the operands (a match), but a loss below float32 eps is returned as 0",
-                "vocab_parallel_cross_entropy",
-                "log(1 + 2e-9) rounds to 0 in float32; the reference keeps it with "
-                "log1p (split log-sum-exp).  torch.nn.functional.cross_entropy does the same "
-                "as Megatron; absolute error 2e-9, within 1 eps of the logits' size.",
-                tp=1, probe=dict(x=np.array([[0.0, -20.0]], f32), y=np.array([0]))),
-        Finding("megatron-fused-bf16-grad", "defect",
-                "fused (native) variant: the gradient is rounded to bfloat16 whatever the input "
-                "dtype, so float32 logits get a gradient with 8 significant bits",
-                "fused_vocab_parallel_cross_entropy",
-                "calculate_gradients ends with grad_input.to(torch.bfloat16); autograd casts it "
-                "back to float32.  Used by GPTModel with cross_entropy_loss_fusion=True and "
-                "cross_entropy_fusion_impl='native'.  Intended for bf16 training, undocumented.",
-                tp=2, probe=dict(x=np.array([[1.0, 0.0, 0.0, 0.3]], f32), y=np.array([0]),
-                                 impl="fused")),
-    ]
+def _ls(case):
+    return float(case.kwargs.get("label_smoothing", 0.0))
 
 
-def _check_probe(f: Finding, out: Output, g: MegatronGroup):
-    """Whether the probe reproduces the finding; fills ``f.result``."""
-    p = f.probe
-    x, y, ls = p["x"], p["y"], p.get("label_smoothing", 0.0)
-    res = f.result
-    res["input"] = (f"x={_fmt(x)}, y={_fmt(y)}"
-                    + (f", label_smoothing={ls}" if "label_smoothing" in p else "")
-                    + (", fused" if p.get("impl") == "fused" else "") + f", tp={f.tp}")
-    if out.error:
-        res["framework"] = f"raises {out.error}"
-    else:
-        res["framework"] = (f"loss per rank={_fmt(out.losses)}; grad={_fmt(out.grad)}"
-                            + (f"; input after the call={_fmt(out.x_after)}"
-                               if f.id.startswith("megatron-inplace") else ""))
-    if f.id in ("megatron-target-range", "megatron-negative-smoothing"):
-        finite = not out.error and np.all(np.isfinite(out.losses)) and np.all(
-            np.isfinite(out.grad))
-        if f.id == "megatron-negative-smoothing":
-            plain = g.run(x, y, 0.0)
-            same = np.array_equal(plain.losses, out.losses) and np.array_equal(plain.grad, out.grad)
-            res["framework"] += "; identical to label_smoothing=0" if same else ""
-            return bool(finite and same)
-        return bool(finite)
-    if f.id == "megatron-smoothing-one":
-        return bool(out.error)
-    if f.id == "megatron-smoothing-tp-width1":
-        rv, rg = reference(x, y, ls)
-        res["reference"] = f"loss={_fmt(rv)}; grad={_fmt(rg)}"
-        return "ZeroDivisionError" in out.error
-    if f.id == "megatron-inplace-float32":
-        rv, rg = reference(x, y)
-        changed = not np.array_equal(out.x_after, x)
-        soft = np.exp(x - x.max(-1, keepdims=True))
-        soft /= soft.sum(-1, keepdims=True)
-        res["framework"] += " (the softmax)" if np.allclose(out.x_after, soft) else ""
-        bf = g.run(x, y, 0.0, dtype="bfloat16")
-        res["bfloat16 input after the call"] = (
-            _fmt(bf.x_after) + (" (shown as float32: unchanged)" if np.array_equal(bf.x_after, x)
-                                else " (shown as float32: CHANGED)"))
-        return bool(changed and np.array_equal(bf.x_after, x))
-    if out.error:
+def _tp(case):
+    return int(case.kwargs.get("tp", 1))
+
+
+def _inf_where_finite(o) -> bool:
+    if o.framework is None or "value" not in o.framework.arrays or o.reference is None:
         return False
-    if f.id == "megatron-smoothing-others":
-        o = compare_output(out, x, y, ls, "others")
-        u = compare_output(out, x, y, ls, "uniform")
-        rv, rg = reference(x, y, ls, "others")
-        uv, ug = reference(x, y, ls, "uniform")
-        res["reference"] = f"others: loss={_fmt(rv)}; grad={_fmt(rg)}"
-        res["uniform (PyTorch)"] = f"loss={_fmt(uv)}; grad={_fmt(ug)}"
-        res["errors_eps"] = {"others": o.errors, "uniform": u.errors}
-        return bool(o.ok and not u.ok)
-    rv, rg = reference(x, y, ls)
-    res["reference"] = f"loss={_fmt(rv)}; grad={_fmt(rg)}"
-    o = compare_output(out, x, y, ls)
-    res["errors_eps"] = o.errors
-    if f.id == "megatron-fused-bf16-grad":
-        bf = out.grad.astype(np.float32)
-        rounded = np.array_equal(bf, _round_bf16(bf))
-        res["framework"] += f" (every entry a bfloat16 value: {rounded})"
-        return bool(rounded and not o.ok and o.errors.get("value", 0) <= TOL_EPS)
-    if f.id == "megatron-smoothing-underflow":
-        return bool(np.any(np.isinf(out.losses)) and np.all(np.isfinite(rv)))
-    if f.id == "megatron-tiny-loss":
-        res["framework"] += f" (relative error of the loss: {abs(float(out.losses.ravel()[0]) / float(rv.ravel()[0]) - 1):.3g})"
-        return bool(o.ok and out.losses.ravel()[0] != rv.ravel()[0])
-    return not o.ok
+    a = np.asarray(o.framework.arrays["value"], np.float64)
+    r = np.broadcast_to(np.asarray(o.reference.arrays["value"], np.float64), a.shape)
+    return bool(np.any(np.isinf(a) & np.isfinite(r)))
+
+
+def _underflow(case, o) -> bool:
+    """Smoothing, an infinite loss where the reference's is finite, the gradient right."""
+    return (_ls(case) > 0 and _inf_where_finite(o)
+            and o.errors.get("grad", 0.0) <= TOL_EPS)
+
+
+def _tp_smoothing(case, o) -> bool:
+    """Smoothing at tp > 1: a finite deviation (the local V and local mean)."""
+    return (_ls(case) > 0 and _tp(case) > 1 and o.framework is not None
+            and not _inf_where_finite(o))
+
+
+def _ranks_differ(case, o):
+    v = np.asarray(o.framework.arrays["value"]) if o.framework else None
+    differ = v is not None and len(v) > 1 and not np.all(v == v[:1])
+    return bool(not o.ok and differ), "the ranks return different losses" if differ else ""
+
+
+def _zero_division(case, o) -> bool:
+    return (o.kind == "exception" and "ZeroDivisionError" in o.detail and _ls(case) > 0
+            and case.x.shape[-1] == _tp(case))
 
 
 def _round_bf16(a):
@@ -469,274 +496,176 @@ def _round_bf16(a):
     return r.view(np.float32)
 
 
-def _fmt(a):
-    a = np.asarray(a)
-    with np.printoptions(floatmode="unique", threshold=40, linewidth=10_000):
-        s = np.array2string(a, separator=", ").replace("\n", "")
-    return f"{s} ({a.dtype})" if a.dtype.kind == "f" else s
+def _bf16_grad(case, o) -> bool:
+    """The value right, the gradient wrong, and every gradient entry a bfloat16 number."""
+    if o.framework is None or "grad" not in o.framework.arrays:
+        return False
+    g = np.asarray(o.framework.arrays["grad"], np.float32)
+    return (o.errors.get("value", 0.0) <= TOL_EPS and o.errors.get("grad", 0.0) > TOL_EPS
+            and bool(np.array_equal(g, _round_bf16(g))))
 
 
-# --------------------------------------------------------------------------- the sweep
-
-def _classify(x, ls, impl, tp, out: Output, o):
-    """The catalogued finding that explains a deviation of the sweep, or None."""
-    if out.error:
-        if ls > 0 and tp == x.shape[-1]:
-            return "megatron-smoothing-tp-width1"
-        return None
-    if impl == "fused" and o.kind == "grad" and o.errors.get("value", 0) <= TOL_EPS:
-        return "megatron-fused-bf16-grad"
-    if ls > 0:
-        if np.any(np.isinf(out.losses)) and o.kind == "value":
-            return "megatron-smoothing-underflow"
-        if tp > 1:
-            return "megatron-smoothing-tp"
-    return None
+def _bf16_probe(case, o):
+    ok = _bf16_grad(case, o)
+    return ok, "every gradient entry is a bfloat16 number" if ok else ""
 
 
-def run_audit(*, seed=0, quick=False, tp_sizes=TP_SIZES, fused=True, progress=None,
-              workdir=None) -> dict:
-    """Run the audit; returns the report (a JSON-serialisable dict).
-
-    ``quick``: fewer regions and one shape per call (the probes all run; the fused
-    variant only at tp = 2).  ``progress(msg)`` is called as the audit proceeds.
-    """
-    from .._loopback import LoopbackMonitor
-
-    t0 = time.monotonic()
-    rep = {"framework": "megatron-core", "seed": seed, "quick": quick, "tolerance_eps": TOL_EPS,
-           "tp_sizes": list(tp_sizes)}
-    try:
-        rep["version"] = load()
-        import torch
-        rep["torch"] = torch.__version__
-    except ImportError as exc:
-        rep.update(status="skipped", reason=f"not available: {exc}", ok=True, exit_code=0)
-        return rep
-    rep["status"] = "ran"
-    regions = REGIONS[::3] + ("rank slice -inf", "spread 110") if quick else REGIONS
-    smoothings = (0.0, 0.1) if quick else SMOOTHINGS
-    cat = catalogue()
-    by_id = {f.id: f for f in cat}
-    rows, unclassified, outputs, groups = [], [], {}, []
-    own_tmp = workdir is None
-    tmp = workdir or tempfile.mkdtemp(prefix="ce-megatron-")
-    groups_ref = []
-
-    def stop_all(line):
-        for g in groups_ref:
-            g.kill()
-
-    mon = LoopbackMonitor(interval=0.1, on_violation=stop_all)
-    with mon:
-        for tp in tp_sizes:
-            if progress:
-                progress(f"megatron: starting {tp} process(es)")
-            with MegatronGroup(tp, tmp, mon) as g:
-                groups_ref.append(g)
-                groups.append({"tp": tp, "start_seconds": round(g.start_seconds, 1)})
-                t_calls, n_calls, t_first_fused = 0.0, 0, None
-                impls = ["plain"] + (["fused"] if fused and (not quick or tp == 2) else [])
-                for impl in impls:
-                    for ri, region in enumerate(regions):
-                        for ls in (smoothings if impl == "plain" else (0.0,)):
-                            rng = np.random.default_rng([seed, ri, int(ls * 100)])
-                            x, y = make_input(rng, region)
-                            t1 = time.monotonic()
-                            out = g.run(x, y, ls, impl)
-                            dt_call = time.monotonic() - t1
-                            if impl == "plain":
-                                t_calls += dt_call
-                                n_calls += 1
-                            elif t_first_fused is None:
-                                t_first_fused = dt_call      # torch.compile
-                            outputs[(impl, region, ls, tp)] = (x, y, out)
-                            row = {"tp": tp, "impl": impl, "region": region,
-                                   "label_smoothing": ls}
-                            if out.error:
-                                o = None
-                                row.update(ok=False, errors={}, detail=out.error)
-                            else:
-                                o = compare_output(out, x, y, ls)
-                                row.update(ok=o.ok, errors=o.errors, detail=o.detail)
-                            if not row["ok"]:
-                                fid = _classify(x, ls, impl, tp, out, o)
-                                row["finding"] = fid
-                                if fid:
-                                    by_id[fid].seen += 1
-                                else:
-                                    unclassified.append(row)
-                            rows.append(row)
-                groups[-1]["calls"] = n_calls
-                groups[-1]["ms_per_call"] = round(1000 * t_calls / max(1, n_calls), 1)
-                groups[-1]["fused_first_call_seconds"] = (None if t_first_fused is None
-                                                          else round(t_first_fused, 1))
-                for f in cat:
-                    if f.tp == tp and (f.probe.get("impl") != "fused" or "fused" in impls):
-                        if progress:
-                            progress(f"megatron: probe {f.id}")
-                        p = f.probe
-                        out = g.run(p["x"], p["y"], p.get("label_smoothing", 0.0),
-                                    p.get("impl", "plain"))
-                        f.reproduced = _check_probe(f, out, g)
-                groups_ref.remove(g)
-    # invariance across tensor-parallel sizes: every rank's loss and the gradient vs tp = 1
-    inv = []
-    for (impl, region, ls, tp), (x, y, out) in outputs.items():
-        base = outputs.get((impl, region, ls, tp_sizes[0]))
-        if tp == tp_sizes[0] or base is None or out.error or base[2].error:
-            continue
-        o = compare_tp(base[2], out, x)
-        inv.append({"impl": impl, "region": region, "label_smoothing": ls, "tp": tp,
-                    "ok": o.ok, "errors": o.errors})
-    rep["invariance"] = inv
-    rep["rows"] = rows
-    rep["groups"] = groups
-    rep["unclassified"] = unclassified
-    rep["findings"] = []
-    for f in cat:
-        klass = f.klass if f.reproduced or f.seen else "not reproduced"
-        rep["findings"].append({"id": f.id, "class": klass, "title": f.title,
-                                "function": f.function, "explanation": f.explanation,
-                                "refs": f.refs, "tp": f.tp, "sweep_cases": f.seen,
-                                "reproduced": f.reproduced, "probe": f.result})
-    rep["defects"] = sorted(f["id"] for f in rep["findings"] if f["class"] == "defect")
-    rep["loopback"] = {"ok": mon.ok, "samples": mon.samples, "sockets": len(mon.sockets),
-                       "listening": len(mon.listeners), "violations": mon.violations,
-                       "listening_addresses": sorted({s.split()[4].rpartition(":")[0]
-                                                      for s in mon.listeners})}
-    rep["ok"] = not unclassified and mon.ok
-    rep["exit_code"] = 0 if rep["ok"] else 1
-    rep["seconds"] = round(time.monotonic() - t0, 1)
-    if own_tmp:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return rep
+def _softmax(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def worst_errors(rep):
-    """Worst error (eps) of the matching sweep cases per (impl, tp, label_smoothing)."""
-    out = {}
-    for r in rep["rows"]:
-        if not r["ok"]:
-            continue
-        k = (r["impl"], r["tp"], r["label_smoothing"])
-        for name, v in r["errors"].items():
-            out.setdefault(k, {}).setdefault(name, 0.0)
-            out[k][name] = max(out[k][name], v)
-    return out
+def _inplace(case, o):
+    """The float32 input is overwritten with its softmax; a bfloat16 input is left alone."""
+    if o.framework is None:
+        return False, ""
+    after = np.asarray(o.framework.arrays["input after"], np.float32)
+    changed = not np.array_equal(after, case.x)
+    soft = changed and np.allclose(after, _softmax(case.x.astype(np.float64)))
+    bf = _session().call(case, "plain", _tp(case), dtype="bfloat16")
+    kept = bf.x_after is not None and np.array_equal(bf.x_after, case.x)
+    note = (f"float32 input after the call: {after.tolist()}"
+            + (" (its softmax)" if soft else "")
+            + f"; a bfloat16 input after the call: "
+            + ("unchanged" if kept else f"CHANGED to {bf.x_after}"))
+    return bool(changed and kept), note
 
 
-def markdown(rep) -> str:
-    """The audit as a Markdown section (for docs/audit.md / docs/audit_megatron.md)."""
-    if rep.get("status") != "ran":
-        return f"## megatron-core\n\nSkipped: {rep.get('reason')}\n"
-    L = [f"## megatron-core {rep['version']} (torch {rep['torch']})", "",
-         "<!-- generated by `python -m ce_reference.frameworks._megatron --markdown PATH` -->", "",
-         f"`tensor_parallel.vocab_parallel_cross_entropy` (option: `label_smoothing`) and the fused "
-         f"`fusions.fused_cross_entropy.fused_vocab_parallel_cross_entropy`, float32, on "
-         f"torch.distributed/gloo in {', '.join(str(t) for t in rep['tp_sizes'])} process(es) "
-         f"(`initialize_model_parallel(tensor_model_parallel_size=tp)`), against "
-         "`ce_reference.parallel.reference_cross_entropy(..., smoothing=\"others\", "
-         "reduction=\"none\")` -- Megatron's stated convention: per-token float32 loss, "
-         "smoothing 1 - alpha on the target and alpha/(V-1) elsewhere.  Every rank's loss is "
-         f"compared.  Tolerance {rep['tolerance_eps']:g} float32 eps relative to the operands.  "
-         f"Seed {rep['seed']}{', quick sweep' if rep['quick'] else ''}; {rep['seconds']} s.", ""]
-    L += ["| tp | processes' start (s) | calls (plain) | ms per call (plain, incl. IPC) "
-          "| fused: first call, torch.compile (s) |", "|---:|---:|---:|---:|---:|"]
-    for g in rep["groups"]:
+def _same_as_no_smoothing(case, o):
+    """A negative label_smoothing gives exactly the numbers of label_smoothing=0."""
+    plain = _session().call(case.replace(kwargs={**case.kwargs, "label_smoothing": 0.0}),
+                            "plain", _tp(case))
+    fw = o.framework.arrays
+    same = (not plain.error and np.array_equal(plain.losses, fw["value"])
+            and np.array_equal(plain.grad, fw["grad"]))
+    return bool(same), "identical to label_smoothing=0" if same else ""
+
+
+def _tiny_loss(case, o):
+    """Within the tolerance, but a loss below float32 eps is returned as 0."""
+    if o.framework is None:
+        return False, ""
+    v = float(np.asarray(o.framework.arrays["value"]).ravel()[0])
+    r = float(np.asarray(o.reference.arrays["value"]).ravel()[0])
+    rel = abs(v / r - 1) if r else 0.0
+    return bool(o.ok and v != r), f"relative error of the loss: {rel:.3g}"
+
+
+def known() -> list[Known]:
+    T1, T2, F2 = _name(PLAIN, 1), _name(PLAIN, 2), _name(FUSED, 2)
+    plain = tuple(_name(PLAIN, tp) for tp in TP_SIZES)
+    fused = tuple(_name(FUSED, tp) for tp in TP_SIZES)
+    return [
+        Known("megatron-smoothing-others", "convention",
+              "label smoothing puts 1 - alpha on the target and alpha/(V-1) on every other "
+              "class (PyTorch: alpha/V on every class)", T1,
+              "stated in the source comment (from NeMo)",
+              "At tp=1 the loss and gradient equal the reference with smoothing='others' and "
+              "differ from smoothing='uniform' (the 'without the convention' line).",
+              probe=_c([[1.0, 0.0, 0.0, 0.0]], [0], label_smoothing=0.1),
+              exact=_uniform_reference),
+        Known("megatron-smoothing-tp", "defect",
+              "label smoothing with tp > 1 uses the rank's own vocabulary size and the mean "
+              "log-probability of its own slice: every rank returns a different loss, and the "
+              "gradient puts alpha/(V/tp - 1) instead of alpha/(V-1) on the other classes", T2,
+              "NVIDIA/Megatron-LM#737, #7464 (open); PR #5522 (closed), #7466 (open)",
+              "vocab_size = exp_logits.size(-1) is the partition size and "
+              "log_probs.mean(dim=-1) is not all-reduced; the result depends on tp.",
+              applies=_tp_smoothing, probe=_c([[1.0, 0.0, 0.0, 2.0]], [0], label_smoothing=0.1),
+              check=_ranks_differ, scope=plain),
+        Known("megatron-smoothing-tp-width1", "defect",
+              "label smoothing with one class per rank (V = tp) raises ZeroDivisionError", T2,
+              "NVIDIA/Megatron-LM#7464 (same cause)",
+              "The smoothing coefficient divides by (V/tp - 1) = 0; a valid input (the "
+              "reference is finite) is refused.  Same root cause as megatron-smoothing-tp.",
+              applies=_zero_division, probe=_c([[1.0, 0.0]], [0], label_smoothing=0.1),
+              check=_zero_division, scope=plain),
+        Known("megatron-smoothing-underflow", "defect",
+              "label smoothing: an infinite loss when a probability underflows in float32 "
+              "(a logit more than ~104 below the row maximum), where the loss is finite", T1,
+              "pointed out in NVIDIA/Megatron-LM PR #5522 and PR #7466 (unmerged)",
+              "mean_log_probs = log(softmax).mean() takes log(0) = -inf after exp underflows; "
+              "the gradient stays finite, so the step silently trains on an inf loss (or a "
+              "loss scaler skips it).",
+              applies=_underflow, probe=_c([[0.0, -110.0]], [0], label_smoothing=0.1),
+              check=lambda c, o: _underflow(c, o) and not o.ok, scope=plain),
+        Known("megatron-inplace-float32", "defect",
+              "a float32 input is overwritten with the softmax (its slice, in place), by both "
+              "vocab_parallel_cross_entropy and fused_vocab_parallel_cross_entropy", T1,
+              "NVIDIA/Megatron-LM PR #1594 (open)",
+              ".float() returns the float32 tensor itself; '-= logits_max' and "
+              "torch.exp(out=) then write into the caller's logits ('In-place subtraction "
+              "reduces memory pressure').  Not in the docstring; bf16/fp16 inputs are copied "
+              "by .float() and left intact (the probe runs a bfloat16 copy too).",
+              probe=_c([[0.0, 0.0]], [0]), check=_inplace),
+        Known("megatron-target-range", "validation",
+              "a target outside [0, V) (e.g. PyTorch's ignore value -100, or V) is silently "
+              "accepted: loss log(sum exp(x - max)), gradient softmax (as if no class were "
+              "the target)", T2, "",
+              "Every rank masks it as 'not mine', so the SUM of the target logit is 0.  No "
+              "error, a finite loss and gradient: the batch trains on garbage unless the "
+              "caller's loss_mask zeroes that token.",
+              probe=_c([[0.0, 0.0]], [-100])),
+        Known("megatron-negative-smoothing", "validation",
+              "a negative label_smoothing is silently ignored (treated as 0)", T1, "",
+              "Documented range [0, 1); 'if label_smoothing > 0' skips the check "
+              "(assert 1 > alpha > 0) that rejects alpha >= 1.",
+              probe=_c([[1.0, 0.0]], [0], label_smoothing=-0.5), check=_same_as_no_smoothing),
+        Known("megatron-smoothing-one", "validation",
+              "label_smoothing >= 1 is rejected (AssertionError)", T1, "",
+              "An assert, so it is skipped under python -O.",
+              probe=_c([[1.0, 0.0]], [0], label_smoothing=1.0)),
+        Known("megatron-tiny-loss", "match",
+              "a confident token's loss is computed as log(sum exp) - (x_y - max): accurate "
+              "to the operands (a match), but a loss below float32 eps is returned as 0", T1, "",
+              "log(1 + 2e-9) rounds to 0 in float32; the reference keeps it with log1p (split "
+              "log-sum-exp).  torch.nn.functional.cross_entropy does the same as Megatron; "
+              "absolute error 2e-9, within 1 eps of the logits' size.",
+              probe=_c([[0.0, -20.0]], [0]), check=_tiny_loss),
+        Known("megatron-fused-bf16-grad", "defect",
+              "fused (native) variant: the gradient is rounded to bfloat16 whatever the input "
+              "dtype, so float32 logits get a gradient with 8 significant bits", F2, "",
+              "calculate_gradients ends with grad_input.to(torch.bfloat16); autograd casts it "
+              "back to float32.  Used by GPTModel with cross_entropy_loss_fusion=True and "
+              "cross_entropy_fusion_impl='native'.  Intended for bf16 training, undocumented.",
+              applies=_bf16_grad, probe=_c([[1.0, 0.0, 0.0, 0.3]], [0]), check=_bf16_probe,
+              scope=fused),
+    ]
+
+
+# --------------------------------------------------------------------------- report sections
+
+def _e(v):
+    return "inf" if v == float("inf") else f"{v:.2g}"
+
+
+def _sections(groups, lb, inv) -> list:
+    """Markdown lines the report adds to Megatron's section: processes, sockets, tp invariance."""
+    L = ["### Processes and sockets", "",
+         "Each tensor-parallel size is one gloo process group on this machine (file store, "
+         "`GLOO_SOCKET_IFNAME=lo`), started once and kept for the audit.", "",
+         "| tp | processes' start (s) | calls (plain) | ms per call (plain, incl. IPC) "
+         "| fused: first call, torch.compile (s) |", "|---:|---:|---:|---:|---:|"]
+    for g in groups:
         fc = g.get("fused_first_call_seconds")
         L.append(f"| {g['tp']} | {g['start_seconds']} | {g['calls']} | {g['ms_per_call']} | "
                  f"{'-' if fc is None else fc} |")
-    lb = rep["loopback"]
     L += ["", f"Sockets: {lb['samples']} samples of `ss -H -tuanp` while the workers lived; "
               f"{lb['sockets']} distinct sockets of the workers, {lb['listening']} listening, on "
               f"{', '.join(lb['listening_addresses']) or '-'}; "
               f"{len(lb['violations'])} outside loopback.", ""]
-    L += ["### Sweep", "", "| variant | tp | label_smoothing | cases | matches | worst value eps "
-          "| worst grad eps | findings |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-    groups = {}
-    for r in rep["rows"]:
-        groups.setdefault((r["impl"], r["tp"], r["label_smoothing"]), []).append(r)
-    for (impl, tp, ls), rs in sorted(groups.items()):
-        m = [r for r in rs if r["ok"]]
-        wv = max((r["errors"].get("value", 0) for r in m), default=float("nan"))
-        wg = max((r["errors"].get("grad", 0) for r in m), default=float("nan"))
-        fs = sorted({r.get("finding") or "UNCLASSIFIED" for r in rs if not r["ok"]})
-        L.append(f"| {impl} | {tp} | {ls} | {len(rs)} | {len(m)} | {wv:.3g} | {wg:.3g} | "
-                 f"{', '.join(fs) or '-'} |")
-    L += ["", "### Invariance across tensor-parallel sizes (against tp = 1)", "",
-          "| variant | label_smoothing | tp | cases | equal within tolerance | worst value eps "
-          "| worst grad eps |", "|---|---:|---:|---:|---:|---:|---:|"]
-    ig = {}
-    for r in rep["invariance"]:
-        ig.setdefault((r["impl"], r["label_smoothing"], r["tp"]), []).append(r)
-    for (impl, ls, tp), rs in sorted(ig.items()):
-        wv = max(r["errors"].get("value", 0) for r in rs)
-        wg = max(r["errors"].get("grad", 0) for r in rs)
-        L.append(f"| {impl} | {ls} | {tp} | {len(rs)} | {sum(r['ok'] for r in rs)} | "
-                 f"{_e(wv)} | {_e(wg)} |")
-    L += ["", "### Findings", ""]
-    order = {"defect": 0, "convention": 1, "match": 2, "not reproduced": 3}
-    for f in sorted(rep["findings"], key=lambda f: order.get(f["class"], 9)):
-        L += [f"#### `{f['id']}` ({f['class']}): {f['title']}", "",
-              f"- function: `{f['function']}`" + (f"; see {f['refs']}" if f["refs"] else ""),
-              f"- {f['explanation']}"]
-        p = f["probe"]
-        if p:
-            L.append(f"- smallest input: `{p.get('input', '')}`")
-            for k in ("framework", "reference", "uniform (PyTorch)",
-                      "bfloat16 input after the call"):
-                if k in p:
-                    L.append(f"- {k}: `{p[k]}`")
-        if f["sweep_cases"]:
-            L.append(f"- seen in {f['sweep_cases']} sweep case(s)")
-        L.append("")
-    if rep["unclassified"]:
-        L += ["### Unclassified deviations", ""]
-        for u in rep["unclassified"][:10]:
-            L.append(f"- tp={u['tp']} {u['impl']} {u['region']} label_smoothing="
-                     f"{u['label_smoothing']}: {u['detail']}")
-    return "\n".join(L) + "\n"
-
-
-def _e(v):
-    return "inf" if math.isinf(v) else f"{v:.3g}"
-
-
-def main(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m ce_reference.frameworks._megatron",
-                                 description="Audit megatron-core's vocab-parallel cross-entropy "
-                                             "(1, 2 and 4 gloo processes, loopback only).")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-fused", action="store_true", help="skip the torch.compile-d variant")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", metavar="PATH")
-    ap.add_argument("--markdown", metavar="PATH")
-    a = ap.parse_args(argv)
-    rep = run_audit(seed=a.seed, quick=a.quick, fused=not a.no_fused,
-                    progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(rep, fh, indent=1, default=_json_default)
-    md = markdown(rep)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(md)
-    print(md)
-    return rep.get("exit_code", 0)
-
-
-def _json_default(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    if dataclasses.is_dataclass(v):
-        return dataclasses.asdict(v)
-    return str(v)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    L += ["### Invariance across tensor-parallel sizes (against tp = 1)", "",
+          "The same sweep cases at tp = 2 and 4 against tp = 1 (every rank's loss and the "
+          "gradient), in eps of the operands.", "",
+          "| function | label_smoothing | tp | cases | equal within tolerance "
+          "| worst value eps | worst grad eps |", "|---|---:|---:|---:|---:|---:|---:|"]
+    by = {}
+    for r in inv:
+        by.setdefault((r["impl"], r["label_smoothing"], r["tp"]), []).append(r)
+    for (impl, ls, tp), rs in sorted(by.items()):
+        wv = max(r["errors"].get("value", 0.0) for r in rs)
+        wg = max(r["errors"].get("grad", 0.0) for r in rs)
+        L.append(f"| {PLAIN if impl == 'plain' else FUSED} | {ls} | {tp} | {len(rs)} | "
+                 f"{sum(r['ok'] for r in rs)} | {_e(wv)} | {_e(wg)} |")
+    L.append("")
+    return L

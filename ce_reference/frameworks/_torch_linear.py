@@ -190,7 +190,7 @@ def known() -> list[Known]:
                            options=dict(CHUNK_OPTIONS[1])),
               check=lambda c, o: (not o.ok) and K.explained_by(K.double_rounding_reference)(c, o)),
         K.below_operand_rounding("torch-linear-f16-below-operand-rounding", REF,
-                                 also=(CHUNKED,), mechanisms=(K.double_rounding_reference,)),
+                                 scope=(CHUNKED,), mechanisms=(K.double_rounding_reference,)),
         Known("torch-chunked-f16-target-term-overflow", "defect",
               "chunked path in float16 with class weights: the input gradient is -inf where "
               "the exact gradient is finite (on the probe 0: one class, so the gradient "
@@ -205,7 +205,7 @@ def known() -> list[Known]:
               probe=_probe(np.array([[0.0]], f16), [0], linear_weight=np.array([[1884.0]], f16),
                            weight=np.array([1000.0], f16), reduction="sum",
                            options=dict(CHUNK_OPTIONS[1]))),
-        K.float16_overflow("torch-linear-f16-overflow", REF, also=(CHUNKED,)),
+        K.float16_overflow("torch-linear-f16-overflow", REF, scope=(CHUNKED,)),
         Known("torch-zero-weight-mean", "convention",
               "weighted mean whose kept rows all have class weight 0 (0/0): NaN loss and NaN "
               "gradients; the reference gives NaN with zero gradients", REF,
@@ -216,7 +216,7 @@ def known() -> list[Known]:
               probe=_probe(np.array([[1.0]], f32), [0], linear_weight=np.array([[1.0], [0.0]], f32),
                            weight=np.array([0.0, 1.0], f32)),
               check=lambda c, o: o.framework is not None and bool(
-                  np.isnan(o.framework.arrays["value"])), exact=K.exact_linear, also=(CHUNKED,)),
+                  np.isnan(o.framework.arrays["value"])), exact=K.exact_linear, scope=(CHUNKED,)),
     ]
 
 

@@ -56,37 +56,43 @@ def _softmax_case(case, z):
               if k in ("weight", "ignore_index", "label_smoothing", "z_loss", "softcap",
                        "reduction")}
     kwargs["axis"] = -1
-    return dataclasses.replace(case, x=z, kwargs=kwargs)
+    return dataclasses.replace(case, x=z, kwargs=kwargs, linear=None, domain="logits", axis=None,
+                               arrays={k: "classes" for k in ("weight",) if k in kwargs})
 
 
-def _exact_logits(mp, h, W, b):
-    N, H = h.shape
-    V = W.shape[0]
-    z = np.empty((N, V), dtype=object)
-    hm = [[mp.mpf(float(h[n, k])) for k in range(H)] for n in range(N)]
-    Wm = [[mp.mpf(float(W[v, k])) for k in range(H)] for v in range(V)]
-    for n in range(N):
-        for v in range(V):
-            z[n, v] = mp.fsum(hm[n][k] * Wm[v][k] for k in range(H)) + (
-                0 if b is None else mp.mpf(float(b[v])))
-    return z, hm, Wm
+def _mpf_matrix(mp, a):
+    """A 2-D array as rows of mpf (exact values of floats; mpf entries kept, so that
+    ``mpmath.diff`` can perturb one)."""
+    a = np.asarray(a)
+    a = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+    return [[v if isinstance(v, mp.mpf) else mp.mpf(float(v)) for v in row] for row in a]
+
+
+def _exact_logits(mp, hm, Wm, bm):
+    """``z = h W^T + b`` exactly (``fsum`` of exact products); ``-inf`` bias entries mask."""
+    z = np.empty((len(hm), len(Wm)), dtype=object)
+    for n, h_row in enumerate(hm):
+        for v, w_row in enumerate(Wm):
+            z[n, v] = mp.fsum(a * w for a, w in zip(h_row, w_row)) + (0 if bm is None else bm[v])
+    return z
 
 
 def exact(mp, case):
     """Per-row losses, the gradients of their sum with respect to ``(input, linear_weight,
     linear_bias)`` (object arrays of mpf; None without a bias) and the denominator."""
-    h = np.asarray(case.x, np.float64)
-    h2 = h.reshape(-1, h.shape[-1])
-    W = np.asarray(case.kwargs["linear_weight"], np.float64)
+    h_shape = np.shape(case.x)
+    hm = _mpf_matrix(mp, case.x)
+    Wm = _mpf_matrix(mp, case.kwargs["linear_weight"])
     b = case.kwargs.get("linear_bias")
-    b = None if b is None else np.asarray(b, np.float64)
-    z, hm, Wm = _exact_logits(mp, h2, W, b)
+    bm = None if b is None else _mpf_matrix(mp, np.reshape(b, (1, -1)))[0]
+    z = _exact_logits(mp, hm, Wm, bm)
+    W = np.asarray(case.kwargs["linear_weight"])
     targets = np.asarray(case.targets)
     targets = targets.reshape(-1) if targets.dtype.kind in "iu" else \
         targets.reshape(-1, W.shape[0])
     sub = dataclasses.replace(_softmax_case(case, z), targets=targets)
     losses, G, denom = softmax.exact(mp, sub)
-    N, V, H = z.shape[0], z.shape[1], h2.shape[1]
+    N, V, H = z.shape[0], z.shape[1], len(hm[0])
     d_input = np.empty((N, H), dtype=object)
     for n in range(N):
         for k in range(H):
@@ -100,32 +106,49 @@ def exact(mp, case):
         d_bias = np.empty(V, dtype=object)
         for v in range(V):
             d_bias[v] = mp.fsum(G[n, v] for n in range(N))
-    return losses, (d_input.reshape(h.shape), d_weight, d_bias), denom
+    return losses, (d_input.reshape(h_shape), d_weight, d_bias), denom
 
 
 def operands(case, v=None) -> Operands:
-    """The softmax operands at the float64 logits, plus the logits' own rounding
-    (``|h| |W|^T + |b|`` times the sensitivity ``S p``), chained through the GEMMs:
-    ``|G| |W|``, ``|G|^T |h|``, ``sum |G|``."""
+    """Operands of linear cross-entropy, from softmax cross-entropy's at the logits.
+
+    The logits ``z = h W^T + b`` are rounded (by any implementation) by up to a
+    few eps of ``zeta = |h| |W|^T + |b|``; to first order that moves the
+    gradient ``G`` at the logits by ``H dz`` (``H`` the Hessian of softmax
+    cross-entropy, with every option's curvature), bounded by softmax's HVP
+    operand at ``v = zeta``, and the value by ``sum |G| zeta``.  The gradients
+    chain through the GEMMs: ``|G| |W|``, ``|G|^T |h|``, ``sum_n |G_n|``.  A
+    masked class (bias ``-inf``) has probability 0, the exact gradient 0 and no
+    rounding of its own.
+    """
     h = np.asarray(case.x, np.float64)
     h2 = h.reshape(-1, h.shape[-1])
     W = np.asarray(case.kwargs["linear_weight"], np.float64)
     b = case.kwargs.get("linear_bias")
     b = None if b is None else np.asarray(b, np.float64)
     z = h2 @ W.T + (0 if b is None else b)
-    z_operand = np.abs(h2) @ np.abs(W).T + (0 if b is None else np.abs(b))
+    b_size = 0 if b is None else np.where(np.isfinite(b), np.abs(b), 0.0)
+    zeta = np.abs(h2) @ np.abs(W).T + b_size
     targets = np.asarray(case.targets)
     targets = targets.reshape(-1) if targets.dtype.kind in "iu" else \
         targets.reshape(-1, W.shape[0])
-    ops = softmax.operands(dataclasses.replace(_softmax_case(case, z), targets=targets))
-    S = ops.grad                                   # |G|'s operand at the logits
-    G = S + np.abs(S) * z_operand                  # plus the logits' rounding through exp
-    value = ops.value + np.sum(np.abs(S) * z_operand, axis=-1).reshape(np.shape(ops.value)) \
-        if np.ndim(ops.value) else ops.value + np.sum(np.abs(S) * z_operand)
-    value_jax = value + (ops.value_jax - ops.value)
-    grads = ((G @ np.abs(W)).reshape(h.shape), G.T @ np.abs(h2),
-             None if b is None else np.sum(G, axis=0))
-    return Operands(value, grads, None, value_jax, grads, None)
+    ops = softmax.operands(dataclasses.replace(_softmax_case(case, z), targets=targets), zeta)
+    G, G_jax = ops.grad + ops.hvp, ops.grad_jax + ops.hvp_jax
+    # ops.grad carries the reduction's scale: the value moves by sum_v |G_v| zeta_v
+    moved = np.sum(ops.grad * zeta, axis=-1)
+    if np.ndim(ops.value):                         # "none": one per row, the batch's shape
+        value = (ops.value + moved).reshape(h.shape[:-1])
+        value_jax = (ops.value_jax + moved).reshape(h.shape[:-1])
+    else:
+        value, value_jax = ops.value + np.sum(moved), ops.value_jax + np.sum(moved)
+    return Operands(value, _chained(G, h, h2, W, b), None,
+                    value_jax, _chained(G_jax, h, h2, W, b), None)
+
+
+def _chained(G, h, h2, W, b):
+    """Operands of ``(d_input, d_linear_weight, d_linear_bias)`` from those of ``G``."""
+    return ((G @ np.abs(W)).reshape(h.shape), G.T @ np.abs(h2),
+            None if b is None else np.sum(G, axis=0))
 
 
 def extreme(case) -> bool:

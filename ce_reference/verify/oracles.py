@@ -77,7 +77,7 @@ def _jitted(twin, static, array_keys, positional, wrt, want_hvp, want_hessian):
 
 def jax_oracle(spec, case, want_hvp=False):
     """Twin value, gradient and (optionally) H v in float64, as NumPy arrays."""
-    array_options = tuple(o.name for o in spec.options if o.array)
+    array_options = spec.array_keywords
     static = tuple(sorted((k, v) for k, v in case.kwargs.items() if k not in array_options))
     array_keys = tuple(k for k in array_options if k in case.kwargs)
     arrays = tuple(np.asarray(case.kwargs[k], np.float64) for k in array_keys)
@@ -127,22 +127,23 @@ def _none_kwargs(case):
     return kw
 
 
-def fd_steps(spec, case, x, frow):
+def fd_steps(spec, case, x, frow, name="input"):
     """Central-difference step per element of ``x`` (float64), and a mask of usable ones.
 
-    ``frow`` is, per element, the loss of the row it belongs to.  The step
-    balances truncation (``h^2 f''' / 6``) against rounding (``eps |f_row| / h``):
-    ``h = (eps max(1, |f_row|))^(1/3)`` (no factor ``|x|``: the curvature of
-    these losses does not shrink as the logits grow).  Probabilities also
-    keep ``h <= 1e-4 min(p, 1-p)`` (the relative truncation error of a central
-    difference of ``log p`` is ``(h/p)^2 / 3``) and a tenth of the distance to
-    a clip boundary (the step never crosses a kink).  Elements whose step would
-    be below 4 ULP of ``x`` (probabilities within ~1e-12 of 0 or 1) cannot be
-    resolved by a float64 difference quotient and are skipped (the exact
-    oracles cover them).
+    ``frow`` is, per element, the size of the row losses it changes (its own
+    row's loss for the input; the sum of every row's for a weight that all rows
+    share).  The step balances truncation (``h^2 f''' / 6``) against rounding
+    (``eps |f_row| / h``): ``h = (eps max(1, |f_row|))^(1/3)`` (no factor
+    ``|x|``: the curvature of these losses does not shrink as the logits
+    grow).  Probabilities also keep ``h <= 1e-4 min(p, 1-p)`` (the relative
+    truncation error of a central difference of ``log p`` is ``(h/p)^2 / 3``)
+    and a tenth of the distance to a clip boundary (the step never crosses a
+    kink).  Elements whose step would be below 4 ULP of ``x`` (probabilities
+    within ~1e-12 of 0 or 1) cannot be resolved by a float64 difference
+    quotient and are skipped (the exact oracles cover them).
     """
     h = np.cbrt(np.finfo(np.float64).eps * np.maximum(1.0, np.abs(frow)))
-    if spec.input == "probs":
+    if name == "input" and spec.input == "probs":
         pc = x
         if case.clip_bounds is not None:
             lo, hi = case.clip_bounds
@@ -177,80 +178,115 @@ def fd_check(spec, case, value_fn, grad_fn):
     norm of the gradient's operands, which is ``||g||`` unless ``g`` is a
     cancellation such as ``p - 1``), maximised with the one-sided kink check: at a point on a clip
     boundary the reference's convention must lie between the left and right
-    difference quotients.
+    difference quotients.  A loss differentiated in several arrays (``spec.wrt``)
+    is checked in each, the others held fixed; the error is the worst.
     """
-    from scipy.optimize import approx_fprime
+    base = case.replace(kwargs=_none_kwargs(case))
+    grads = spec.grad_parts(spec.call(grad_fn, base))
+    operand_parts = spec.grad_parts(operands(spec, base).grad)
+    row_losses = np.asarray(spec.call(value_fn, base), np.float64)
+    err, detail = 0.0, {}
+    for name, array, g, op in zip(spec.wrt, spec.wrt_arrays(base), grads, operand_parts):
+        if array is None:
+            continue
+        part_err, part_detail = _fd_part(spec, base, name, array, g, op, row_losses, value_fn)
+        err = max(err, part_err)
+        prefix = "" if len(spec.wrt) == 1 else f"{name} "
+        detail.update({prefix + k: v for k, v in part_detail.items()})
+    return err, detail
 
-    kw = _none_kwargs(case)
-    shape = case.x.shape
-    x = case.x.astype(np.float64).reshape(-1)
-    t = case.targets
+
+def _fd_part(spec, case, name, array, g, op, row_losses, value_fn):
+    """The finite-difference check in one differentiated array ``name`` (see fd_check)."""
+    shape = np.shape(array)
+    x = np.asarray(array, np.float64).reshape(-1)
 
     def rows(z):
-        return np.atleast_1d(np.asarray(value_fn(z.reshape(shape), t, **kw), np.float64)
-                             ).reshape(-1)
+        z = z.reshape(shape)
+        at = case.replace(x=z) if name == "input" else \
+            case.replace(kwargs={**case.kwargs, name: z})
+        return np.atleast_1d(np.asarray(spec.call(value_fn, at), np.float64)).reshape(-1)
 
-    g = np.asarray(grad_fn(case.x.astype(np.float64), t, **kw), np.float64).reshape(-1)
+    g = np.asarray(g, np.float64).reshape(-1)
     # Normalise by the operands of the gradient (>= |g| elementwise, see errors.py), not by
     # |g|: where p - 1 cancels to ~1e-32 the reference's exact answer is 0 +- eps operand.
-    from dataclasses import replace
-
-    op = np.maximum(operands(spec, replace(case, kwargs=kw)).grad.reshape(-1), np.abs(g))
-    frow = _row_of_element(spec, case, value_fn(case.x.astype(np.float64), t, **kw)).reshape(-1)
-    h, usable = fd_steps(spec, case, x, frow)
+    op = np.maximum(np.asarray(op, np.float64).reshape(-1), np.abs(g))
+    if name == "input":
+        frow = _row_of_element(spec, case, row_losses).reshape(-1)
+    else:                    # a weight that every row shares changes every row's loss
+        frow = np.full(x.size, float(np.sum(np.abs(row_losses))))
+    h, usable = fd_steps(spec, case, x, frow, name)
     # An element whose difference quotient carries more rounding noise
     # (~4 eps |f_row| / h) than 1% of the tolerance cannot be checked by finite
     # differences (a tiny gradient next to a large row loss); skip it.
     with np.errstate(divide="ignore", invalid="ignore"):
         noise = np.where(usable, 4 * np.finfo(np.float64).eps * np.abs(frow) / h, np.inf)
-    kink = np.zeros(x.size, bool) if case.kink is None else case.kink.reshape(-1)
+    kink = np.zeros(x.size, bool) if case.kink is None or name != "input" else \
+        case.kink.reshape(-1)
     # Two passes: elements reliable on their own, then any element whose noise is small
     # next to the norm of those (so a big row loss cannot hide behind the others' norm).
     budget = 0.01 * T.TOL_FD
     alone = usable & ~kink & (noise <= budget * op)
     usable &= noise <= budget * np.maximum(op, _norm(np.where(alone, op, 0.0)))
     use = usable & ~kink
-    detail = {}
     if x.size <= T.FD_ALL_MAX_SIZE:
-        # check_grad(direction="all") with a per-element step (approx_fprime accepts an array).
-        fd = np.zeros(x.size)
-        if use.any():
-            def rows_sub(z):
-                full = x.copy()
-                full[use] = z
-                return rows(full)
-
-            n = int(use.sum())
-            fwd = np.asarray(approx_fprime(x[use], rows_sub, h[use])).reshape(-1, n)
-            bwd = np.asarray(approx_fprime(x[use], rows_sub, -h[use])).reshape(-1, n)
-            fd[use] = (fwd + bwd).sum(axis=0) / 2   # other rows' entries are exactly 0
-        diff = np.where(use, g - fd, 0.0)
-        norm = _norm(np.where(use, op, 0.0))
-        err = _ratio(_norm(diff), norm)
-        detail["mode"] = "all"
+        err, detail = _fd_all(rows, x, g, h, use, op), {"mode": "all"}
     else:
-        # check_grad(direction="random"), seeded, with the direction scaled by the steps and one
-        # directional derivative per row.
         rng = np.random.default_rng([case.seed, case.index, 7])
-        err = 0.0
-        for _ in range(T.FD_RANDOM_DIRECTIONS):
-            d = np.where(use, rng.standard_normal(x.size) * h, 0.0)
-
-            def along(s, d=d):
-                return rows(x + s[0] * d)
-
-            fd = (np.asarray(approx_fprime(np.zeros(1), along, 1.0)).reshape(-1)
-                  + np.asarray(approx_fprime(np.zeros(1), along, -1.0)).reshape(-1)) / 2
-            gd = (g * d).reshape(fd.size, -1)
-            exact = gd.sum(axis=1)
-            err = max(err, _ratio(_norm(exact - fd),
-                                  _norm(np.abs(op * d).reshape(fd.size, -1).sum(axis=1))))
-        detail["mode"] = "random"
+        err = _fd_random(rows, x, g, h, use, op, rng, per_row=name == "input")
+        detail = {"mode": "random"}
     if kink.any():
         err = max(err, _kink_check(rows, x, g, np.flatnonzero(kink), case.dtype))
         detail["kinks"] = int(kink.sum())
     detail["skipped"] = int((~usable).sum())
     return err, detail
+
+
+def _fd_all(rows, x, g, h, use, op):
+    """check_grad(direction="all") with a per-element step (approx_fprime accepts an array)."""
+    from scipy.optimize import approx_fprime
+
+    fd = np.zeros(x.size)
+    if use.any():
+        def rows_sub(z):
+            full = x.copy()
+            full[use] = z
+            return rows(full)
+
+        n = int(use.sum())
+        fwd = np.asarray(approx_fprime(x[use], rows_sub, h[use])).reshape(-1, n)
+        bwd = np.asarray(approx_fprime(x[use], rows_sub, -h[use])).reshape(-1, n)
+        fd[use] = (fwd + bwd).sum(axis=0) / 2   # the derivative of the sum of the rows
+    diff = np.where(use, g - fd, 0.0)
+    return _ratio(_norm(diff), _norm(np.where(use, op, 0.0)))
+
+
+def _fd_random(rows, x, g, h, use, op, rng, per_row):
+    """check_grad(direction="random"), seeded, with each direction scaled by the steps.
+
+    ``per_row``: the input of a loss whose rows are contiguous in ``x``: one
+    directional derivative per row, compared normwise over the rows; otherwise
+    (a weight every row shares) the directional derivative of their sum.
+    """
+    from scipy.optimize import approx_fprime
+
+    err = 0.0
+    for _ in range(T.FD_RANDOM_DIRECTIONS):
+        d = np.where(use, rng.standard_normal(x.size) * h, 0.0)
+
+        def along(s, d=d):
+            return rows(x + s[0] * d)
+
+        fd = (np.asarray(approx_fprime(np.zeros(1), along, 1.0)).reshape(-1)
+              + np.asarray(approx_fprime(np.zeros(1), along, -1.0)).reshape(-1)) / 2
+        if per_row:
+            exact = (g * d).reshape(fd.size, -1).sum(axis=1)
+            size = np.abs(op * d).reshape(fd.size, -1).sum(axis=1)
+        else:
+            exact, fd = np.sum(g * d), np.sum(fd)
+            size = np.sum(np.abs(op * d))
+        err = max(err, _ratio(_norm(exact - fd), _norm(size)))
+    return err
 
 
 def _norm(a):

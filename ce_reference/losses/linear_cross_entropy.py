@@ -28,8 +28,6 @@ are judged against.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.linalg import blas
 
@@ -39,7 +37,7 @@ from .._problem import deferred_values
 from .._reduction import reduce_parts
 from ..kernels import _blocks
 from ..kernels import softmax as _kernel
-from ..spec import LossSpec, Option, option_set
+from ..spec import BenchCase, LossSpec, Option, option_set
 from . import softmax_cross_entropy as _softmax
 
 __all__ = [
@@ -118,9 +116,14 @@ class _LinearProblem:
         self.chunk = _chunk_rows(chunk_size, self.V, self.cdt)
 
     def check_values(self):
-        for name, a in (("input", self.h), ("linear_weight", self.W), ("linear_bias", self.b)):
-            if a is not None and a.size and not np.isfinite(np.max(np.abs(a))):
+        """Finite ``input`` and ``linear_weight``; ``linear_bias`` finite or ``-inf`` (a
+        masked class: its logit is ``-inf`` in every row and its probability 0)."""
+        for name, a in (("input", self.h), ("linear_weight", self.W)):
+            if a.size and not np.isfinite(np.max(np.abs(a))):
                 raise ValueError(f"{name} contains NaN or inf; expected finite values")
+        if self.b is not None and self.b.size and not np.max(self.b) < np.inf:
+            raise ValueError("linear_bias contains NaN or +inf; expected finite values or "
+                             "-inf (a masked class)")
 
     def logits(self, r0, r1, out):
         """The chunk's logits ``h[r0:r1] W^T + b`` into ``out`` (one GEMM)."""
@@ -161,10 +164,16 @@ def _reduce(P, rows, z_rows):
     return value.reshape(P.input_shape[:-1]) if S.reduction == "none" else value
 
 
+_BLAS = {}
+
+
 def _blas_threads(workers):
-    """Limit BLAS to ``workers`` threads while the GEMMs run (threadpoolctl)."""
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=workers, user_api="blas")
+    """Limit BLAS to ``workers`` threads while the GEMMs run (threadpoolctl; its controller,
+    which scans the loaded libraries, is made once)."""
+    if "controller" not in _BLAS:
+        from threadpoolctl import ThreadpoolController
+        _BLAS["controller"] = ThreadpoolController()
+    return _BLAS["controller"].limit(limits=workers, user_api="blas")
 
 
 def _gemm_accumulate(c, a, b):
@@ -239,9 +248,11 @@ def linear_cross_entropy(input, linear_weight, targets, *, linear_bias=None, wei
         Class indices of shape ``input.shape[:-1]`` (integer dtype), or
         probabilities of shape ``input.shape[:-1] + (V,)``.
     linear_bias : array_like of shape ``(V,)``, optional
+        ``-inf`` entries mask their classes (probability 0 in every row).
     weight, ignore_index, label_smoothing, z_loss, softcap, reduction
-        As in :func:`~ce_reference.softmax_cross_entropy` (PyTorch's conventions;
-        ``ignore_index=None`` ignores nothing, as ``F.linear_cross_entropy``).
+        As in :func:`~ce_reference.softmax_cross_entropy` (PyTorch's conventions,
+        except ``ignore_index=None``, which ignores nothing, as in every loss here;
+        ``F.linear_cross_entropy`` maps its ``None`` to ``-100`` for index targets).
     chunk_size : int, optional
         Rows per chunk; default: as many as keep a chunk's logits within
         :data:`CHUNK_BYTES` (32 MiB).  The result does not depend on it beyond
@@ -307,3 +318,49 @@ def linear_cross_entropy_value_and_grad(input, linear_weight, targets, *, linear
         z_loss, softcap, reduction, chunk_size, check_values=check))
     P.check_values()
     return _sweep(P, nworkers, want_grad=True)
+
+
+def _sample_chunk_size(rng, draw):
+    """No chunking, and chunks of 1, 2 and 3 rows (the last chunk short)."""
+    return (None, 1, 2, 3)[draw.i % 4]
+
+
+#: PyTorch's ``linear_bias``: one entry per class (``-inf`` masks the class).
+LINEAR_BIAS = Option("linear_bias", None, array=True, shape="classes",
+                     invalid=((lambda x: np.ones((2, 2)), ValueError),
+                              (lambda x: np.array(["b"]), TypeError)))
+CHUNK_SIZE = Option("chunk_size", None, sample=_sample_chunk_size,
+                    invalid=((0, ValueError), (2.5, TypeError), (True, TypeError)))
+_REGIONS = ("random", "extreme")
+_EVERY = ("linear_bias", "chunk_size")
+
+SPEC = LossSpec(
+    name="linear_cross_entropy", input="features", structure="linear",
+    targets=("index", "onehot", "soft"),
+    options=(LINEAR_BIAS, O.CLASS_WEIGHT, O.IGNORE_INDEX, O.LABEL_SMOOTHING, _softmax.Z_LOSS,
+             _softmax.SOFTCAP, CHUNK_SIZE),
+    option_sets=(
+        option_set("index", "index", ("chunk_size",), _REGIONS),
+        option_set("index + bias", "index", _EVERY, _REGIONS),
+        option_set("index + weight + ignore + smoothing + bias", "index",
+                   ("weight", "ignore_index", "label_smoothing") + _EVERY, _REGIONS),
+        option_set("index + z_loss + softcap + bias", "index",
+                   ("z_loss", "softcap") + _EVERY, _REGIONS),
+        option_set("soft (Dirichlet) + bias", "soft", _EVERY, _REGIONS),
+        option_set("one-hot + weight + smoothing + z_loss + softcap", "onehot",
+                   ("weight", "label_smoothing", "z_loss", "softcap", "chunk_size"), _REGIONS),
+    ),
+    value=linear_cross_entropy, grad=linear_cross_entropy_grad,
+    value_and_grad=linear_cross_entropy_value_and_grad,
+    oracle="ce_reference.oracles.linear_cross_entropy:ORACLE",
+    wrt=("input", "linear_weight", "linear_bias"),
+    positional=("input", "linear_weight", "targets"),
+    dtype_policy="exact",
+    # (N, H, V); the floor is the three GEMMs (benchmarks/linear.py)
+    benchmarks=(BenchCase((2048, 512, 32768), "index",
+                          goals=(("floor", "<=", 1.25), ("torch eager", ">", 1.0),
+                                 ("torch linear_cross_entropy chunked", ">", 1.0)),
+                          sweep=tuple((2048, 512, V) for V in (4096, 8192, 16384, 32768,
+                                                               65536))),),
+    short="linear-CE", ref="ce_reference.losses.linear_cross_entropy:SPEC",
+)
