@@ -5,9 +5,10 @@
 ``MODULE:FUNCTION --vocab-parallel``, a sharded cross-entropy through
 :func:`ce_reference.parallel.audit_vocab_parallel`, which runs
 :func:`~ce_reference.parallel.check_invariance` on every input region) or a
-framework (``torch``, ``optax``, ``keras``, ``sklearn``, ``megatron`` or ``all``,
-:mod:`ce_reference.frameworks`; ``python -m ce_reference.frameworks`` runs this
-same command).  Every argument is checked before any work starts, output paths
+framework (``torch``, ``optax``, ``keras``, ``sklearn``, ``megatron``), a GPU
+linear cross-entropy kernel audited on the CPU (``torch-linear``, ``liger``,
+``cce``) or ``all`` (:mod:`ce_reference.frameworks`; ``python -m
+ce_reference.frameworks`` runs this same command).  Every argument is checked before any work starts, output paths
 included; an option that does not apply to the kind of audit asked for is a
 usage error.
 
@@ -29,6 +30,8 @@ from ._format import check_writable
 from .registry import LOSSES
 
 FRAMEWORKS = ("torch", "optax", "keras", "sklearn", "megatron")
+#: The kernel audits (``ce_reference.frameworks.KERNELS``): same flags as the frameworks.
+KERNELS = ("torch-linear", "liger", "cce")
 #: Options of ``audit`` by the kind of audit they apply to (``dest`` names).
 FUNCTION_ONLY = {"loss": "--loss", "grad": "--grad", "targets": "--targets",
                  "dtypes": "--dtypes", "rtol": "--rtol", "cases": "--cases",
@@ -137,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s MODULE:FUNCTION --loss NAME [function options] [common options]\n"
               "       %(prog)s MODULE:FUNCTION --vocab-parallel [vocab-parallel options] "
               "[--dtypes D] [--no-shrink] [common options]\n"
-              "       %(prog)s {" + ",".join(FRAMEWORKS) + ",all} [framework options] "
-              "[common options]",
+              "       %(prog)s {" + ",".join(FRAMEWORKS + KERNELS) + ",all} "
+              "[framework options] [common options]",
         description="Audit MODULE:FUNCTION (NumPy arrays in, with the reference's signature; "
                     "the loss out) against the reference loss NAME; or, with --vocab-parallel, "
                     "audit a sharded cross-entropy MODULE:FUNCTION(shards, targets, **options) "
@@ -146,13 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "single-device reference (ce_reference.parallel.check_invariance on every "
                     "input region); or run the built-in audit of a framework (megatron: "
                     "megatron-core's vocab-parallel cross-entropy on 1, 2 and 4 gloo processes "
-                    "of this machine, loopback only). Every argument is checked before the "
+                    "of this machine, loopback only; torch-linear, liger, cce: the GPU linear "
+                    "cross-entropy kernels on the CPU, the 'kernels' extra). Every argument is "
+                    "checked before the "
                     "audit starts; an option that does not apply to the kind of audit is a "
                     "usage error. Exit 0 on a match (framework audits: every deviation "
                     "catalogued), 1 on a mismatch or an inconclusive audit (framework audits: "
                     "a deviation not in the catalogue, or any defect with --strict), 2 on "
                     "usage errors.")
-    a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS) + "|all")
+    a.add_argument("target", metavar="MODULE:FUNCTION|" + "|".join(FRAMEWORKS + KERNELS) + "|all")
     fa = a.add_argument_group("function audits (MODULE:FUNCTION)")
     fa.add_argument("--loss", choices=sorted(LOSSES), metavar="NAME",
                     help="reference loss to compare with (required); one of: "
@@ -197,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--even", action="store_true",
                     help="the function needs equal shards (as Megatron-LM's): the number of "
                          "classes is kept a multiple of every split")
-    fw = a.add_argument_group("framework audits (" + ", ".join(FRAMEWORKS) + ", all)")
+    fw = a.add_argument_group("framework and kernel audits ("
+                              + ", ".join(FRAMEWORKS + KERNELS) + ", all)")
     fw.add_argument("--quick", action="store_true",
                     help="sweep a subset of regions and option sets (the probes all run)")
     fw.add_argument("--strict", action="store_true",
@@ -320,7 +326,7 @@ def _given(args, dests):
 
 
 def _audit(parser, args) -> int:
-    frameworks = FRAMEWORKS + ("all",)
+    frameworks = FRAMEWORKS + KERNELS + ("all",)
     if args.target in frameworks:
         extra = _given(args, {**FUNCTION_ONLY, "vocab_parallel": "--vocab-parallel",
                               **VOCAB_ONLY})

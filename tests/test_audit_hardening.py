@@ -144,7 +144,7 @@ def test_options_that_do_not_apply_to_a_framework_are_usage_errors(extra, monkey
 
 def test_unknown_framework_lists_the_known_ones(capsys):
     err = _usage_error(["audit", "pytorch"], capsys)
-    assert "torch, optax, keras, sklearn, megatron, all" in err
+    assert "torch, optax, keras, sklearn, megatron, torch-linear, liger, cce, all" in err
 
 
 def test_python_dash_m_frameworks_is_the_same_command(monkeypatch, capsys):

@@ -25,6 +25,22 @@ Non-finite values: where ``expected`` is NaN, ``got`` must be NaN; where it
 is ``±inf``, ``got`` must equal it; where it is finite, ``got`` must be finite
 (otherwise the error is infinite).  Differences below the dtype's smallest
 normal number count as zero (subnormal results carry no relative precision).
+
+Low precision (float16, bfloat16): a kernel that computes in half precision
+cannot be within a few eps of the exact result, and how far it may be depends
+on how many roundings its algorithm needs.  The criterion (cut-cross-entropy's
+own test, made exact; issue 12) compares it with the same computation done by
+the plain composition of PyTorch operations in the same dtype: an output
+passes where
+
+.. math::
+
+    \max|got - exact| \le \max|baseline - exact|
+    + \mathrm{tol}\,\varepsilon_{\mathrm{dtype}}\max|exact|,
+
+``exact`` from the float64 reference at the low-precision input values,
+``tol`` = :data:`LOW_PRECISION_TOL_EPS`.  :func:`low_precision` reports the
+*ratio* of the two sides (at most 1 passes), not only the verdict.
 """
 
 from __future__ import annotations
@@ -46,6 +62,14 @@ from .._format import fmt_eps
 #: the smallest convention difference the framework audits must tell apart (label
 #: smoothing eps/C vs eps/(C - 1) with eps = 0.1, C <= 11: >= 1e-3 of the loss).
 TOL_EPS = 256.0
+
+
+#: Slack of the low-precision criterion (:func:`low_precision`), in eps of the audited
+#: dtype times the largest exact entry: one eps (float16: 2**-10 = 9.8e-4, the 1e-3 of
+#: cut-cross-entropy's own float16 tests, made a unit of the dtype).
+LOW_PRECISION_TOL_EPS = 1.0
+#: The dtypes judged by the low-precision criterion rather than by eps of the operands.
+LOW_PRECISION_DTYPES = ("float16", "bfloat16")
 
 
 class Measure(NamedTuple):
@@ -113,6 +137,71 @@ def measure(got, expected, operand, dtype, tol=TOL_EPS, name="") -> Measure:
     r = float(np.asarray(expected, np.float64)[idx])
     where = f"{name}{list(idx) if idx else ''}"
     return Measure(worst, idx, f"{where}: got {a!r}, expected {r!r} ({fmt_eps(worst)} eps)")
+
+
+def low_precision(got, expected, baseline, dtype, tol=LOW_PRECISION_TOL_EPS,
+                  name="") -> Measure:
+    """The low-precision criterion (see the module doc): ``worst`` is the ratio
+    ``max|got - exact| / (max|baseline - exact| + tol * eps * max|exact|)``.
+
+    Non-finite entries follow the rule of :func:`errors_eps`: a non-finite
+    mismatch of ``got`` makes its error infinite.  When the baseline has a
+    non-finite mismatch too, its error is infinite as well, and the ratio is 1
+    if every non-finite mismatch of ``got`` is also one of the baseline (as
+    wrong as the composition), infinite otherwise.  An exact entry beyond the
+    range of the dtype ``got`` is returned in is compared as what it rounds to
+    there (``±inf``): no result in that dtype can be closer.  ``index`` is the worst
+    element of ``got``; ``detail`` names it when the ratio exceeds 1.
+    """
+    dt = np.dtype(dtype) if str(dtype) != "bfloat16" else np.dtype(np.float32)
+    eps = 2.0 ** -7 if str(dtype) == "bfloat16" else float(np.finfo(dt).eps)
+    out = np.asarray(got).dtype           # the dtype the result is returned in
+    a = np.asarray(got, np.float64)
+    r = np.asarray(expected, np.float64)
+    if out.kind == "f" and out.itemsize < 8:
+        big = float(np.finfo(out).max)
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = np.where(np.isfinite(r) & (np.abs(r) > big), r.astype(out).astype(np.float64), r)
+    c = np.asarray(baseline, np.float64) if baseline is not None else None
+    if c is not None and c.shape != r.shape:
+        c = c.reshape(r.shape) if c.size == r.size else None
+
+    def mismatch(v):
+        with np.errstate(invalid="ignore"):
+            return ((np.isnan(r) != np.isnan(v)) | (np.isinf(r) & (v != r))
+                    | (np.isfinite(r) & ~np.isfinite(v)))
+
+    fin = np.isfinite(r)
+    bad_a = mismatch(a)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.where(fin & np.isfinite(a), np.abs(a - r), 0.0)
+    e_a = math.inf if bad_a.any() else float(d.max(initial=0.0))
+    if c is None:
+        e_c = 0.0
+        bad_c = np.zeros(r.shape, bool)
+    else:
+        bad_c = mismatch(c)
+        with np.errstate(invalid="ignore", over="ignore"):
+            dc = np.where(fin & np.isfinite(c), np.abs(c - r), 0.0)
+        e_c = math.inf if bad_c.any() else float(dc.max(initial=0.0))
+    bound = e_c + tol * eps * float(np.max(np.abs(r[fin]), initial=0.0))
+    if e_a == 0:
+        ratio = 0.0
+    elif math.isinf(e_a):
+        ratio = 1.0 if math.isinf(e_c) and not np.any(bad_a & ~bad_c) else math.inf
+    elif bound == 0:
+        ratio = math.inf
+    else:
+        ratio = e_a / bound
+    err = np.where(bad_a, np.inf, d)
+    flat = int(np.argmax(err)) if err.size else 0
+    idx = tuple(int(j) for j in np.unravel_index(flat, err.shape)) if err.ndim else ()
+    if not ratio > 1.0:
+        return Measure(ratio, idx if err.size else None, "")
+    where = f"{name}{list(idx) if idx else ''}"
+    return Measure(ratio, idx, f"{where}: got {float(a[idx])!r}, expected {float(r[idx])!r} "
+                               f"(ratio {fmt_eps(ratio)}: max error {e_a:.3g} vs same-dtype "
+                               f"composition {e_c:.3g} + {tol:g} eps * max|exact|)")
 
 
 def verdict(ok: bool, worst: float | None, tol: float, *, inconclusive: bool = False) -> str:

@@ -32,6 +32,12 @@ binary logits: ``scale 1/3/10/30``, ``±1e4``, ``near overflow``,
 binary probabilities: ``uniform``, ``near 0 and 1`` (1e-300 .. nextafter(1, 0)),
 ``sigmoid(±50)``, ``exact 0 and 1``, ``clip boundary`` (at, just inside and
 just outside [1e-7, 1 - 1e-7], and 0, 1/4, 1/2, 1).
+linear (features ``x`` of a linear cross-entropy, :func:`linear`; the logits
+``x @ linear_weight.T + linear_bias`` are made to be the logits of the named
+region): ``scale 1/3/10/30``, ``dominant right`` / ``dominant wrong``,
+``all equal``, ``±1e4``, ``near overflow``, ``many classes`` (V = 300),
+``vocab 256`` (V a multiple of 128 and a power of two: no padded block in a
+Triton kernel), ``all ignored``.
 Weights (class ``weight``, ``sample_weight``, ``pos_weight``) come from
 :func:`~.values.weights`: 0, 1e-3, uniform(0.5, 2) and 1e3 entries, never all 0.
 """
@@ -56,6 +62,9 @@ SHARD_REGIONS = ("shard slice -inf", "max in last shard", "tied max across shard
                  "spread 110")
 BINARY_PROB_REGIONS = ("uniform", "near 0 and 1", "sigmoid(±50)", "exact 0 and 1",
                        "clip boundary")
+LINEAR_REGIONS = ("scale 1", "scale 3", "scale 10", "scale 30", "dominant right",
+                  "dominant wrong", "all equal", "±1e4", "near overflow", "many classes",
+                  "vocab 256", "all ignored")
 
 N_ROWS = 6
 N_CLASSES = 5
@@ -314,3 +323,104 @@ def neutral_input(case: Case) -> np.ndarray:
     if case.domain == "probs":
         return np.full_like(x, 1.0 / n)
     return np.full_like(x, -np.log(n))
+
+
+# --------------------------------------------------------------------------- linear
+
+#: Keywords of a linear cross-entropy case the shrinker may simplify (besides the arrays).
+LINEAR_FREE = ("label_smoothing", "reduction", "z_loss", "softcap")
+#: How each array keyword of a linear case lines up: the weight, the bias and the class
+#: weights have one row / entry per class, the upstream gradient one entry per row.
+_LINEAR_ARRAYS = {"linear_weight": "classes", "linear_bias": "classes", "weight": "classes",
+                  "grad_output": "batch"}
+
+
+@dataclass(frozen=True)
+class LinearGenerator:
+    """Cases of a linear cross-entropy: features ``x`` ``(rows, hidden)``, the linear
+    layer ``linear_weight`` ``(vocab, hidden)`` and ``linear_bias`` in the keywords, class
+    index targets (see :func:`linear`)."""
+
+    rows: int = 4
+    hidden: int = 8
+    vocab: int = 37
+    many: int = 300
+    fixed: tuple = ()
+
+    def case(self, x, targets, kwargs=None, region="probe", flags=()) -> Case:
+        """A linear case (a catalogue probe, for instance): ``kwargs`` holds
+        ``linear_weight`` (required) and the options."""
+        x = np.asarray(x)
+        kwargs = dict(kwargs or {})
+        ignore = "ignore_index" if "ignore_index" in kwargs else None
+        fixed = {k for k, v in kwargs.items() if not isinstance(v, np.ndarray)
+                 and k not in LINEAR_FREE and k != ignore} | (set(self.fixed) & kwargs.keys())
+        arrays = {k: v for k, v in _LINEAR_ARRAYS.items() if k in kwargs}
+        if kwargs.get("shift"):       # one upstream gradient per shifted row: not x's rows
+            arrays.pop("grad_output", None)
+        return Case(x=x, targets=np.asarray(targets), kwargs=kwargs, region=region,
+                    domain="features", target_kind="index", linear="linear_weight",
+                    arrays=arrays,
+                    fixed=frozenset(fixed), ignore=ignore, flags=tuple(flags))
+
+    def __call__(self, rng, dtype, options, region):
+        dtype = np.dtype(dtype)
+        options = dict(options)
+        ik = "ignore_index" if "ignore_index" in options else None
+        if region == "all ignored" and ik is None:
+            return None
+        if region not in LINEAR_REGIONS:
+            return None
+        C = {"many classes": self.many, "vocab 256": 256}.get(region, self.vocab)
+        H = self.hidden
+        bshape = (2, max(2, self.rows // 2 + 1)) if options.get("shift") else (self.rows,)
+        N = int(np.prod(bshape))
+        if N > H:
+            raise ValueError(f"rows ({N}) must not exceed hidden ({H}): the logits are "
+                             "made exactly from orthogonal features")
+        y = rng.integers(0, C, N)
+        logit_region = {"many classes": "scale 3", "vocab 256": "scale 3",
+                        "all ignored": "scale 3"}.get(region, region)
+        z = _class_input(rng, "logits", logit_region, N, C, y, np.eye(C)[y], dtype)
+        b = None
+        if options.get("linear_bias") == "random":
+            b = rng.normal(0.0, 0.5, C)
+            z = z - b
+        # features with orthogonal rows of norm sqrt(H): x x^T = H I, so that with
+        # W = z^T x / H the logits x W^T (+ b) are the region's logits (before the cast)
+        q, _ = np.linalg.qr(rng.normal(size=(H, N)))
+        x = q.T * np.sqrt(H)
+        W = z.T @ x / H
+        kw = {"linear_weight": W.astype(dtype)}
+        if b is not None:
+            kw["linear_bias"] = b.astype(dtype)
+        for k, v in options.items():
+            if k in ("linear_bias",):
+                continue
+            if k == "weight" and v == "random":
+                kw[k] = V.weights(rng, (C,), dtype)
+            elif k == "grad_output" and v == "random":
+                gshape = (bshape[0], bshape[1] - 1) if options.get("shift") else bshape
+                kw[k] = rng.uniform(0.5, 3.0, gshape).round(2).astype(dtype)
+            else:
+                kw[k] = v
+        if ik is not None:
+            drop = rng.random(N) < 0.34
+            if region == "all ignored":
+                drop[:] = True
+            y = np.where(drop, options[ik], y)
+        return self.case(x.reshape(bshape + (H,)).astype(dtype), y.reshape(bshape).astype(np.int64),
+                         kw, region)
+
+
+def linear(rows: int = 4, hidden: int = 8, vocab: int = 37, many: int = 300,
+           fixed=()) -> LinearGenerator:
+    """Linear cross-entropy cases (class index targets): ``rows`` rows of ``hidden``
+    features (``rows <= hidden``; with the option ``shift`` a ``(2, rows // 2 + 1)``
+    batch), ``vocab`` classes (``many`` in the region ``many classes``, 256 in
+    ``vocab 256``).  Option placeholders: ``linear_bias="random"`` (a bias of
+    N(0, 0.5) entries, folded into the region's logits), ``weight="random"``
+    (:func:`~.values.weights`), ``grad_output="random"`` (one upstream gradient per
+    row in [0.5, 3]); ``ignore_index`` ignores about a third of the rows (every row in
+    ``all ignored``)."""
+    return LinearGenerator(rows, hidden, vocab, many, tuple(fixed))

@@ -1,4 +1,4 @@
-"""Audit PyTorch, optax, Keras 3, scikit-learn and megatron-core against the reference.
+"""Audit PyTorch, optax, Keras 3, scikit-learn, megatron-core and the GPU linear CE kernels.
 
 Each framework's cross-entropy functions are run (values, and gradients
 through the framework's own autograd; scikit-learn's ``_loss`` gives its own
@@ -22,10 +22,24 @@ megatron-core's vocab-parallel cross-entropy runs on ``torch.distributed``
 (gloo) in 1, 2 and 4 worker processes of this machine, every socket checked to
 stay on loopback (:mod:`._megatron`).
 
-Run it with ``ce-reference audit torch|optax|keras|sklearn|megatron|all`` (or
-``python -m ce_reference.frameworks NAME``), or from Python with
-:func:`run_framework_audit`.  A framework that is not installed is reported
-as skipped, not failed.
+The kernel audits (:data:`KERNELS`) run the fused linear cross-entropy
+kernels of LLM training on the CPU against the exact float64 reference
+(:func:`ce_reference.linear_cross_entropy` at the input's values):
+``torch-linear`` (PyTorch 2.13's ``F.linear_cross_entropy``, reference and
+chunked paths), ``liger`` (Liger Kernel's Triton cross-entropy and fused
+linear cross-entropy under Triton's interpreter, :mod:`._triton_interp`) and
+``cce`` (Apple's cut-cross-entropy, ``impl="cce"`` under the interpreter and
+``impl="torch_compile"`` as shipped).  They sweep float32 (eps of the
+operands) and float16 (the low-precision criterion against the same-dtype
+PyTorch composition, :func:`._core.compare_low_precision`) and are classified
+as above, plus **precision** (a float16 result that fails that criterion by
+a stated ratio and a checked mechanism, without a wrong formula).  Their
+packages are the ``kernels`` extra (``pip install -e ".[kernels]"``).
+
+Run it with ``ce-reference audit NAME|all`` (``NAME`` one of :data:`AUDITS`;
+``all`` runs every one) or ``python -m ce_reference.frameworks NAME``, or from
+Python with :func:`run_framework_audit`.  A framework that is not installed is
+reported as skipped ("not installed"), not failed.
 
 Exit status of :func:`run_framework_audit` (and of the command line)
 --------------------------------------------------------------------
@@ -53,14 +67,18 @@ from ._core import (MAX_SHRINK, TOL_EPS, covers, evaluate, explains, probe_known
                     shrink)
 
 FRAMEWORKS = ("torch", "optax", "keras", "sklearn", "megatron")
+#: The GPU linear cross-entropy kernels, audited on the CPU (extra ``kernels``).
+KERNELS = ("torch-linear", "liger", "cce")
+#: Every audit ``ce-reference audit NAME`` knows; ``all`` runs them in this order.
+AUDITS = FRAMEWORKS + KERNELS
 
-__all__ = ["FRAMEWORKS", "audit_framework", "run_framework_audit"]
+__all__ = ["AUDITS", "FRAMEWORKS", "KERNELS", "audit_framework", "run_framework_audit"]
 
 
 def _adapter(name):
-    if name not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {name!r}; expected one of {FRAMEWORKS} or 'all'")
-    return importlib.import_module(f"ce_reference.frameworks._{name}")
+    if name not in AUDITS:
+        raise ValueError(f"unknown framework {name!r}; expected one of {AUDITS} or 'all'")
+    return importlib.import_module(f"ce_reference.frameworks._{name.replace('-', '_')}")
 
 
 def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=None) -> dict:
@@ -82,13 +100,18 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     t0 = time.perf_counter()
     report = {"framework": name, "seed": seed, "quick": quick, "tolerance_eps": TOL_EPS,
               "python": platform.python_version(), "numpy": np.__version__}
+    about = getattr(mod, "about", None)
     try:
         version = mod.load()
     except ImportError as exc:
         report.update(status="skipped", reason=f"not available: {exc}", version=None,
                       rows=[], findings=[], unclassified=[], exit_code=0, ok=True)
+        if about is not None:
+            report["about"] = about()
         return report
     report.update(status="ran", version=version)
+    if about is not None:
+        report["about"] = about()
     hook = getattr(mod, "session", None)
     ctx = hook(seed=seed, quick=quick, progress=progress) if hook else contextlib.nullcontext()
     with ctx as sess:
@@ -99,7 +122,14 @@ def audit_framework(name: str, *, seed: int = 0, quick: bool = False, progress=N
     report["defects"] = sorted(f["id"] for f in findings if f["class"] == "defect")
     report["exit_code"] = 1 if unclassified or failed else 0
     report["ok"] = not unclassified and not failed
-    report["worst_match_eps"] = max((v for r in rows for v in r.worst.values()), default=0.0)
+    report["worst_match_eps"] = max((v for r in rows if r.unit == "eps"
+                                     for v in r.worst.values()), default=0.0)
+    ratios = [v for r in rows if r.unit == "ratio" for v in r.worst.values()]
+    if ratios:
+        report["worst_match_ratio"] = max(ratios)
+    calls = [s for r in rows for s in r.seconds]
+    if calls:
+        report["median_call_seconds"] = float(np.median(calls))
     report["verdict"] = _verdict(report, findings, unclassified)
     if failed:
         report["verdict"] = f"FAILED: {failed}; {report['verdict']}"
@@ -139,8 +169,9 @@ def _sweep_and_probe(mod, name, report, seed, quick, progress):
             small = shrink(t, case, lambda c, o, k=k, t=t: explains(k, t, c, o))
             f["sweep_witness"] = {"target": t.name, "region": case.region,
                                   "input": small.arguments(), "detail": _detail(t, small)}
-            if f["class"] == "not reproduced":      # the sweep shows it even if the probe not
-                f["class"] = k.kind if k.kind in ("defect", "convention") else "defect"
+            if f["class"] in ("not reproduced", "not exercised"):   # the sweep shows it
+                f["class"] = k.kind if k.kind in ("defect", "convention", "precision") \
+                    else "defect"
         else:
             f["sweep_cases"] = 0
         findings.append(f)
@@ -151,7 +182,9 @@ def _sweep_and_probe(mod, name, report, seed, quick, progress):
     for t, c, o in unclassified:
         key = (t.name, o.kind)
         entry = {"target": t.name, "dtype": c.dtype.name, "region": c.region, "kind": o.kind,
-                 "detail": o.detail, "worst_eps": max(o.errors.values(), default=float("inf"))}
+                 "detail": o.detail, "unit": o.unit,
+                 "worst_eps" if o.unit == "eps" else "worst_ratio":
+                     max(o.errors.values(), default=float("inf"))}
         if key not in seen and len(seen) < MAX_SHRINK * 4:
             seen.add(key)
             small = shrink(t, c, lambda c2, o2, kind=o.kind: o2.kind == kind)
@@ -169,9 +202,14 @@ def _verdict(report, findings, unclassified):
     """One line with the worst errors in eps: of the matching cases, and of the unclassified
     deviations if any."""
     tol = f"tolerance {fmt_eps(TOL_EPS)} eps"
-    n = {k: sum(f["class"] == k for f in findings) for k in ("defect", "convention")}
+    n = {k: sum(f["class"] == k for f in findings) for k in ("defect", "convention", "precision")}
     known = f"{n['defect']} catalogued defect(s), {n['convention']} convention(s)"
+    if n["precision"]:
+        known += f", {n['precision']} precision finding(s)"
     head = f"worst matching case {fmt_eps(report['worst_match_eps'])} eps ({tol})"
+    if "worst_match_ratio" in report:
+        head += (f", low precision: worst ratio {fmt_eps(report['worst_match_ratio'])} "
+                 "(criterion at most 1)")
     if unclassified:
         worst = max((max(o.errors.values(), default=float("inf")) for _, _, o in unclassified),
                     default=float("inf"))
@@ -186,14 +224,15 @@ def _detail(target, case):
 
 def _quick(t):
     import dataclasses
-    return dataclasses.replace(t, regions=t.regions[::3] + tuple(
-        r for r in t.regions if "-inf" in r and r not in t.regions[::3]),
-        option_sets=t.option_sets[:2], repeats=1)
+    regions = t.quick_regions if t.quick_regions is not None else t.regions[::3] + tuple(
+        r for r in t.regions if "-inf" in r and r not in t.regions[::3])
+    sets = t.quick_option_sets if t.quick_option_sets is not None else t.option_sets[:2]
+    return dataclasses.replace(t, regions=tuple(regions), option_sets=list(sets), repeats=1)
 
 
 def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, quick=False,
                         strict=False, console=True, progress=True) -> int:
-    """Audit ``name`` (one of :data:`FRAMEWORKS`, or ``"all"``); return the exit status.
+    """Audit ``name`` (one of :data:`AUDITS`, or ``"all"``: every one); return the exit status.
 
     Prints a summary table (``console=True``), writes the JSON report
     (``json_path``: top-level ``"ok"``, ``"exit_code"`` and one entry per
@@ -207,7 +246,7 @@ def run_framework_audit(name, json_path=None, markdown_path=None, seed=0, *, qui
     checked before any work (``ValueError``).
     """
     from . import _report
-    names = FRAMEWORKS if name == "all" else (name,)
+    names = AUDITS if name == "all" else (name,)
     for n in names:
         _adapter(n)                       # validate the names before any work
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -17,7 +17,11 @@ Errors are measured in the one tolerance scheme of the audits
 (:mod:`ce_reference.auditing.tolerance`): eps of the dtype times an operand
 scale, here a scalar per array -- the larger of the reference result's
 largest entry and the size of the operands that the computation cancels (see
-:func:`compare` and :func:`operand_scales`).  Cases come from the named regions
+:func:`compare` and :func:`operand_scales`).  A float16 or bfloat16 case of a
+target with a ``baseline`` (the same computation composed of plain PyTorch
+operations in that dtype) is judged by the low-precision criterion instead
+(:func:`ce_reference.auditing.tolerance.low_precision`, :func:`compare_low_precision`):
+its errors are ratios, and at most 1 passes.  Cases come from the named regions
 of :mod:`ce_reference.cases.regions`, and deviations are shrunk by the one
 shrinker, :func:`ce_reference.cases.shrink`.
 """
@@ -25,6 +29,7 @@ shrinker, :func:`ce_reference.cases.shrink`.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -33,7 +38,8 @@ from typing import Callable
 import numpy as np
 
 from .._format import clean_json, fmt_array
-from ..auditing.tolerance import TOL_EPS, measure, operand_scale
+from ..auditing.tolerance import (LOW_PRECISION_DTYPES, TOL_EPS, low_precision, measure,
+                                  operand_scale)
 from ..cases import Case
 from ..cases import shrink as shrink_case
 from ..cases.regions import neutral_input
@@ -63,6 +69,14 @@ class Outcome:
     detail: str = ""
     framework: Result | None = None
     reference: Result | None = None
+    baseline: Result | None = None  # the same-dtype composition (low-precision criterion)
+    unit: str = "eps"               # "eps" (limit TOL_EPS) or "ratio" (limit 1)
+    seconds: float | None = None    # the framework call alone
+
+    @property
+    def limit(self) -> float:
+        """The largest error that passes: :data:`TOL_EPS`, or 1 for a ratio."""
+        return 1.0 if self.unit == "ratio" else TOL_EPS
 
     @property
     def nonfinite(self) -> dict:
@@ -117,6 +131,53 @@ def compare(fw: Result, ref: Result, dtype, scales: dict) -> Outcome:
     return Outcome(ok, "match" if ok else worst_kind, errors, "; ".join(detail), fw, ref)
 
 
+def compare_low_precision(fw: Result, ref: Result, base: Result | None, dtype) -> Outcome:
+    """Compare named arrays by the low-precision criterion: the error of each array is the
+    ratio :func:`ce_reference.auditing.tolerance.low_precision` of the framework's largest
+    error to the same-dtype composition's (``base``) plus one eps of the largest exact
+    entry; at most 1 passes."""
+    errors, worst_kind, detail = {}, None, []
+    for k, r in ref.arrays.items():
+        if k not in fw.arrays:
+            continue
+        r = np.asarray(r, np.float64)
+        a = np.asarray(fw.arrays[k])          # its own dtype: the range it can represent
+        if a.shape != r.shape:
+            if a.size == r.size:
+                a = a.reshape(r.shape)
+            else:
+                errors[k] = math.inf
+                detail.append(f"{k}: shape {a.shape} != reference {r.shape}")
+                worst_kind = worst_kind or k
+                continue
+        c = None if base is None else base.arrays.get(k)
+        m = low_precision(a, r, c, dtype, name=k)
+        errors[k] = m.worst
+        if m.detail:
+            worst_kind = worst_kind or k
+            detail.append(m.detail.replace(": got ", ": framework ").replace(
+                ", expected ", " vs reference "))
+    ok = worst_kind is None
+    return Outcome(ok, "match" if ok else worst_kind, errors, "; ".join(detail), fw, ref,
+                   base, unit="ratio")
+
+
+def low_precision_case(target, case: Case) -> bool:
+    """``case`` is judged by the low-precision criterion (a float16 / bfloat16 case of a
+    target that has a same-dtype baseline)."""
+    return getattr(target, "baseline", None) is not None \
+        and case.dtype.name in LOW_PRECISION_DTYPES
+
+
+def judge(target, case: Case, fw: Result, ref: Result, base: Result | None = None) -> Outcome:
+    """Compare by the scheme that applies to ``case``: eps of the operands
+    (:func:`compare`), or the low-precision criterion (:func:`compare_low_precision`,
+    with ``base`` the target's same-dtype baseline)."""
+    if low_precision_case(target, case):
+        return compare_low_precision(fw, ref, base, case.dtype)
+    return compare(fw, ref, case.dtype, target.scales(case))
+
+
 def _index(flat, shape) -> tuple:
     return tuple(int(j) for j in np.unravel_index(flat, shape)) if shape else ()
 
@@ -140,7 +201,11 @@ class Known:
     the tolerance (``check`` says the probe shows it).  ``scope`` names further
     targets (and their variants) whose sweep deviations the finding explains,
     besides ``target``, where its probe runs (one defect of a function seen at
-    several tensor-parallel sizes, for instance).
+    several tensor-parallel sizes, for instance).  ``unavailable`` says why a
+    catalogued issue cannot be exercised with the installed versions (its probe
+    is not run: class ``not exercised``); a finding without a ``probe`` is a
+    class of sweep deviations.  Kind ``precision``: a low-precision result that
+    fails the criterion of :func:`compare_low_precision` by a checked mechanism.
     """
 
     id: str
@@ -155,6 +220,7 @@ class Known:
     exact: Callable | None = None
     fields: tuple | None = None      # compare only these arrays when verifying a convention
     scope: tuple = ()                # further targets whose deviations it explains
+    unavailable: str = ""            # why the probe cannot run here (class "not exercised")
 
 
 def relevant(k: Known, target_name: str) -> bool:
@@ -180,7 +246,13 @@ class Target:
     ``gen`` is a :class:`ce_reference.cases.regions.Generator` (``gen(rng, dtype,
     options, region) -> Case``); ``option_sets`` are
     the option dicts swept; ``regions`` the input regions; ``scales(case)``
-    the operand scales used by :func:`compare`.
+    the operand scales used by :func:`compare`.  ``baseline(case)``, when
+    given, is the same computation composed of plain PyTorch operations in the
+    case's dtype: float16 / bfloat16 cases are then judged by the
+    low-precision criterion against it (:func:`judge`).  ``quick_regions`` /
+    ``quick_option_sets`` replace the default subset of ``--quick``, and
+    ``shrink_budget`` the number of framework calls per shrink
+    (:data:`SHRINK_BUDGET`), for targets whose calls are slow.
     """
 
     name: str
@@ -195,6 +267,10 @@ class Target:
     repeats: int = 1
     seed_key: str = ""              # seeds the cases (default: the name); shared by variants
                                     # that must see the same inputs
+    baseline: Callable[[Case], Result] | None = None
+    quick_regions: tuple | None = None
+    quick_option_sets: list | None = None
+    shrink_budget: int | None = None
 
 
 def evaluate(target: Target, case: Case) -> Outcome:
@@ -203,13 +279,25 @@ def evaluate(target: Target, case: Case) -> Outcome:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = target.reference(case)
-        scales = target.scales(case)
+        base = None
+        if low_precision_case(target, case):
+            try:
+                base = target.baseline(case)
+            except Exception:  # noqa: BLE001 - no baseline: the criterion's bound is 1 eps
+                base = None
+    t0 = time.perf_counter()
     try:
         fw = target.run(case)
     except Exception as exc:  # the framework refused a valid input
         return Outcome(False, "exception", {}, f"{type(exc).__name__}: {exc}".splitlines()[0],
-                       None, ref)
-    return compare(fw, ref, case.dtype, scales)
+                       None, ref, base, seconds=time.perf_counter() - t0,
+                       unit="ratio" if low_precision_case(target, case) else "eps")
+    seconds = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        o = judge(target, case, fw, ref, base)
+    o.seconds = seconds
+    return o
 
 
 def shrink(target: Target, case: Case, still: Callable[[Case, Outcome], bool],
@@ -223,7 +311,7 @@ def shrink(target: Target, case: Case, still: Callable[[Case, Outcome], bool],
             return None
         return o if (not o.ok) and still(c, o) else None
 
-    small, _ = shrink_case(case, holds, budget=budget)
+    small, _ = shrink_case(case, holds, budget=target.shrink_budget or budget)
     return small
 
 
@@ -240,12 +328,17 @@ class RowStats:
     matches: int = 0
     worst: dict = field(default_factory=dict)      # name -> worst error over matches
     findings: dict = field(default_factory=dict)   # finding id -> count
+    unit: str = "eps"                              # of ``worst``: "eps" or "ratio"
+    seconds: list = field(default_factory=list)    # framework call times
 
     def to_json(self):
-        return {"target": self.target, "options": self.options, "dtype": self.dtype,
-                "cases": self.cases, "matches": self.matches,
-                "worst_eps": clean_json(self.worst),
-                "findings": self.findings}
+        out = {"target": self.target, "options": self.options, "dtype": self.dtype,
+               "cases": self.cases, "matches": self.matches,
+               "worst_eps" if self.unit == "eps" else "worst_ratio": clean_json(self.worst),
+               "findings": self.findings}
+        if self.seconds:
+            out["median_call_seconds"] = float(np.median(self.seconds))
+        return out
 
 
 def options_label(opts: dict) -> str:
@@ -274,6 +367,9 @@ def run_target(target: Target, known: list, seed: int, progress=None):
                         continue
                     st.cases += 1
                     o = evaluate(target, case)
+                    st.unit = o.unit
+                    if o.seconds is not None:
+                        st.seconds.append(o.seconds)
                     if o.ok:
                         st.matches += 1
                         for k, v in o.errors.items():
@@ -299,10 +395,13 @@ def parts(target: Target, case: Case, o: Outcome) -> list:
         return []
     out = []
     for name, err in o.errors.items():
-        if err <= TOL_EPS:
+        if err <= o.limit:
             continue
-        sub = compare(Result({name: o.framework.arrays[name]}),
-                      Result({name: o.reference.arrays[name]}), case.dtype, target.scales(case))
+        base = None
+        if o.baseline is not None and name in o.baseline.arrays:
+            base = Result({name: o.baseline.arrays[name]})
+        sub = judge(target, case, Result({name: o.framework.arrays[name]}),
+                    Result({name: o.reference.arrays[name]}), base)
         out.append(sub)
     return out
 
@@ -359,7 +458,18 @@ def probe_known(k: Known, target: Target) -> dict:
     * ``match``: ``match`` when the framework agrees with the reference within
       the tolerance and ``k.check`` holds (a documented behaviour that is no
       defect); otherwise ``not reproduced``.
+    * ``precision`` (a low-precision result that fails the criterion of
+      :func:`compare_low_precision` by a checked mechanism): reproduced like a
+      defect.
+    * ``unavailable`` set: ``not exercised`` (the probe is not run); no probe:
+      ``not reproduced`` here (a class of sweep deviations).
     """
+    if k.unavailable:
+        return {"input": "", "dtype": "", "class": "not exercised", "reproduced": False,
+                "framework": k.unavailable}
+    if k.probe is None:             # a finding of the sweep only (see its sweep witness)
+        return {"input": "", "dtype": "", "class": "not reproduced", "reproduced": False,
+                "framework": "no probe: a class of sweep deviations"}
     p = k.probe()
     case = target.gen.case(p.x, p.targets, p.kwargs, region="probe", flags=p.flags)
     out = {"input": case.arguments(), "dtype": case.dtype.name}
@@ -383,16 +493,21 @@ def probe_known(k: Known, target: Target) -> dict:
     out["framework"] = _fmt_result(o.framework) if o.framework else o.detail
     out["reference"] = _fmt_result(o.reference) if o.reference else ""
     out["detail"] = o.detail
+    if o.unit == "ratio":
+        out["ratios"] = clean_json(o.errors)
+        if o.baseline is not None:
+            out["baseline"] = _fmt_result(o.baseline)
     if k.kind == "convention":
         if k.fields is not None and o.framework is not None:
-            sub = lambda r: Result({n: v for n, v in r.arrays.items() if n in k.fields})
-            o = compare(sub(o.framework), sub(o.reference), case.dtype, target.scales(case))
+            sub = lambda r: None if r is None else Result(
+                {n: v for n, v in r.arrays.items() if n in k.fields})
+            o = judge(target, case, sub(o.framework), sub(o.reference), sub(o.baseline))
         follows = o.ok if k.check is None else _checked(k, case, o, out)
         differs = False
         if k.exact is not None and o.framework is not None:
             ex = k.exact(case)
             out["exact"] = _fmt_result(ex)
-            differs = not compare(o.framework, ex, case.dtype, target.scales(case)).ok
+            differs = not judge(target, case, o.framework, ex, o.baseline).ok
         out["reproduced"] = bool(follows and differs)
         out["class"] = "convention" if out["reproduced"] else "not reproduced"
         return out
@@ -403,7 +518,7 @@ def probe_known(k: Known, target: Target) -> dict:
         return out
     reproduced = (not o.ok) if k.check is None else _checked(k, case, o, out)
     out["reproduced"] = reproduced
-    out["class"] = "defect" if reproduced else "not reproduced"
+    out["class"] = k.kind if reproduced else "not reproduced"
     return out
 
 
