@@ -107,7 +107,12 @@ class ClassProblem:
     scale : float
         Factor from the gradient of the sum of the row losses to the
         gradient of the reduced loss (:func:`._reduction.grad_scale`).
+    backend : str
+        The kernels of ``value_and_grad`` (:mod:`ce_reference.backends`): ``"numpy"``
+        unless the loss's ``value_and_grad`` set it from its ``backend=`` argument.
     """
+
+    backend = "numpy"
 
     def __init__(self, x, targets, *, input_name, input_kind, axis=-1, weight=None,
                  ignore_index=None, reduction="mean", probs_what="probabilities",
@@ -277,9 +282,11 @@ class ElementwiseProblem:
     for shape at once and kept un-broadcast (:meth:`operand` gives the
     broadcast view in the compute dtype).  Each has a value kind: ``"unit"``
     (in [0, 1], checked in the compute dtype) or ``"weight"`` (non-negative,
-    finite).  The ``mean`` denominator is the number of elements.
+    finite).  The ``mean`` denominator is the number of elements.  ``backend`` as
+    for :class:`ClassProblem`.
     """
 
+    backend = "numpy"
     UNIT_WHAT = {"targets": "binary targets"}
 
     def __init__(self, x, *, input_name, input_kind, operands, reduction="mean",

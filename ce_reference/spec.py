@@ -205,6 +205,11 @@ class LossSpec:
         returned in float64 (a reference for low-precision kernels).
     benchmarks : tuple of :class:`BenchCase`
         The cases ``python -m benchmarks`` times for this loss.
+    backends : tuple of str
+        The kernels ``value_and_grad`` can run on (``"numpy"``, ``"numba"``: see
+        :mod:`ce_reference.backends`).  A loss with more than one takes
+        ``backend=``; the verifier gates each against mpmath in its own column
+        (``fused``, ``compiled``) and the contract tests run on each.
     short : str
         Short label for tables.
     ref : str, optional
@@ -229,6 +234,7 @@ class LossSpec:
     positional: tuple = ("input", "targets")
     dtype_policy: str = "package"
     benchmarks: tuple = ()
+    backends: tuple = ("numpy",)
     short: str = ""
     ref: str | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from .. import backends
 from .. import options as O
 from .._problem import ClassProblem, deferred_values
 from .._reduction import grad_scale, reduce_parts, weighted_count
@@ -298,7 +299,7 @@ def softmax_cross_entropy_grad(logits, targets, *, axis=-1, weight=None, ignore_
 def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=None,
                                          ignore_index=None, label_smoothing=0.0, z_loss=0.0,
                                          softcap=None, reduction="mean", out=None,
-                                         workers=None):
+                                         workers=None, backend=None):
     r"""Loss and gradient of :func:`softmax_cross_entropy` in one fused sweep.
 
     Same arguments, numbers and errors as :func:`softmax_cross_entropy` and
@@ -318,6 +319,12 @@ def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=Non
     workers : int, optional
         Threads to use; default: the cores available to this process.  The
         results are bitwise identical for every value.
+    backend : {"numpy", "numba"}, optional
+        The kernels: the blocked NumPy ones or the compiled ones (the ``fast``
+        extra).  Default: ``$CE_REFERENCE_BACKEND``, else ``"numba"`` when numba is
+        installed, else ``"numpy"`` (:mod:`ce_reference.backends`).  Both give the
+        plain functions' numbers to a few ULP, each gated against mpmath by the
+        verifier.
 
     Returns
     -------
@@ -333,9 +340,11 @@ def softmax_cross_entropy_value_and_grad(logits, targets, *, axis=-1, weight=Non
     >>> bool(np.allclose(g, ce.softmax_cross_entropy_grad(z, np.array([0, 1])), rtol=1e-15))
     True
     """
+    backend = backends.resolve(backend)
     P = deferred_values(lambda check: _problem(
         logits, targets, axis, weight, ignore_index, label_smoothing, z_loss, softcap,
         reduction, check_values=check))
+    P.backend = backend
     return _kernel.value_and_grad(P, out, workers)
 
 
@@ -545,5 +554,6 @@ SPEC = LossSpec(
         BenchCase((1_000_000, 10), "index",
                   goals=(("floor", "<=", 4.0), ("jax.jit + optax", ">=", 2.0))),
     ),
+    backends=("numpy", "numba"),
     short="softmax-CE", ref="ce_reference.losses.softmax_cross_entropy:SPEC",
 )
