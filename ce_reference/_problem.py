@@ -95,6 +95,8 @@ class ClassProblem:
     index, keep : ndarray or None
         Class-index targets, shape ``(pre, post)``: int64 ids (0 on ignored
         rows) and the mask of kept rows.  ``None`` for probability targets.
+    all_kept : bool
+        No ``ignore_index``: every row is kept (``keep`` is all True).
     targets_raw : ndarray or None
         Probability targets as given, viewed ``(pre, C, post)``.
     weight : ndarray or None
@@ -141,7 +143,7 @@ class ClassProblem:
         self.scale = grad_scale(self.reduction, self.denominator)
 
     def _denominator(self) -> float:
-        if self.index is None:
+        if self.index is None or (self.all_kept and self.weight is None):
             return float(self.pre * self.post)
         wy = None if self.weight is None else self.weight[self.index]
         with np.errstate(over="ignore"):       # see _rescale_weight
@@ -160,6 +162,7 @@ class ClassProblem:
         t = V.as_numeric_array("targets", targets)
         ignore_index = V.check_ignore_index(ignore_index)
         self.index = self.keep = self.targets_raw = None
+        self.all_kept = ignore_index is None        # no row can be ignored
         if t.dtype.kind in "iu":
             index, keep = V.index_targets(t, self.shape, self.ax, ignore_index)
             self.index = index.reshape(self.pre, self.post)
@@ -242,8 +245,9 @@ class ClassProblem:
     # ------------------------------------------------------------------ results
     def reduce(self, rows: np.ndarray):
         """Reduce per-row losses ``(pre, post)`` (or the batch shape) to the result."""
-        return reduce_loss(np.reshape(rows, self.batch_shape), self.reduction, self.denominator,
-                           self.rdt)
+        if self.reduction == "none":
+            rows = np.reshape(rows, self.batch_shape)
+        return reduce_loss(rows, self.reduction, self.denominator, self.rdt)
 
     def finish_grad(self, g: np.ndarray, scaled: bool = False) -> np.ndarray:
         """Class-last gradient ``(pre, post, C)`` -> the input's layout and result dtype.

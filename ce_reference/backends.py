@@ -30,10 +30,15 @@ ENV_VAR = "CE_REFERENCE_BACKEND"
 INSTALL_HINT = "pip install 'ce_reference[fast]'"
 
 
+_AVAILABLE = []        # compiled.AVAILABLE, once known (the import is done once)
+
+
 def compiled_available() -> bool:
     """True when the compiled backend can run (numba is installed and imports)."""
-    from . import compiled
-    return compiled.AVAILABLE
+    if not _AVAILABLE:
+        from . import compiled
+        _AVAILABLE.append(compiled.AVAILABLE)
+    return _AVAILABLE[0]
 
 
 def available(names=BACKENDS) -> tuple:

@@ -27,10 +27,15 @@ from .._validation import unit_interval_ok
 from . import _blocks
 
 
+_COMPILED = []        # the compiled subpackage, once imported
+
+
 def _kernels():
     """The compiled subpackage (imported on first use: it imports numba)."""
-    from .. import compiled
-    return compiled
+    if not _COMPILED:
+        from .. import compiled
+        _COMPILED.append(compiled)
+    return _COMPILED[0]
 
 
 def _input(problem):

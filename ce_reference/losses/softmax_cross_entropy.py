@@ -62,8 +62,9 @@ def _problem(logits, targets, axis, weight, ignore_index, label_smoothing, z_los
     P.label_smoothing = check_label_smoothing(label_smoothing)
     P.z_loss = _check_z_loss(z_loss)
     P.softcap = _check_softcap(softcap)
-    P.z_denominator = (weighted_count(P.keep) if P.index is not None
-                       else float(P.pre * P.post))
+    # the number of kept rows: the CE denominator itself unless class weights enter it
+    P.z_denominator = (weighted_count(P.keep) if P.index is not None and P.weight is not None
+                       else P.denominator)
     P.z_scale = 0.0 if P.scale == 0 else grad_scale(P.reduction, P.z_denominator)
     return P
 
