@@ -105,8 +105,10 @@ class BenchCase:
     ``targets`` kind, keyword ``options``; ``goals`` are ratios the fused kernel is
     held to, each ``(quantity, comparison, value)`` with quantity ``"floor"`` (fused
     time over the floor: ``np.copyto`` of the input, for a linear loss its three
-    GEMMs) or a peer's name (peer time over fused time);
-    ``sweep`` lists further shapes timed for the throughput plot.
+    GEMMs) or a peer's name (peer time over fused time); ``compiled_goals`` the same
+    for the compiled backend (``backend="numba"``, with ``out=``);
+    ``sweep`` lists further shapes timed for the throughput plot (and, from the
+    smallest, the per-call cost against the peers).
     """
 
     shape: tuple
@@ -114,6 +116,7 @@ class BenchCase:
     options: tuple = ()
     goals: tuple = ()
     sweep: tuple = ()
+    compiled_goals: tuple = ()
 
     @property
     def key(self) -> str:
