@@ -8,8 +8,10 @@ the gradients with respect to ``h`` and ``W``:
   preallocated buffers at the same BLAS threads: no implementation can do
   less arithmetic;
 * ``ce_reference fused`` -- :func:`ce_reference.linear_cross_entropy_value_and_grad`
-  (row chunks, the softmax kernel in place, never the ``N x V`` logits);
-* ``unfused NumPy`` -- the logits by one GEMM, ce_reference's fused softmax
+  (row chunks, the softmax kernel in place, never the ``N x V`` logits) with the
+  NumPy softmax kernel; ``ce_reference compiled`` the same with the compiled one
+  (``backend="numba"``, when numba is installed);
+* ``unfused NumPy`` -- the logits by one GEMM, ce_reference's fused (NumPy) softmax
   kernel, two GEMMs (holds the logits and their gradient: ``2 N V`` floats);
 * ``torch eager`` -- ``F.linear`` + ``F.cross_entropy`` + ``backward``;
 * ``torch linear_cross_entropy chunked`` -- PyTorch's ``F.linear_cross_entropy``
@@ -31,12 +33,15 @@ import tracemalloc
 
 import numpy as np
 
+from . import impls
+
 FLOOR = "3 GEMMs (floor)"
 FUSED = "ce_reference fused"
+COMPILED = "ce_reference compiled"
 UNFUSED = "unfused NumPy"
 TORCH_EAGER = "torch eager"
 TORCH_CHUNKED = "torch linear_cross_entropy chunked"
-NAMES = (FLOOR, FUSED, UNFUSED, TORCH_EAGER, TORCH_CHUNKED)
+NAMES = (FLOOR, FUSED, COMPILED, UNFUSED, TORCH_EAGER, TORCH_CHUNKED)
 MiB = 1 << 20
 
 
@@ -66,9 +71,13 @@ def floor(h, W, t, workers):
     return run
 
 
-def fused(spec):
+def fused(spec, backend="numpy"):
+    from ce_reference import backends
+
     def factory(h, W, t, workers):
-        return lambda: spec.value_and_grad(h, W, t, workers=workers)
+        if backend not in backends.available():
+            return None
+        return lambda: spec.value_and_grad(h, W, t, workers=workers, backend=backend)
     return factory
 
 
@@ -78,7 +87,8 @@ def unfused(h, W, t, workers):
     def run():
         with _blas(workers):
             logits = h @ W.T
-            value, G = ce.softmax_cross_entropy_value_and_grad(logits, t, workers=workers)
+            value, G = ce.softmax_cross_entropy_value_and_grad(logits, t, workers=workers,
+                                                               backend="numpy")
             return value, G @ W, G.T @ h
     return run
 
@@ -124,7 +134,8 @@ def torch_chunked(h, W, t, workers):
 
 def implementations(spec):
     """``{name: (factory, tracemalloc sees its allocations)}``."""
-    return {FLOOR: (floor, True), FUSED: (fused(spec), True), UNFUSED: (unfused, True),
+    return {FLOOR: (floor, True), FUSED: (fused(spec), True),
+            COMPILED: (fused(spec, "numba"), True), UNFUSED: (unfused, True),
             TORCH_EAGER: (torch_eager, False), TORCH_CHUNKED: (torch_chunked, False)}
 
 
@@ -161,7 +172,6 @@ def run_case(spec, case, dtype, repeat, workers, only=None, log=print, shape=Non
             f()
             times[name].append(time.perf_counter() - t0)
     floor_s = statistics.median(times[FLOOR]) if FLOOR in times else None
-    fused_s = statistics.median(times[FUSED]) if FUSED in times else None
     flops = 3 * 2 * shape[0] * shape[1] * shape[2]
     rows = []
     for name, ts in times.items():
@@ -169,8 +179,8 @@ def run_case(spec, case, dtype, repeat, workers, only=None, log=print, shape=Non
         rows.append({"implementation": name, "median_s": med, "min_s": min(ts), "times_s": ts,
                      "gb_per_s": None, "gflop_per_s": flops / med / 1e9,
                      "x_floor": med / floor_s if floor_s else None,
-                     "peer_over_fused": med / fused_s if fused_s else None,
                      "peak_extra_bytes": _traced_peak(fns[name]) if traced[name] else None})
+    impls.add_ratios(rows)
     grad_bytes = h.nbytes + W.nbytes
     return {"kind": spec.label, "loss": spec.name, "shape": list(shape), "options": {},
             "dtype": np.dtype(dtype).name, "input_bytes": h.nbytes + W.nbytes,

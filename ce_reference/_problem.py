@@ -95,6 +95,8 @@ class ClassProblem:
     index, keep : ndarray or None
         Class-index targets, shape ``(pre, post)``: int64 ids (0 on ignored
         rows) and the mask of kept rows.  ``None`` for probability targets.
+    all_kept : bool
+        No ``ignore_index``: every row is kept (``keep`` is all True).
     targets_raw : ndarray or None
         Probability targets as given, viewed ``(pre, C, post)``.
     weight : ndarray or None
@@ -110,7 +112,12 @@ class ClassProblem:
     targets_name : str
         The second argument's name in error messages (``"targets"``; a loss
         whose second argument is, e.g., a teacher's log-probabilities names it).
+    backend : str
+        The kernels of ``value_and_grad`` (:mod:`ce_reference.backends`): ``"numpy"``
+        unless the loss's ``value_and_grad`` set it from its ``backend=`` argument.
     """
+
+    backend = "numpy"
 
     def __init__(self, x, targets, *, input_name, input_kind, axis=-1, weight=None,
                  ignore_index=None, reduction="mean", probs_what="probabilities",
@@ -140,7 +147,7 @@ class ClassProblem:
         self.scale = grad_scale(self.reduction, self.denominator)
 
     def _denominator(self) -> float:
-        if self.index is None:
+        if self.index is None or (self.all_kept and self.weight is None):
             return float(self.pre * self.post)
         wy = None if self.weight is None else self.weight[self.index]
         with np.errstate(over="ignore"):       # see _rescale_weight
@@ -159,6 +166,7 @@ class ClassProblem:
         t = V.as_numeric_array(self.targets_name, targets)
         ignore_index = V.check_ignore_index(ignore_index)
         self.index = self.keep = self.targets_raw = None
+        self.all_kept = ignore_index is None        # no row can be ignored
         if t.dtype.kind in "iu":
             index, keep = V.index_targets(t, self.shape, self.ax, ignore_index)
             self.index = index.reshape(self.pre, self.post)
@@ -243,8 +251,9 @@ class ClassProblem:
     # ------------------------------------------------------------------ results
     def reduce(self, rows: np.ndarray):
         """Reduce per-row losses ``(pre, post)`` (or the batch shape) to the result."""
-        return reduce_loss(np.reshape(rows, self.batch_shape), self.reduction, self.denominator,
-                           self.rdt)
+        if self.reduction == "none":
+            rows = np.reshape(rows, self.batch_shape)
+        return reduce_loss(rows, self.reduction, self.denominator, self.rdt)
 
     def finish_grad(self, g: np.ndarray, scaled: bool = False) -> np.ndarray:
         """Class-last gradient ``(pre, post, C)`` -> the input's layout and result dtype.
@@ -283,9 +292,11 @@ class ElementwiseProblem:
     for shape at once and kept un-broadcast (:meth:`operand` gives the
     broadcast view in the compute dtype).  Each has a value kind: ``"unit"``
     (in [0, 1], checked in the compute dtype) or ``"weight"`` (non-negative,
-    finite).  The ``mean`` denominator is the number of elements.
+    finite).  The ``mean`` denominator is the number of elements.  ``backend`` as
+    for :class:`ClassProblem`.
     """
 
+    backend = "numpy"
     UNIT_WHAT = {"targets": "binary targets"}
 
     def __init__(self, x, *, input_name, input_kind, operands, reduction="mean",

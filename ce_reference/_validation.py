@@ -246,8 +246,11 @@ def index_targets(t: np.ndarray, x_shape: tuple, axis: int, ignore_index=None):
             f"shape {x_shape} without the class axis {axis}, i.e. {batch}; got {t.shape}"
         )
     # compared in the targets' own dtype (a uint64 2**63 must not become -2**63)
-    keep = np.ones(batch, bool) if ignore_index is None else (t != ignore_index)
-    kept = t[keep]
+    if ignore_index is None:          # every row kept: no boolean copy, no select
+        keep, kept = np.ones(batch, bool), t
+    else:
+        keep = t != ignore_index
+        kept = t[keep]
     if kept.size and (kept.min() < 0 or kept.max() >= C):
         bad = kept[(kept < 0) | (kept >= C)][0]
         extra = "" if ignore_index is None else f" (other than ignore_index={ignore_index})"
@@ -255,8 +258,9 @@ def index_targets(t: np.ndarray, x_shape: tuple, axis: int, ignore_index=None):
             f"targets holds class index {int(bad)}{extra}, expected indices in [0, {C - 1}] "
             f"for {C} classes"
         )
-    t64 = np.where(keep, t, 0).astype(np.int64)
-    return t64, keep
+    if ignore_index is None:          # indices in [0, C): int64 without a copy if they are
+        return t.astype(np.int64, copy=False), keep
+    return np.where(keep, t, 0).astype(np.int64), keep
 
 
 def probability_targets(t: np.ndarray, x_shape: tuple, ignore_index=None,

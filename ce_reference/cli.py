@@ -1,4 +1,8 @@
-"""Command line: ``ce-reference verify`` and ``ce-reference audit``.
+"""Command line: ``ce-reference verify``, ``ce-reference audit`` and ``ce-reference warmup``.
+
+``ce-reference warmup`` compiles (or loads from the disk cache) every kernel of
+the compiled backend, so that the first call of a training job does not pay for
+it (exit 1, with the install command, when numba is not installed).
 
 ``ce-reference audit`` is the one entry point of every audit: ``MODULE:FUNCTION``
 (a function against a reference loss, :func:`ce_reference.audit`;
@@ -109,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ce-reference",
         description="Verified reference cross-entropy: check it, or audit another implementation.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{verify,audit}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{verify,audit,warmup}")
 
     v = sub.add_parser(
         "verify", help="check every loss and gradient against independent oracles",
@@ -214,7 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     co.add_argument("--markdown", metavar="PATH", help="also write the result as Markdown")
     co.add_argument("--no-progress", action="store_true", help="no progress display")
-    parser.commands = {"verify": v, "audit": a}
+    w = sub.add_parser(
+        "warmup", help="compile the compiled (numba) backend's kernels ahead of the first call",
+        description="Compile every kernel of the compiled backend (float32 and float64), or "
+                    "load it from the disk cache, and report the time and the cache "
+                    "directory ($CE_REFERENCE_CACHE_DIR, else the first writable default). "
+                    "Exit 0 when the kernels are ready, 1 when numba is not installed.")
+    parser.commands = {"verify": v, "audit": a, "warmup": w}
     return parser
 
 
@@ -223,10 +234,28 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser.commands[args.command]      # usage errors print the subcommand's usage
     for flag in ("json", "markdown"):
-        _check_output(sub, getattr(args, flag), "--" + flag)
+        _check_output(sub, getattr(args, flag, None), "--" + flag)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "warmup":
+        return _warmup()
     return _audit(sub, args)
+
+
+def _warmup() -> int:
+    from . import backends
+
+    if not backends.compiled_available():
+        print("ce-reference warmup: the compiled backend needs numba, which is not installed "
+              f"({backends.INSTALL_HINT}); the NumPy backend needs no warm-up", file=sys.stderr)
+        return 1
+    from . import compiled
+
+    info = compiled.warmup()
+    cache = info["cache_dir"] or "no writable cache directory: compiled again in every process"
+    print(f"compiled kernels ready in {info['seconds']:.2f} s ({info['compiled']} signatures "
+          f"compiled, {info['loaded']} loaded from the cache; cache: {cache})")
+    return 0
 
 
 def _check_output(parser, path, flag):

@@ -11,7 +11,8 @@ What is checked:
 * :func:`check_fused` -- ``value_and_grad`` equals ``(value, grad)`` within
   :data:`FUSED_EPS` eps of the operands, with ``out=`` (the buffer is
   returned, bitwise the same numbers), in place over the input, and for
-  ``workers`` 1, 2 and 3 (bitwise the same);
+  ``workers`` 1, 2 and 3 (bitwise the same); on every backend of the spec
+  (:data:`BACKEND_CHECKS` run once per backend, see :func:`check_all`);
 * :func:`check_jax` -- the JAX twin's value, ``jax.grad`` and ``jax.jvp`` agree
   with the NumPy value, gradient and the directional derivative
   ``<grad, v>`` (the verifier's JAX gate);
@@ -36,6 +37,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from . import backends
 from .cases import DTYPES, batch_shape, layouts, make_case
 from .verify import errors, oracles
 from .verify import tolerances as T
@@ -320,15 +322,30 @@ def check_errors(spec, case):
 
 CHECKS = (check_fused, check_jax, check_hvp, check_dtypes, check_inputs_unmodified,
           check_reductions)
+#: The checks that call ``value_and_grad``: run on each backend of a loss.
+BACKEND_CHECKS = (check_fused, check_inputs_unmodified, check_reductions)
+
+
+def spec_backends(spec) -> tuple:
+    """The backends of ``spec`` that can run here (the compiled one needs numba)."""
+    return backends.available(spec.backends)
 
 
 def check_all(spec, cases=None):
-    """Run every check on ``cases`` (default :func:`contract_cases`) and the error checks once."""
+    """Run every check on ``cases`` (default :func:`contract_cases`) and the error checks
+    once; the :data:`BACKEND_CHECKS` and the error checks on each backend of the spec (as
+    the default backend, :func:`ce_reference.backends.default`)."""
     cases = contract_cases(spec) if cases is None else cases
     for case in cases:
         for check in CHECKS:
-            check(spec, case)
-    check_errors(spec, error_case(spec))
+            if check not in BACKEND_CHECKS:
+                check(spec, case)
+    for name in spec_backends(spec):
+        with backends.default(name):
+            for case in cases:
+                for check in BACKEND_CHECKS:
+                    check(spec, case)
+            check_errors(spec, error_case(spec))
 
 
 def error_case(spec):

@@ -106,8 +106,10 @@ class BenchCase:
     ``targets`` kind, keyword ``options``; ``goals`` are ratios the fused kernel is
     held to, each ``(quantity, comparison, value)`` with quantity ``"floor"`` (fused
     time over the floor: ``np.copyto`` of the input, for a linear loss its three
-    GEMMs) or a peer's name (peer time over fused time);
-    ``sweep`` lists further shapes timed for the throughput plot.
+    GEMMs) or a peer's name (peer time over fused time); ``compiled_goals`` the same
+    for the compiled backend (``backend="numba"``, with ``out=``);
+    ``sweep`` lists further shapes timed for the throughput plot (and, from the
+    smallest, the per-call cost against the peers).
     """
 
     shape: tuple
@@ -115,6 +117,7 @@ class BenchCase:
     options: tuple = ()
     goals: tuple = ()
     sweep: tuple = ()
+    compiled_goals: tuple = ()
 
     @property
     def key(self) -> str:
@@ -206,6 +209,11 @@ class LossSpec:
         returned in float64 (a reference for low-precision kernels).
     benchmarks : tuple of :class:`BenchCase`
         The cases ``python -m benchmarks`` times for this loss.
+    backends : tuple of str
+        The kernels ``value_and_grad`` can run on (``"numpy"``, ``"numba"``: see
+        :mod:`ce_reference.backends`).  A loss with more than one takes
+        ``backend=``; the verifier gates each against mpmath in its own column
+        (``fused``, ``compiled``) and the contract tests run on each.
     short : str
         Short label for tables.
     ref : str, optional
@@ -230,6 +238,7 @@ class LossSpec:
     positional: tuple = ("input", "targets")
     dtype_policy: str = "package"
     benchmarks: tuple = ()
+    backends: tuple = ("numpy",)
     short: str = ""
     ref: str | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)

@@ -10,11 +10,12 @@ from ce_reference.registry import LOSSES
 
 
 def planted(name, *, value=None, grad=None):
-    """The registry spec of ``name`` with ``value``/``grad`` replaced (bugs planted)."""
+    """The registry spec of ``name`` with ``value``/``grad`` replaced (bugs planted); its
+    ``value_and_grad`` is their pair, on one backend (it takes no ``backend=``)."""
     spec = LOSSES[name]
     value = value or spec.value
     grad = grad or spec.grad
-    return dataclasses.replace(spec, value=value, grad=grad,
+    return dataclasses.replace(spec, value=value, grad=grad, backends=("numpy",),
                                value_and_grad=lambda *a, **k: (value(*a, **k), grad(*a, **k)))
 
 

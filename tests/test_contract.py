@@ -3,7 +3,10 @@
 A new loss is covered here the moment it is registered: plain vs fused (``out=``,
 in place, ``workers``), the JAX twin's value, grad and JVP, the HVP against
 ``jax.jvp(jax.grad)``, dtypes, inputs left unmodified, reductions, and errors naming
-the argument.  Loss-specific files keep only pinned values and extremes.
+the argument.  The checks that call ``value_and_grad`` run on each backend of the loss
+(NumPy kernels, compiled kernels), with blocks small enough that ``workers=`` really
+splits the contract's small inputs.  Loss-specific files keep only pinned values and
+extremes.
 """
 
 import pytest
@@ -13,6 +16,7 @@ from ce_reference.registry import LOSSES
 
 CASES = [(name, case) for name, spec in LOSSES.items()
          for case in contract.contract_cases(spec)]
+SHARED_CHECKS = [c for c in contract.CHECKS if c not in contract.BACKEND_CHECKS]
 
 
 def _id(item):
@@ -20,14 +24,28 @@ def _id(item):
     return f"{name}|{case.option_set}|{case.dtype.name}|{case.region}"
 
 
-@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
+def _skip_other_backends(spec, backend):
+    if backend not in spec.backends:
+        pytest.skip(f"{spec.name} has no {backend} backend")
+
+
+@pytest.mark.parametrize("check", SHARED_CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("item", CASES, ids=[_id(c) for c in CASES])
 def test_contract(check, item):
     name, case = item
     check(LOSSES[name], case)
 
 
+@pytest.mark.parametrize("check", contract.BACKEND_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("item", CASES, ids=[_id(c) for c in CASES])
+def test_contract_on_each_backend(check, item, many_blocks):
+    name, case = item
+    _skip_other_backends(LOSSES[name], many_blocks)
+    check(LOSSES[name], case)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_errors_name_the_argument(name):
+def test_errors_name_the_argument(name, backend):
     spec = LOSSES[name]
+    _skip_other_backends(spec, backend)
     contract.check_errors(spec, contract.error_case(spec))

@@ -1,4 +1,5 @@
-"""``workers=``, ``out=``, peak memory and error messages of the fused kernels."""
+"""``workers=``, ``out=``, peak memory and error messages of the fused kernels, on each
+backend (the ``backend`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 import ce_reference as ce
 from ce_reference.kernels import _blocks
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 MiB = 1 << 20
 # Extra memory allowed besides the gradient: per-thread scratch, the
@@ -48,11 +51,8 @@ def _cases(rng):
     ]
 
 
-def test_results_bitwise_identical_for_any_workers(monkeypatch):
+def test_results_bitwise_identical_for_any_workers(many_blocks):
     # small blocks and no serial cut-off, so that several threads really share the work
-    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 2048)
-    monkeypatch.setattr(_blocks, "TILE_BYTES", 2048)
-    monkeypatch.setattr(_blocks, "SERIAL_ELEMENTS", 0)
     for f, args, kw in _cases(np.random.default_rng(0)):
         v1, g1 = f(*args, workers=1, **kw)
         for workers in (2, 3):

@@ -75,7 +75,7 @@ def test_targets_and_markdown_from_synthetic_results():
     assert got[("torch eager / fused time", ">= 5.0")] == (6.0, True)
     assert got[("jax.jit + optax / fused time", ">= 2.5")] == (2.0, False)
     md = cli.markdown_tables(results, cli.check_targets(results))
-    assert "| ce_reference fused | 1500.0 | 1500.0 |" in md and "**not met**" in md
+    assert "| ce_reference fused | 1500 | 1500 |" in md and "**not met**" in md
 
 
 def test_command_line_help_and_json(tmp_path):

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import ce_reference as ce
+from ce_reference import backends
 from ce_reference.kernels import _blocks, softmax as softmax_kernel
 
 try:  # tests/ as a plain directory (pytest's default "prepend" import mode) ...
@@ -17,6 +18,11 @@ try:  # tests/ as a plain directory (pytest's default "prepend" import mode) ...
 except ImportError:  # ... or as a package
     from tests.test_fused import (_bce_terms, _check_softmax, assert_grad_close,
                                   assert_loss_close)
+
+
+#: Each backend that can run here, drawn per example (hypothesis does not take the
+#: function-scoped ``backend`` fixture).
+BACKENDS = st.sampled_from(backends.available())
 
 
 @contextlib.contextmanager
@@ -46,9 +52,10 @@ def _block_sizes(block_bytes, online_row_bytes):
     online=st.booleans(),
     scale=st.sampled_from([1.0, 30.0, 1e4]),
     workers=st.integers(1, 3),
+    backend=BACKENDS,
 )
 def test_softmax_random(seed, batch, C, axis_pos, dtype, kind, weighted, ls, ignore, reduction,
-                        block_bytes, online, scale, workers):
+                        block_bytes, online, scale, workers, backend):
     # float16 results overflow (in the plain function too) for losses beyond 65504
     assume(dtype != np.float16 or scale <= 30)
     rng = np.random.default_rng(seed)
@@ -69,11 +76,12 @@ def test_softmax_random(seed, batch, C, axis_pos, dtype, kind, weighted, ls, ign
         t = rng.random(shape)
         t /= t.sum(axis=axis_pos, keepdims=True)
     with _block_sizes(block_bytes, 64 if online else 4 << 20):
-        _check_softmax(x, t, axis_pos, reduction, **kw)
+        _check_softmax(x, t, axis_pos, reduction, backend=backend, **kw)
         v, g = ce.softmax_cross_entropy_value_and_grad(x, t, axis=axis_pos, reduction=reduction,
-                                                       workers=workers, **kw)
+                                                       workers=workers, backend=backend, **kw)
         v1, g1 = ce.softmax_cross_entropy_value_and_grad(x, t, axis=axis_pos,
-                                                         reduction=reduction, workers=1, **kw)
+                                                         reduction=reduction, workers=1,
+                                                         backend=backend, **kw)
     assert g.tobytes() == g1.tobytes() and np.asarray(v).tobytes() == np.asarray(v1).tobytes()
 
 
@@ -87,8 +95,10 @@ def test_softmax_random(seed, batch, C, axis_pos, dtype, kind, weighted, ls, ign
     reduction=st.sampled_from(["mean", "sum", "none"]),
     block_bytes=st.sampled_from([16, 256, 1 << 19]),
     scale=st.sampled_from([1.0, 20.0, 1e4]),
+    backend=BACKENDS,
 )
-def test_bce_logits_random(seed, shape, dtype, wshape, pw, reduction, block_bytes, scale):
+def test_bce_logits_random(seed, shape, dtype, wshape, pw, reduction, block_bytes, scale,
+                           backend):
     rng = np.random.default_rng(seed)
     shape = tuple(shape)
     x = (rng.standard_normal(shape) * scale).astype(dtype)
@@ -104,7 +114,9 @@ def test_bce_logits_random(seed, shape, dtype, wshape, pw, reduction, block_byte
     if pw:
         kw["pos_weight"] = rng.random(last) * 3
     with _block_sizes(block_bytes, 4 << 20):
-        v, g = ce.binary_cross_entropy_with_logits_value_and_grad(x, y, reduction=reduction, **kw)
-    assert_loss_close(v, ce.binary_cross_entropy_with_logits(x, y, reduction=reduction, **kw))
+        v, g = ce.binary_cross_entropy_with_logits_value_and_grad(x, y, reduction=reduction,
+                                                                  backend=backend, **kw)
+    assert_loss_close(v, ce.binary_cross_entropy_with_logits(x, y, reduction=reduction, **kw),
+                      backend)
     assert_grad_close(g, ce.binary_cross_entropy_with_logits_grad(x, y, reduction=reduction, **kw),
                       _bce_terms(x, y, kw.get("weight"), kw.get("pos_weight"), reduction))

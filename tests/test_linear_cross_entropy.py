@@ -15,6 +15,8 @@ import ce_reference as ce
 from ce_reference.losses import linear_cross_entropy as lce_module
 from ce_reference.verify import errors
 
+pytestmark = pytest.mark.usefixtures("backend")   # the softmax kernel of each backend
+
 #: Chunked against unchunked, and the chunked loss against softmax cross-entropy of the
 #: logits formed by one GEMM: the same operations, summed in another order (row chunks,
 #: d_weight accumulated chunk by chunk), in eps of the operands.

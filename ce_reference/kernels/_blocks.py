@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -50,9 +51,14 @@ TILE_BYTES = 512 * 1024
 # (the results do not change, the partition being fixed).
 SCRATCH_BUDGET = 24 * 1024 * 1024
 
-# Below this many input elements a call runs in the calling thread: starting a
-# thread pool costs ~100 us, more than the whole computation.
+# Below this many input elements a call runs in the calling thread: handing blocks
+# to other threads costs tens of microseconds, more than the whole computation.
 SERIAL_ELEMENTS = 1 << 16
+
+# The persistent worker threads (created on first use, grown when a call asks for
+# more): a new pool per call cost ~100 us of thread start-up.
+_POOL = {"executor": None, "size": 0}
+_POOL_LOCK = threading.Lock()
 
 
 def available_cores() -> int:
@@ -120,9 +126,10 @@ def run_blocks(nblocks: int, body, make_scratch, workers: int, nelem: int,
 
     With one worker (or a small input) the blocks run in order in the calling
     thread.  ``scratch_bytes`` (per thread) caps the thread count so that all
-    scratch stays within :data:`SCRATCH_BUDGET`.  Otherwise ``workers`` threads each allocate their own scratch once
-    and take block indices from a shared counter (dynamic scheduling; which
-    thread runs a block never changes what the block computes).
+    scratch stays within :data:`SCRATCH_BUDGET`.  Otherwise ``workers`` threads (the
+    calling one and ``workers - 1`` of a persistent pool) each allocate their own
+    scratch once and take block indices from a shared counter (dynamic scheduling;
+    which thread runs a block never changes what the block computes).
     """
     if nblocks == 0:
         return
@@ -143,10 +150,26 @@ def run_blocks(nblocks: int, body, make_scratch, workers: int, nelem: int,
                 return
             body(i, scratch)
 
-    with ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="ce_reference") as ex:
-        futures = [ex.submit(worker) for _ in range(nthreads)]
-        for f in futures:
-            f.result()  # re-raises a worker's exception
+    executor = _executor(nthreads - 1)
+    futures = [executor.submit(worker) for _ in range(nthreads - 1)]
+    try:
+        worker()
+    finally:
+        wait(futures)           # no block may still run once the call has returned
+    for f in futures:
+        f.result()              # re-raises a worker's exception
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    """The persistent pool, with at least ``n`` threads.  A larger pool replaces the old
+    one without shutting it down (a concurrent call may still be submitting to it; its
+    idle threads exit once it is garbage collected)."""
+    with _POOL_LOCK:
+        if _POOL["size"] < n:
+            _POOL["executor"] = ThreadPoolExecutor(max_workers=n,
+                                                   thread_name_prefix="ce_reference")
+            _POOL["size"] = n
+        return _POOL["executor"]
 
 
 def log1p_nonneg(u: np.ndarray, out: np.ndarray, w: np.ndarray, c: np.ndarray,

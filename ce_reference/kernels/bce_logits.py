@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from . import _blocks
+from . import _blocks, compiled_backend
 from .._validation import nonnegative_finite_ok, unit_interval_ok
 
 
@@ -58,10 +58,15 @@ def value_and_grad(problem, plain, out=None, workers=None):
     with ``check_values=False`` (operands ``targets``, ``weight``,
     ``pos_weight``); ``plain(x, y, w, pw) -> (loss, gradient of the sum)`` are
     the loss's plain elementwise formulas, used for a tile whose loss is not
-    finite (infinite logits; NaN makes the tile bad).
+    finite (infinite logits; NaN makes the tile bad).  ``problem.backend == "numba"``
+    runs the compiled kernel instead (:func:`.compiled_backend.bce_logits`).
     """
-    problem.check_broadcast_values()
     nworkers = _blocks.resolve_workers(workers)
+    if problem.backend == "numba":
+        out = _blocks.checked_out(out, problem)
+        grad = out if out is not None else np.empty(problem.shape, problem.rdt)
+        return problem.reduce(compiled_backend.bce_logits(problem, grad, nworkers)), grad
+    problem.check_broadcast_values()
     out = _blocks.checked_out(out, problem)
     sweep = _Sweep(problem, plain, out)
     if sweep.x.size:

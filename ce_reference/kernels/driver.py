@@ -28,12 +28,18 @@ import numpy as np
 from . import _blocks
 
 
-def class_value_and_grad(problem, block_fn, out=None, workers=None):
-    """Value and gradient of a class-axis loss, block by block (see module docstring)."""
+def class_value_and_grad(problem, block_fn, out=None, workers=None, compiled=None):
+    """Value and gradient of a class-axis loss, block by block (see module docstring).
+
+    ``compiled(problem, grad, nworkers) -> per-row losses``: the loss's compiled kernel
+    (:mod:`.compiled_backend`), run instead when ``problem.backend == "numba"``.
+    """
     nworkers = _blocks.resolve_workers(workers)
     out = _blocks.checked_out(out, problem)
     pre, C, post = problem.pre, problem.C, problem.post
     grad = out if out is not None else np.empty(problem.shape, problem.rdt)
+    if compiled is not None and problem.backend == "numba":
+        return problem.reduce(compiled(problem, grad, nworkers)), grad
     g3 = grad.reshape(pre, C, post)
     rows = np.empty((pre, post), problem.cdt)
     B = max(1, _blocks.BLOCK_BYTES // (C * problem.cdt.itemsize))
@@ -61,13 +67,20 @@ def class_value_and_grad(problem, block_fn, out=None, workers=None):
     return problem.reduce(rows), grad
 
 
-def elementwise_value_and_grad(problem, block_fn, out=None, workers=None):
-    """Value and gradient of an elementwise loss, tile by tile (see module docstring)."""
+def elementwise_value_and_grad(problem, block_fn, out=None, workers=None, compiled=None):
+    """Value and gradient of an elementwise loss, tile by tile (see module docstring).
+
+    ``compiled(problem, grad, nworkers) -> per-element losses or their total``: the
+    loss's compiled kernel (:mod:`.compiled_backend`), run instead when
+    ``problem.backend == "numba"``.
+    """
     nworkers = _blocks.resolve_workers(workers)
     out = _blocks.checked_out(out, problem)
     raw = problem.raw
+    grad = out if out is not None else np.empty(raw.shape, problem.rdt)
+    if compiled is not None and problem.backend == "numba":
+        return problem.reduce(compiled(problem, grad, nworkers)), grad
     x = raw if raw.flags.c_contiguous else raw.copy(order="C")   # 0-d stays 0-d
-    grad = out if out is not None else np.empty(x.shape, problem.rdt)
     loss_out = np.empty(x.shape, problem.rdt) if problem.reduction == "none" else None
     names = [n for n, a in problem.ops.items() if a is not None]
     arrays = [x] + [np.broadcast_to(problem.ops[n], x.shape) for n in names] + [grad]

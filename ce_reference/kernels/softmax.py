@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._reduction import reduce_parts
-from . import _blocks
+from . import _blocks, compiled_backend
 from .softmax_cols import ColsSweep
 from .softmax_online import OnlineSweep
 from .softmax_rows import RowsSweep
@@ -78,7 +78,11 @@ def sweep(problem, grad, nworkers):
 
     Returns the per-row losses and z-loss rows ``(pre, post)`` (the latter None without
     ``z_loss``); raises the plain function's error when a block finds an invalid value.
+    ``problem.backend == "numba"`` runs the compiled kernel instead
+    (:func:`.compiled_backend.softmax`; per-row losses in float64).
     """
+    if problem.backend == "numba":
+        return compiled_backend.softmax(problem, grad, nworkers)
     x = np.ascontiguousarray(problem.raw)            # a copy only for non-contiguous input
     probs = problem.targets_raw
     if probs is not None and not probs.flags.c_contiguous:

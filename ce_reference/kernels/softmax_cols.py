@@ -33,6 +33,7 @@ class ColsSweep(SoftmaxSweep):
         super().__init__(**fields)
         self.B = max(1, _blocks.BLOCK_BYTES // (self.C * self.itemsize))
         if self.post == 1:          # small C, class axis last: transpose blocks of rows
+            self.B = max(1, min(self.B, self.pre))   # scratch no larger than the input
             self.per_slice = -(-self.pre // self.B)
             self.nblocks = self.per_slice
         else:

@@ -23,7 +23,9 @@ class RowsSweep(SoftmaxSweep):
 
     def __init__(self, **fields):
         super().__init__(**fields)
-        self.B = max(1, _blocks.BLOCK_BYTES // (self.C * self.itemsize))
+        # rows per block; never more than there are (the scratch is sized by B, and a
+        # small call must not allocate a whole block's worth: the partition is the same)
+        self.B = max(1, min(_blocks.BLOCK_BYTES // (self.C * self.itemsize), self.pre))
         self.nblocks = -(-self.pre // self.B)
 
     def scratch_specs(self) -> dict:

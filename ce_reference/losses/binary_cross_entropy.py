@@ -11,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import special as _sp
 
+from .. import backends
 from .. import options as O
 from .._problem import ElementwiseProblem, deferred_values
 from .._reduction import to_result
 from .._special import mul0
 from .._validation import check_eps
-from ..kernels import driver
+from ..kernels import compiled_backend, driver
 from ..spec import LossSpec, option_set
 from ._hvp import diag_term, direction
 
@@ -155,7 +156,8 @@ def binary_cross_entropy_grad(probs, targets, *, weight=None, eps=None, reductio
 
 
 def binary_cross_entropy_value_and_grad(probs, targets, *, weight=None, eps=None,
-                                        reduction="mean", out=None, workers=None):
+                                        reduction="mean", out=None, workers=None,
+                                        backend=None):
     """``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one blocked sweep.
 
     Same numbers (bitwise) and errors as the two plain functions, computed tile
@@ -163,7 +165,10 @@ def binary_cross_entropy_value_and_grad(probs, targets, *, weight=None, eps=None
     ``out``: a C-contiguous, writeable buffer of ``probs``' shape and the
     gradient's dtype that receives the gradient (it may be ``probs`` itself).
     ``workers``: threads, default all available cores; the results do not
-    depend on it.
+    depend on it.  ``backend``: ``"numpy"`` (the plain formulas tile by tile) or
+    ``"numba"`` (the compiled kernel, same formulas, a few ULP apart); default
+    ``$CE_REFERENCE_BACKEND``, else ``"numba"`` when numba is installed
+    (:mod:`ce_reference.backends`).
 
     Examples
     --------
@@ -172,9 +177,12 @@ def binary_cross_entropy_value_and_grad(probs, targets, *, weight=None, eps=None
     >>> float(loss), g.round(6).tolist()
     (0.16425203348601802, [-0.277778, 0.277778, -0.3125, 0.3125])
     """
+    backend = backends.resolve(backend)
     P = deferred_values(lambda check: _problem(probs, targets, weight, eps, reduction,
                                                   check_values=check))
-    return driver.elementwise_value_and_grad(P, _tile, out, workers)
+    P.backend = backend
+    return driver.elementwise_value_and_grad(P, _tile, out, workers,
+                                             compiled=compiled_backend.bce_probs)
 
 
 def binary_cross_entropy_hvp(probs, targets, v, *, weight=None, eps=None, reduction="mean"):
@@ -255,5 +263,6 @@ SPEC = LossSpec(
     value=binary_cross_entropy, grad=binary_cross_entropy_grad,
     value_and_grad=binary_cross_entropy_value_and_grad, hvp=binary_cross_entropy_hvp,
     oracle="ce_reference.oracles.binary_cross_entropy:ORACLE",
+    backends=("numpy", "numba"),
     short="BCE", ref="ce_reference.losses.binary_cross_entropy:SPEC",
 )

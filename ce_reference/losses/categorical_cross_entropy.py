@@ -14,11 +14,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import special as _sp
 
+from .. import backends
 from .. import options as O
 from .._problem import ClassProblem, deferred_values
 from .._special import mul0
 from .._validation import check_eps
-from ..kernels import driver
+from ..kernels import compiled_backend, driver
 from ..spec import LossSpec, option_set
 from ._hvp import class_last, diag_term
 
@@ -176,7 +177,7 @@ def categorical_cross_entropy_grad(probs, targets, *, axis=-1, weight=None, eps=
 
 def categorical_cross_entropy_value_and_grad(probs, targets, *, axis=-1, weight=None,
                                              eps=None, reduction="mean", out=None,
-                                             workers=None):
+                                             workers=None, backend=None):
     """Loss and gradient of :func:`categorical_cross_entropy` in one blocked sweep.
 
     Same arguments, numbers (bitwise) and errors as the loss and its gradient,
@@ -184,7 +185,10 @@ def categorical_cross_entropy_value_and_grad(probs, targets, *, axis=-1, weight=
     (:mod:`ce_reference._kernels_categorical`).  ``out``: a C-contiguous,
     writeable buffer of ``probs``' shape and the gradient's dtype that receives
     the gradient (it may be ``probs`` itself).  ``workers``: threads, default
-    all available cores; the results do not depend on it.
+    all available cores; the results do not depend on it.  ``backend``:
+    ``"numpy"`` (the plain formulas block by block) or ``"numba"`` (the compiled
+    kernel, same formulas); default ``$CE_REFERENCE_BACKEND``, else ``"numba"``
+    when numba is installed (:mod:`ce_reference.backends`).
 
     Examples
     --------
@@ -193,9 +197,12 @@ def categorical_cross_entropy_value_and_grad(probs, targets, *, axis=-1, weight=
     >>> float(loss), g.tolist()
     (0.6931471805599453, [[0.0, -2.0]])
     """
+    backend = backends.resolve(backend)
     P = deferred_values(lambda check: _problem(probs, targets, axis, weight, eps, reduction,
                                                   check_values=check))
-    return driver.class_value_and_grad(P, _block, out, workers)
+    P.backend = backend
+    return driver.class_value_and_grad(P, _block, out, workers,
+                                       compiled=compiled_backend.categorical)
 
 
 def categorical_cross_entropy_hvp(probs, targets, v, *, axis=-1, weight=None, eps=None,
@@ -275,5 +282,6 @@ SPEC = LossSpec(
     value=categorical_cross_entropy, grad=categorical_cross_entropy_grad,
     value_and_grad=categorical_cross_entropy_value_and_grad, hvp=categorical_cross_entropy_hvp,
     oracle="ce_reference.oracles.categorical_cross_entropy:ORACLE",
+    backends=("numpy", "numba"),
     short="CCE", ref="ce_reference.losses.categorical_cross_entropy:SPEC",
 )

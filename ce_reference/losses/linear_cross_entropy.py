@@ -32,6 +32,7 @@ import numpy as np
 from scipy.linalg import blas
 
 from .. import _validation as V
+from .. import backends
 from .. import options as O
 from .._problem import deferred_values
 from .._reduction import reduce_parts
@@ -191,8 +192,10 @@ def _gemm_accumulate(c, a, b):
 def _sweep(P, workers, want_grad):
     """Run every chunk: per-row losses (and z-loss rows) and, if asked, the gradients."""
     N, V, H, cdt = P.N, P.V, P.h.shape[1], P.cdt
-    rows = np.empty(N, cdt)
-    z_rows = np.empty(N, cdt) if P.softmax.z_loss else None
+    # float64: the compiled kernel's per-row losses are float64 (the NumPy kernel's,
+    # in the compute dtype, are stored exactly)
+    rows = np.empty(N, np.float64)
+    z_rows = np.empty(N, np.float64) if P.softmax.z_loss else None
     d_input = d_weight = d_bias = None
     if want_grad:
         d_input = np.empty((N, H), cdt)
@@ -304,19 +307,25 @@ def linear_cross_entropy_grad(input, linear_weight, targets, *, linear_bias=None
 def linear_cross_entropy_value_and_grad(input, linear_weight, targets, *, linear_bias=None,
                                         weight=None, ignore_index=None, label_smoothing=0.0,
                                         z_loss=0.0, softcap=None, reduction="mean",
-                                        chunk_size=None, workers=None):
+                                        chunk_size=None, workers=None, backend=None):
     """``(loss, (d_input, d_linear_weight, d_linear_bias))`` in one chunked sweep.
 
     ``workers``: threads of the softmax kernel and of BLAS (threadpoolctl), default
     all available cores.  For a fixed ``workers`` and ``chunk_size`` the results
     are the same bits on every run; across thread counts they differ by the
     rounding of multithreaded BLAS (measured in ``docs/linear.md``).
+    ``backend``: the softmax kernel run on each chunk's logits, ``"numpy"`` or
+    ``"numba"`` (compiled); default ``$CE_REFERENCE_BACKEND``, else ``"numba"`` when
+    numba is installed (:mod:`ce_reference.backends`).  :func:`linear_cross_entropy_grad`
+    uses the default.
     """
     nworkers = _blocks.resolve_workers(workers)
+    backend = backends.resolve(backend)
     P = deferred_values(lambda check: _problem(
         input, linear_weight, targets, linear_bias, weight, ignore_index, label_smoothing,
         z_loss, softcap, reduction, chunk_size, check_values=check))
     P.check_values()
+    P.softmax.backend = backend
     return _sweep(P, nworkers, want_grad=True)
 
 
@@ -362,5 +371,6 @@ SPEC = LossSpec(
                                  ("torch linear_cross_entropy chunked", ">", 1.0)),
                           sweep=tuple((2048, 512, V) for V in (4096, 8192, 16384, 32768,
                                                                65536))),),
+    backends=("numpy", "numba"),
     short="linear-CE", ref="ce_reference.losses.linear_cross_entropy:SPEC",
 )

@@ -7,6 +7,9 @@ column          what is compared                                       dtypes
 ==============  =====================================================  ===========
 mpmath          value and gradient vs the exact (mpmath) ones          both
 fused           the same for ``NAME_value_and_grad`` (fused kernels)     both
+compiled        the same for ``NAME_value_and_grad(backend="numba")``  both
+                (compiled kernels; losses with that backend, numba
+                installed)
 grad ULP        the same gradient error in plain ULP (information)     both
 jax             value and gradient vs the JAX twin + ``jax.grad``      both
 check_grad      gradient vs central differences of the row losses      float64
@@ -18,10 +21,13 @@ hvp jax         ``NAME_hvp`` vs ``jax.jvp(jax.grad)`` (elementwise) and    both
 ==============  =====================================================  ===========
 
 Besides the oracles, every case checks the API contract: ``value_and_grad``
-(the fused kernels) returns ``(value, grad)`` of the same shapes, dtypes and
-NaN/inf pattern as ``NAME`` and ``NAME_grad`` (its numbers are gated by the
-``fused`` column against mpmath), results have the input's dtype and the
-right shapes, and no warning is emitted.
+(the fused kernels, and the compiled ones where they exist) returns ``(value,
+grad)`` of the same shapes, dtypes and NaN/inf pattern as ``NAME`` and
+``NAME_grad`` (its numbers are gated by the ``fused`` and ``compiled`` columns
+against mpmath), results have the input's dtype and the right shapes, and no
+warning is emitted.  The ``fused`` column is the NumPy backend, asked for by
+name (``backend="numpy"``) for a loss that has several, so that
+``CE_REFERENCE_BACKEND`` does not change what the columns measure.
 """
 
 from __future__ import annotations
@@ -34,15 +40,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import registry
+from .. import backends, registry
 from ..cases import Case, DTYPES, batch_shape, layouts, make_case, rows as case_rows
 from . import errors, mp, oracles
 from . import tolerances as T
 
-MEASURES = ("mpmath", "fused", "grad ULP", "jax", "check_grad", "complex step", "hvp", "hvp jax")
+MEASURES = ("mpmath", "fused", "compiled", "grad ULP", "jax", "check_grad", "complex step",
+            "hvp", "hvp jax")
 GATES = {
     "mpmath": T.TOL_MP,
     "fused": T.TOL_MP,
+    "compiled": T.TOL_MP,
     "jax": T.TOL_JAX,
     "check_grad": {d: T.TOL_FD for d in T.FD_DTYPES},
     "complex step": T.TOL_COMPLEX_STEP,
@@ -129,6 +137,8 @@ def _measure_doc(m):
     return {
         "mpmath": "max over value and gradient elements of min(ULP, error/(eps*operand)) vs mpmath",
         "fused": "as mpmath, for the fused kernels of NAME_value_and_grad",
+        "compiled": "as mpmath, for NAME_value_and_grad(backend='numba') (the compiled "
+                    "kernels)",
         "grad ULP": "max gradient error in ULP vs mpmath (information only, gates nothing: "
                     "large where p - y cancels)",
         "jax": "as mpmath, against the JAX twin and jax.grad in float64",
@@ -147,7 +157,7 @@ def environment() -> dict:
 
     env = {"python": platform.python_version(), "numpy": np.__version__,
            "scipy": scipy.__version__, "platform": platform.platform()}
-    for mod in ("jax", "mpmath"):
+    for mod in ("jax", "mpmath", "numba"):
         try:
             env[mod] = __import__(mod).__version__
         except Exception:  # pragma: no cover - reported, not fatal
@@ -209,6 +219,10 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
     if hvp is True and hvp_missing:
         notes.append("no Hessian-vector product (second-order oracles not run) for: "
                      + ", ".join(hvp_missing))
+    compiled_skipped = [s.name for s in specs if _NUMBA in s.backends and not _compiled_runs(s)]
+    if compiled_skipped:
+        notes.append("compiled column not run (numba is not installed: "
+                     f"{backends.INSTALL_HINT}) for: " + ", ".join(compiled_skipped))
     for spec, opt, dtype, region, n in work:
         results = []
         if isinstance(hvp, dict):
@@ -256,6 +270,25 @@ def _compare(res, measure, got, want, operand, dtype, what, **kw):
     return ulp
 
 
+_NUMBA = "numba"
+
+
+def _compiled_runs(spec) -> bool:
+    """The spec has a compiled backend and numba is installed here."""
+    return _NUMBA in backends.available(spec.backends)
+
+
+def _kernel_results(spec, case):
+    """``{column: (value, grad)}`` of ``value_and_grad``: ``fused`` (the NumPy backend, by
+    name when the loss has several) and ``compiled`` (where it runs)."""
+    if len(spec.backends) == 1:
+        return {"fused": spec.call(spec.value_and_grad, case)}
+    out = {"fused": spec.call(spec.value_and_grad, case, backend="numpy")}
+    if _compiled_runs(spec):
+        out["compiled"] = spec.call(spec.value_and_grad, case, backend=_NUMBA)
+    return out
+
+
 def evaluate(spec, case, hvp_fn=None) -> CaseResult:
     """Every applicable oracle on one case (see the module docstring)."""
     res = CaseResult(case, {m: None for m in MEASURES})
@@ -264,18 +297,20 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
             warnings.simplefilter("always")
             value = spec.call(spec.value, case)
             grad = spec.call(spec.grad, case)
-            both = spec.call(spec.value_and_grad, case)
+            kernels = _kernel_results(spec, case)
     except Exception as exc:
         res.problems.append(f"raised {type(exc).__name__}: {exc}")
         for m in GATES:
             res.errors[m] = math.inf
             res.details[m] = res.problems[-1]
         return res
-    _check_api(spec, case, value, grad, both, res)
+    _check_api(spec, case, value, grad, res)
+    got = {"value": np.asarray(value, np.float64), "grad": _flat_grad(spec, grad)}
+    for column, both in kernels.items():
+        _check_kernel(spec, value, grad, both, res, column)
+        got[f"{column} value"] = np.asarray(both[0], np.float64)
+        got[f"{column} grad"] = _flat_grad(spec, both[1])
     ops = errors.operands(spec, case, case.v if hvp_fn is not None else None)
-    got = {"value": np.asarray(value, np.float64), "grad": _flat_grad(spec, grad),
-           "fused value": np.asarray(both[0], np.float64),
-           "fused grad": _flat_grad(spec, both[1])}
     exact = _mpmath(spec, case, got, ops, res)
     out = _jax(spec, case, got, ops, res, want_hvp=hvp_fn is not None)
     if caught:
@@ -293,8 +328,9 @@ def evaluate(spec, case, hvp_fn=None) -> CaseResult:
 
 
 def _mpmath(spec, case, got, ops, res):
-    """The exact oracle: value and gradient of NAME / NAME_grad and of the fused
-    NAME_value_and_grad (held to the same gate, not to bitwise equality)."""
+    """The exact oracle: value and gradient of NAME / NAME_grad and of NAME_value_and_grad
+    on each backend (``fused``, ``compiled``: held to the same gate, not to bitwise
+    equality)."""
     exact = mp.oracle(spec, case)
     if exact is None:
         return None
@@ -302,8 +338,11 @@ def _mpmath(spec, case, got, ops, res):
     _compare(res, "mpmath", got["value"], exact.value, ops.value, case.dtype, "value")
     res.errors["grad ULP"] = _compare(res, "mpmath", got["grad"], exact_grad, g_op, case.dtype,
                                       "grad")
-    _compare(res, "fused", got["fused value"], exact.value, ops.value, case.dtype, "value")
-    _compare(res, "fused", got["fused grad"], exact_grad, g_op, case.dtype, "grad")
+    for column in ("fused", "compiled"):
+        if f"{column} value" in got:
+            _compare(res, column, got[f"{column} value"], exact.value, ops.value, case.dtype,
+                     "value")
+            _compare(res, column, got[f"{column} grad"], exact_grad, g_op, case.dtype, "grad")
     if exact.disagreement:
         res.problems.append(f"mpmath oracle disagreement: {exact.disagreement}")
     return exact
@@ -388,8 +427,8 @@ def _dense_hessian(hv, out, ops, skip, dtype, res):
                             f"max operand = {rel:.3g}")
 
 
-def _check_api(spec, case, value, grad, both, res):
-    """Shapes and dtypes of the results, and value_and_grad's agreement with them."""
+def _check_api(spec, case, value, grad, res):
+    """Shapes and dtypes of the results of NAME and NAME_grad."""
     red = case.kwargs["reduction"]
     batch = batch_shape(spec, case)
     want_value_shape = batch if red == "none" else ()
@@ -405,13 +444,20 @@ def _check_api(spec, case, value, grad, both, res):
         elif g is not None and np.asarray(g).dtype != case.dtype:
             res.problems.append(f"gradient for {name} has dtype {np.asarray(g).dtype}, "
                                 f"expected {case.dtype}")
+
+
+def _check_kernel(spec, value, grad, both, res, column):
+    """value_and_grad (the backend of ``column``) agrees with NAME and NAME_grad in shapes,
+    dtypes and NaN/inf pattern."""
+    parts = spec.grad_parts(grad)
+    who = "value_and_grad" if column == "fused" else f"value_and_grad ({column})"
     if not (isinstance(both, tuple) and len(both) == 2 and _same_structure(
             spec, (value, grad), both)):
-        res.problems.append("value_and_grad differs from (value, grad) in shape or dtype")
+        res.problems.append(f"{who} differs from (value, grad) in shape or dtype")
     elif not (np.array_equal(np.isnan(both[0]), np.isnan(value))
               and all(np.array_equal(np.isinf(a), np.isinf(b)) for a, b in
                       zip(spec.grad_parts(both[1]), parts) if b is not None)):
-        res.problems.append("value_and_grad differs from (value, grad) in NaN/inf pattern")
+        res.problems.append(f"{who} differs from (value, grad) in NaN/inf pattern")
 
 
 def _same_structure(spec, plain, fused):
