@@ -108,20 +108,25 @@ def run_sweep(work, *, seed, hvp, header_extra, batch_cases, workers=None, execu
     failed, foreign = [], set()
     own = environment_digest()
 
-    def record(task, result):
-        if result.error is not None:
-            failed.append((task, result.error))
-            result = _failed_result(task, work[task.row], result.error)
-        elif store is not None:
-            store.record(result)
+    def merge(task, result):
         if result.environment != own:
             foreign.add(result.environment)
         tallies[task.row].add(result)
         run.batch_done(task, result)
 
+    def record(task, result):
+        """A final result of this session: checkpointed (a failure is not: a resumed
+        sweep tries it again) and merged."""
+        if result.error is not None:
+            failed.append((task, result.error))
+            result = _failed_result(task, work[task.row], result.error)
+        elif store is not None:
+            store.record(result)
+        merge(task, result)
+
     try:
         for result in (store.results.values() if store is not None else ()):
-            record(tasks[result.index], result)
+            merge(tasks[result.index], result)
         todo = [t for t in tasks if store is None or t.index not in store.results]
         run.start()
         description = _execute(todo, record, run.case_done, workers, executor)
