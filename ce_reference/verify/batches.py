@@ -47,9 +47,11 @@ BATCH_CASES = 64
 #: Cases with contract problems kept per batch (and per row): the report shows at most
 #: this many failures per row.
 PROBLEMS_KEPT = 4 * WORST_SHOWN
-#: BLAS threads while a batch runs: the parallelism of a sweep is across batches, and a
-#: fixed count keeps BLAS results from depending on the machine.
-BATCH_BLAS_THREADS = 1
+#: Threads of a batch's calls (BLAS, and the kernels' default ``workers``): the
+#: parallelism of a sweep is across batches, and a fixed count keeps results from
+#: depending on the machine (``linear_cross_entropy``'s GEMMs change with the BLAS
+#: thread count).
+BATCH_THREADS = 1
 #: NumPy's error state inside a batch: NumPy's own defaults, set explicitly so that a
 #: worker's earlier ``np.seterr`` cannot change what the loss warns about.
 NUMPY_ERRSTATE = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}
@@ -182,8 +184,10 @@ def _fixed_state():
     """
     from threadpoolctl import threadpool_limits
 
+    from ..kernels._blocks import pinned_cores
+
     with warnings.catch_warnings(), np.errstate(**NUMPY_ERRSTATE), \
-            threadpool_limits(limits=BATCH_BLAS_THREADS):
+            threadpool_limits(limits=BATCH_THREADS), pinned_cores(BATCH_THREADS):
         warnings.simplefilter("ignore")
         import jax
 
