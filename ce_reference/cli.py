@@ -294,7 +294,7 @@ def _verify(parser, args) -> int:
     finally:
         finish()
         if client is not None:
-            client.close()
+            client.close(timeout=SCHEDULER_TIMEOUT)
     R.print_report(rep, wide=args.wide)
     if args.json:
         R.to_json(rep, args.json)

@@ -267,3 +267,29 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_report(tmp_path):
     assert json.loads(out.read_text())["environment"]["batches_resumed"] == saved
     assert main([*common, "--json", str(ref)]) == 0
     assert comparable_json(out) == comparable_json(ref)
+
+
+# --------------------------------------------------------------------------- progress
+
+def test_status_counts_cases_rate_eta_and_failing_rows():
+    seen = []
+    rep = verify(specs=[raising_spec()], cases=1, seed=2, dtypes=(np.float64,),
+                 option_sets=("hard targets",), batch_cases=2, status=seen.append)
+    done = [st.done for st in seen]
+    assert done == sorted(done) and done[-1] == rep.cases == seen[-1].total
+    assert seen[-1].batches_done == seen[-1].batches_total == 3 + 2       # 5 + 3 cases
+    assert seen[-1].failing_rows == 2 and seen[0].failing_rows == 0
+    assert seen[-1].rate > 0 and seen[-1].eta == 0
+
+
+def test_plain_progress_line(capsys):
+    from ce_reference.cli import _plain_sweep_progress
+    from ce_reference.verify.sweep import SweepStatus
+
+    update = _plain_sweep_progress()
+    update(SweepStatus(64, 20020, "softmax_cross_entropy | index | float64 | random", 2, 12.5,
+                       1596.0, 1, 420))
+    update(SweepStatus(128, 20020, "next", 2, 12.5, 1590.0, 2, 420))      # within 30 s: quiet
+    assert capsys.readouterr().err == (
+        "[64/20020 cases, 12.5 cases/s, ETA 0:26:36, 2 failing rows] "
+        "softmax_cross_entropy | index | float64 | random\n")

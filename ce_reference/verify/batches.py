@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import math
 import pickle
@@ -94,20 +95,25 @@ def split(n_cases: int, batch_cases: int) -> list:
     return [(bounds[k], bounds[k + 1]) for k in range(count)]
 
 
-def ship_spec(spec) -> tuple:
-    """How ``spec`` travels to a worker: ``("ref", "module:attribute")`` when its ``ref``
-    imports this very spec, else ``("pickle", bytes)``.
+def named_by_ref(spec) -> bool:
+    """Whether importing ``spec.ref`` gives this very spec.  A spec derived from a
+    registered one (``dataclasses.replace``: the planted bugs) keeps the original's
+    ``ref``, which then names another loss."""
+    if not spec.ref:
+        return False
+    try:
+        return load(spec.ref) == spec
+    except Exception:  # noqa: BLE001 -- not importable here
+        return False
 
-    A spec derived from a registered one (``dataclasses.replace``) keeps the original's
-    ``ref``, which then names another loss: it is pickled.  Raises ``TypeError`` when it
-    can be neither imported nor pickled (nor cloudpickled, when cloudpickle is installed).
-    """
-    if spec.ref:
-        try:
-            if load(spec.ref) == spec:
-                return ("ref", spec.ref)
-        except Exception:  # noqa: BLE001 -- not importable here: send it pickled
-            pass
+
+def ship_spec(spec) -> tuple:
+    """How ``spec`` travels to another process: ``("ref", "module:attribute")`` when its
+    ``ref`` names it (:func:`named_by_ref`), else ``("pickle", bytes)``.  Raises
+    ``TypeError`` when it can be neither imported nor pickled (nor cloudpickled, when
+    cloudpickle is installed)."""
+    if named_by_ref(spec):
+        return ("ref", spec.ref)
     return ("pickle", _dumps(spec, f"loss {spec.name!r}"))
 
 
@@ -118,6 +124,11 @@ def ship_hvp(spec, hvp_fn):
     if hvp_fn is spec.hvp:
         return "spec"
     return ("pickle", _dumps(hvp_fn, f"the Hessian-vector product given for {spec.name!r}"))
+
+
+def in_process(spec, hvp_fn) -> tuple:
+    """``(spec, hvp)`` handles for batches run in this process: the objects themselves."""
+    return ("object", spec), None if hvp_fn is None else ("object", hvp_fn)
 
 
 def _dumps(obj, what) -> bytes:
@@ -147,9 +158,9 @@ def _dumps(obj, what) -> bytes:
 #: and mpmath's precision are process-wide, so batches in two threads of one worker
 #: would disturb each other.
 _BATCH_LOCK = threading.Lock()
-#: Specs and HVP functions unpickled in this process, by ``(kind, digest)``: rebuilt once
-#: per process, so JAX's compiled twins are reused from batch to batch.
-_SHIPPED: dict = {}
+#: Pickled specs and HVP functions kept unpickled per process: each is rebuilt once, not
+#: once per batch (a sweep ships one pickle per loss; a long-lived worker sees a few sweeps).
+SHIPPED_KEPT = 32
 
 
 def run_batch(task: BatchTask, on_case=None) -> "BatchResult":
@@ -196,21 +207,27 @@ def _fixed_state():
 
 
 def _unship(task):
-    spec = _unpickled(task.spec) if task.spec[0] == "pickle" else load(task.spec[1])
+    spec = _unshipped(task.spec)
     opt = next((o for o in spec.option_sets if o.name == task.option_set), None)
     if opt is None:
         raise LookupError(f"loss {spec.name!r} has no option set {task.option_set!r} in "
                           "this worker (a different ce_reference or loss version?)")
-    hvp_fn = (None if task.hvp is None else spec.hvp if task.hvp == "spec"
-              else _unpickled(task.hvp))
+    hvp_fn = spec.hvp if task.hvp == "spec" else _unshipped(task.hvp)
     return spec, opt, hvp_fn
 
 
-def _unpickled(shipped):
-    key = hashlib.sha256(shipped[1]).hexdigest()
-    if key not in _SHIPPED:
-        _SHIPPED[key] = pickle.loads(shipped[1])
-    return _SHIPPED[key]
+def _unshipped(handle):
+    if handle is None:
+        return None
+    kind, value = handle
+    if kind == "object":
+        return value
+    return load(value) if kind == "ref" else _unpickled(value)
+
+
+@functools.lru_cache(maxsize=SHIPPED_KEPT)
+def _unpickled(blob: bytes):
+    return pickle.loads(blob)
 
 
 def environment_digest() -> str:

@@ -223,7 +223,7 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
         notes.append("no Hessian-vector product (second-order oracles not run) for: "
                      + ", ".join(hvp_missing))
     header = {"cases": cases, "seed": seed, "losses": [s.name for s in specs],
-              "specs": [s.ref or "" for s in specs], "dtypes": [np.dtype(d).name for d in dtypes],
+              "dtypes": [np.dtype(d).name for d in dtypes],
               "option_sets": None if option_sets is None else sorted(option_sets),
               "regions": None if regions is None else sorted(regions),
               "hvp": hvp if isinstance(hvp, bool) else sorted(hvp)}

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from ..cases import make_case
 from .batches import (PROBLEMS_KEPT, BatchResult, BatchTask, RowTally, environment_digest,
-                      run_batch, ship_hvp, ship_spec, split)
+                      in_process, named_by_ref, run_batch, ship_hvp, ship_spec, split)
 
 #: Attempts of a batch before it is reported as failed (a retry survives a transient
 #: fault -- a worker out of memory, a node going down -- without hiding a real one).
@@ -99,8 +99,10 @@ def run_sweep(work, *, seed, hvp, header_extra, batch_cases, workers=None, execu
     ``hvp`` maps a spec to its HVP function (or None); ``header_extra`` the sweep's
     options for the checkpoint header (cases, losses, dtypes, ...).
     """
-    tasks, tallies = _tasks(work, seed, hvp, batch_cases)
-    header = _header(tasks, header_extra, batch_cases)
+    here = executor is None and (workers or 1) == 1
+    tasks, tallies = _tasks(work, seed, hvp, batch_cases, in_process if here else _shipped)
+    specs = [_identity(spec) for spec in {id(row[0]): row[0] for row in work}.values()]
+    header = _header(tasks, {**header_extra, "specs": specs}, batch_cases)
     store = (None if checkpoint is None else
              Checkpoint.resume(checkpoint, header, tasks) if resume
              else Checkpoint.start(checkpoint, header))
@@ -147,11 +149,22 @@ def run_sweep(work, *, seed, hvp, header_extra, batch_cases, workers=None, execu
     return [t.row() for t in tallies], notes, env
 
 
-def _tasks(work, seed, hvp, batch_cases):
+def _shipped(spec, hvp_fn):
+    return ship_spec(spec), ship_hvp(spec, hvp_fn)
+
+
+def _identity(spec):
+    """A spec in the checkpoint's header: its ``ref`` when that names it."""
+    return spec.ref if named_by_ref(spec) else f"{spec.name} (not importable by its ref)"
+
+
+def _tasks(work, seed, hvp, batch_cases, ship):
+    """The batches and a tally per row; ``ship(spec, hvp_fn)`` gives the handles a batch
+    carries (:func:`.batches.ship_spec` for other processes, the objects for this one)."""
     shipped, tasks, tallies = {}, [], []
     for row, (spec, opt, dtype, region, n) in enumerate(work):
         if id(spec) not in shipped:
-            shipped[id(spec)] = (ship_spec(spec), ship_hvp(spec, hvp(spec)))
+            shipped[id(spec)] = ship(spec, hvp(spec))
         spec_handle, hvp_handle = shipped[id(spec)]
         bounds = split(n, batch_cases)
         for start, stop in bounds:
@@ -248,7 +261,7 @@ class _Progress:
 def _execute(tasks, record, case_done, workers, executor) -> str:
     """Run ``tasks``, calling ``record(task, result)`` with each final result; returns a
     description of the executor."""
-    if executor is None and (workers or 1) == 1:
+    if executor is None and (workers or 1) == 1:       # as in run_sweep's ``here``
         _serial(tasks, record, case_done)
         return "serial (this process)"
     pool = _OwnPool(workers) if executor is None else _GivenExecutor(executor)
