@@ -103,9 +103,7 @@ def run_sweep(work, *, seed, hvp, header_extra, batch_cases, workers=None, execu
     tasks, tallies = _tasks(work, seed, hvp, batch_cases, in_process if here else _shipped)
     specs = [_identity(spec) for spec in {id(row[0]): row[0] for row in work}.values()]
     header = _header(tasks, {**header_extra, "specs": specs}, batch_cases)
-    store = (None if checkpoint is None else
-             Checkpoint.resume(checkpoint, header, tasks) if resume
-             else Checkpoint.start(checkpoint, header))
+    store = _open_checkpoint(checkpoint, resume, header, tasks)
     run = _Progress(work, tasks, tallies, progress, status)
     failed, foreign = [], set()
     own = environment_digest()
@@ -139,14 +137,24 @@ def run_sweep(work, *, seed, hvp, header_extra, batch_cases, workers=None, execu
     finally:
         if store is not None:
             store.close()
+    env = {"executor": description, "batches": len(tasks), "batch_cases": batch_cases,
+           "batches_resumed": len(tasks) - len(todo)}
+    return [t.row() for t in tallies], _notes(work, failed, foreign), env
+
+
+def _open_checkpoint(path, resume, header, tasks):
+    if path is None:
+        return None
+    return Checkpoint.resume(path, header, tasks) if resume else Checkpoint.start(path, header)
+
+
+def _notes(work, failed, foreign):
     notes = [_failed_note(work[t.row], t, error) for t, error in failed]
     if foreign:
         notes.append(f"batches ran in {len(foreign)} environment(s) other than this "
                      "process's (library versions, machine or SIMD extensions differ): the "
                      "numbers may differ in the last bits from a run on this machine")
-    env = {"executor": description, "batches": len(tasks), "batch_cases": batch_cases,
-           "batches_resumed": len(tasks) - len(todo)}
-    return [t.row() for t in tallies], notes, env
+    return notes
 
 
 def _shipped(spec, hvp_fn):
@@ -191,8 +199,7 @@ def _failed_result(task, row, error):
     """A failed batch as its row sees it: every case a contract failure, the first
     ``PROBLEMS_KEPT`` with their inputs."""
     spec, opt, dtype, region, _ = row
-    first = error.strip().splitlines()[0] if error.strip() else "no error message"
-    detail = f"batch {task.index} (cases {task.start}-{task.stop - 1}) failed: {first}"
+    detail = f"batch {task.index} (cases {task.start}-{task.stop - 1}) failed: {_brief(error)}"
     problems = [(i, make_case(spec, opt, dtype, region, i, task.seed).describe(), detail)
                 for i in range(task.start, min(task.stop, task.start + PROBLEMS_KEPT))]
     return BatchResult(task.index, task.start, task.stop, problems=problems,
@@ -203,7 +210,17 @@ def _failed_note(row, task, error):
     spec, opt, dtype, region, _ = row
     return (f"batch {task.index} ({spec.name} | {opt.name} | {dtype.name} | {region}, cases "
             f"{task.start}-{task.stop - 1}) failed {MAX_ATTEMPTS} attempts and is reported "
-            f"as failing: {error.strip()}")
+            f"as failing: {_brief(error)}")
+
+
+def _brief(error):
+    """The exception line of a batch's error, and where it was raised (the innermost frame
+    of its traceback, when it has one)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no error message"
+    frames = [line for line in lines if line.startswith("File ")]
+    return lines[0] + (f" ({frames[-1]})" if frames else "")
 
 
 def _interrupted(reason, store, run):
