@@ -7,9 +7,12 @@ Every scheduler, nanny and worker binds to 127.0.0.1, and the scheduler's HTTP s
 ``dashboard_address=None`` would mean ``:8787`` on every interface) to 127.0.0.1:0.
 """
 
+import json
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from ce_reference._loopback import LoopbackMonitor, ss_available
 from ce_reference.cli import main
 from ce_reference.registry import LOSSES
 from ce_reference.verify import verify
+from ce_reference.verify.sweep import SweepInterrupted
 
 from _sweep_helpers import BCE_LOGITS, SMALL, comparable
 from _verify_helpers import PLANTED, planted
@@ -26,6 +30,8 @@ distributed = pytest.importorskip("distributed")
 
 #: Seconds between two samples of ``ss`` while the cluster runs.
 SS_INTERVAL = 0.25
+#: Seconds to wait for a scheduler or worker started from the command line.
+START_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +113,52 @@ def test_cli_unreachable_scheduler_is_a_usage_error(capsys):
               f"tcp://127.0.0.1:{free_loopback_port()}"])
     assert info.value.code == 2
     assert "no Dask scheduler answered" in capsys.readouterr().err
+
+
+def _start(args, log):
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_lost_scheduler_stops_the_sweep_which_resumes_on_another_cluster(
+        cluster, serial_small, tmp_path):
+    """``dask scheduler`` and ``dask worker`` processes on loopback; the scheduler is killed
+    mid-sweep: the sweep stops with SweepInterrupted saying how to resume, and resuming its
+    checkpoint on the other cluster gives the serial report."""
+    other, monitor = cluster
+    ck, address_file = tmp_path / "ck.jsonl", tmp_path / "scheduler.json"
+    log = open(tmp_path / "dask.log", "w")
+    scheduler = _start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                        "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                        str(address_file)], log)
+    worker = client = None
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not address_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(address_file.read_text())["address"]
+        worker = _start(["distributed.cli.dask_worker", address, "--host", "127.0.0.1",
+                         "--nthreads", "1", "--dashboard-address", "127.0.0.1:0"], log)
+        client = distributed.Client(address, set_as_default=False, timeout=START_TIMEOUT)
+        client.wait_for_workers(1, timeout=START_TIMEOUT)
+
+        def status(st):
+            if st.batches_done >= 2 and scheduler.poll() is None:
+                scheduler.kill()
+
+        with pytest.raises(SweepInterrupted, match=f"--resume {ck}") as info:
+            verify(**SMALL, executor=_executor(client), checkpoint=ck, status=status)
+        assert not info.value.by_user
+    finally:
+        for process in (worker, scheduler):
+            if process is not None and process.poll() is None:
+                process.kill()
+        if client is not None:
+            client.close(timeout=5)
+        log.close()
+    rep = verify(**SMALL, executor=_executor(other), checkpoint=ck, resume=True)
+    assert rep.environment["batches_resumed"] >= 2
+    assert comparable(rep) == comparable(serial_small)
+    assert monitor.ok, monitor.summary()
 
 
 def test_a_killed_worker_is_replaced_and_the_report_unchanged(cluster, serial_small):

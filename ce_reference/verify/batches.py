@@ -169,15 +169,16 @@ def run_batch(task: BatchTask, on_case=None) -> "BatchResult":
     ``on_case(i)`` is called after case ``i`` (the serial progress display).
     """
     started = time.perf_counter()
-    with _BATCH_LOCK, _fixed_state():
+    with _BATCH_LOCK:
         try:
-            spec, opt, hvp_fn = _unship(task)
-            summary = _Summary(task)
-            for i in range(task.start, task.stop):
-                case = make_case(spec, opt, task.dtype, task.region, i, task.seed)
-                summary.add(i, evaluate(spec, case, hvp_fn))
-                if on_case is not None:
-                    on_case(i)
+            with _fixed_state():
+                spec, opt, hvp_fn = _unship(task)
+                summary = _Summary(task)
+                for i in range(task.start, task.stop):
+                    case = make_case(spec, opt, task.dtype, task.region, i, task.seed)
+                    summary.add(i, evaluate(spec, case, hvp_fn))
+                    if on_case is not None:
+                        on_case(i)
         except Exception as exc:  # noqa: BLE001 -- reported, retried, never lost
             text = traceback.format_exc()[-TRACEBACK_CHARS:]
             return BatchResult.failure(task, f"{type(exc).__name__}: {exc}\n{text}")
