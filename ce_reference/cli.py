@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ._format import check_writable
@@ -48,6 +49,11 @@ LOSS_ONLY = {"loss": "--loss", "grad": "--grad", "targets": "--targets", "rtol":
              "cases": "--cases", "timeout": "--timeout"}
 #: Seconds per call of an audited function, by default (0: no timeout, in-process).
 DEFAULT_TIMEOUT = 60.0
+#: Seconds to wait for a Dask scheduler (``verify --scheduler``) before calling it
+#: unreachable: a live scheduler answers in milliseconds, even across a data centre.
+SCHEDULER_TIMEOUT = 10.0
+#: Exit status of a sweep stopped by Ctrl-C (the shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def _positive_int(text):
@@ -108,6 +114,7 @@ def _min_verify_cases():
 def build_parser() -> argparse.ArgumentParser:
     from .auditing import DEFAULT_CASES as AUDIT_CASES
     from .auditing.tolerance import TOL_EPS
+    from .verify.batches import BATCH_CASES
     from .verify.runner import DEFAULT_CASES
 
     parser = argparse.ArgumentParser(
@@ -139,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--wide", action="store_true",
                    help="the full table: every oracle's worst (median) error per row")
     v.add_argument("--no-progress", action="store_true", help="no progress display")
+    run = v.add_argument_group(
+        "running a sweep elsewhere",
+        "The cases run in batches; the report is bitwise the same for a serial run, "
+        "--workers N and a Dask cluster of any size (same --cases and --seed).")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run the batches on N local processes (default 1: in this "
+                            "process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the batches on the Dask cluster whose scheduler is at "
+                            "ADDRESS (tcp://host:port; needs ce_reference[dask] here and "
+                            "ce_reference on the workers)")
+    saved = run.add_mutually_exclusive_group()
+    saved.add_argument("--checkpoint", metavar="FILE",
+                       help="record every finished batch in FILE (JSON lines; must not "
+                            "exist), to continue an interrupted sweep with --resume FILE")
+    saved.add_argument("--resume", metavar="FILE",
+                       help="continue the sweep recorded in FILE (same options as when it "
+                            "was started; refused otherwise), running only the batches it "
+                            "does not hold, and keep recording there")
+    run.add_argument("--batch-cases", type=_positive_int, metavar="N",
+                     help=f"cases per batch (default {BATCH_CASES}); part of a checkpoint's "
+                          "identity")
 
     a = sub.add_parser(
         "audit", help="compare another implementation, or a framework, with the reference",
@@ -236,7 +266,7 @@ def main(argv=None) -> int:
     for flag in ("json", "markdown"):
         _check_output(sub, getattr(args, flag, None), "--" + flag)
     if args.command == "verify":
-        return _verify(args)
+        return _verify(sub, args)
     if args.command == "warmup":
         return _warmup()
     return _audit(sub, args)
@@ -270,21 +300,132 @@ def _check_output(parser, path, flag):
 
 # --------------------------------------------------------------------------- verify
 
-def _verify(args) -> int:
+def _verify(parser, args) -> int:
     from .verify import report as R
     from .verify.runner import verify
+    from .verify.sweep import CheckpointError, SweepInterrupted
 
-    progress, finish = _progress(not args.no_progress)
+    checkpoint = args.resume or args.checkpoint
+    if args.resume is not None and not os.path.isfile(args.resume):
+        parser.error(f"--resume {args.resume}: no such checkpoint file")
+    if args.checkpoint is not None:
+        _check_output(parser, args.checkpoint, "--checkpoint")
+        if os.path.exists(args.checkpoint):
+            parser.error(f"--checkpoint {args.checkpoint} already exists: continue it with "
+                         f"--resume {args.checkpoint}, or remove it")
+    client, executor = _dask_executor(parser, args.scheduler) if args.scheduler else (None, None)
+    status, finish = _sweep_progress(not args.no_progress)
     try:
-        rep = verify(args.loss, cases=args.cases, seed=args.seed, progress=progress)
+        rep = verify(args.loss, cases=args.cases, seed=args.seed, workers=args.workers,
+                     executor=executor, checkpoint=checkpoint, resume=args.resume is not None,
+                     batch_cases=args.batch_cases, status=status)
+    except CheckpointError as exc:
+        finish()
+        parser.error(str(exc))
+    except SweepInterrupted as exc:
+        finish()
+        print(f"ce-reference verify: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED if exc.by_user else 1
     finally:
         finish()
+        if client is not None:
+            client.close(timeout=SCHEDULER_TIMEOUT)
     R.print_report(rep, wide=args.wide)
     if args.json:
         R.to_json(rep, args.json)
     if args.markdown:
         R.to_markdown(rep, args.markdown)
     return 0 if rep.ok else 1
+
+
+def _dask_executor(parser, address):
+    """``(client, executor)`` of the Dask cluster at ``address``; a usage error when
+    Dask is not installed or the scheduler does not answer."""
+    try:
+        from distributed import Client
+    except ImportError:
+        parser.error("--scheduler needs Dask's distributed: pip install 'ce_reference[dask]'")
+    try:
+        client = Client(address, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
+    except Exception as exc:  # noqa: BLE001 -- OSError, TimeoutError, ValueError (address)
+        parser.error(f"--scheduler {address}: no Dask scheduler answered there within "
+                     f"{SCHEDULER_TIMEOUT:g} s ({type(exc).__name__}: {exc})")
+    if not client.nthreads():
+        print(f"ce-reference verify: the cluster at {address} has no workers yet; the sweep "
+              "starts when they join", file=sys.stderr)
+    # pure=False: a batch run again after a failure must be a new task, not the old result
+    return client, client.get_executor(pure=False)
+
+
+def _sweep_progress(enabled):
+    """A ``status(SweepStatus)`` callback and its finaliser: cases done / total, rate,
+    ETA and failing rows so far -- the same display for local and cluster runs (rich on a
+    terminal; a plain line at most every ``PLAIN_PROGRESS_SECONDS`` otherwise)."""
+    if not enabled:
+        return None, lambda: None
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+    except ImportError:  # pragma: no cover - plain fallback
+        return _plain_sweep_progress(), lambda: None
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return _plain_sweep_progress(), lambda: None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} cases"),
+                   TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"),
+                   TextColumn("{task.fields[failing]}"), console=console, transient=True)
+    state = {}
+
+    def update(st):
+        fields = _status_fields(st)
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task(st.label, total=st.total, **fields)
+        bar.update(state["task"], completed=st.done, description=st.label, **fields)
+
+    def finish():
+        if "task" in state:
+            bar.stop()
+            state.clear()
+
+    return update, finish
+
+
+#: Seconds between two progress lines when stderr is not a terminal (a log file).
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def _status_fields(st):
+    rate = "-" if st.rate is None else f"{st.rate:.1f} cases/s"
+    failing = ("no failing rows" if not st.failing_rows else
+               f"[bold red]{st.failing_rows} failing row{'s' * (st.failing_rows != 1)}[/]")
+    return {"rate": rate, "eta": _duration(st.eta), "failing": failing}
+
+
+def _duration(seconds):
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _plain_sweep_progress():
+    import time
+
+    last = {"at": None}
+
+    def update(st):
+        now = time.monotonic()
+        if last["at"] is not None and now - last["at"] < PLAIN_PROGRESS_SECONDS \
+                and st.done < st.total:
+            return
+        last["at"] = now
+        rate = "-" if st.rate is None else f"{st.rate:.1f}"
+        print(f"[{st.done}/{st.total} cases, {rate} cases/s, ETA {_duration(st.eta)}, "
+              f"{st.failing_rows} failing rows] {st.label}", file=sys.stderr, flush=True)
+
+    return update
 
 
 def _progress(enabled):

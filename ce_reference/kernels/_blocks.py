@@ -21,6 +21,8 @@ buffers allocated once per thread.  This module holds what they share:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import os
 import threading
@@ -61,8 +63,28 @@ _POOL = {"executor": None, "size": 0}
 _POOL_LOCK = threading.Lock()
 
 
+#: The core count a call without ``workers=`` uses, when pinned (:func:`pinned_cores`).
+_PINNED_CORES = contextvars.ContextVar("ce_reference_pinned_cores", default=None)
+
+
+@contextlib.contextmanager
+def pinned_cores(n: int):
+    """Within the block (in this thread), calls without ``workers=`` use ``n`` threads
+    whatever the machine has: a verification batch gives the same bits on any worker
+    (``linear_cross_entropy``'s GEMMs depend on the BLAS thread count)."""
+    token = _PINNED_CORES.set(n)
+    try:
+        yield
+    finally:
+        _PINNED_CORES.reset(token)
+
+
 def available_cores() -> int:
-    """Cores this process may run on (``os.process_cpu_count`` / affinity mask)."""
+    """Cores this process may run on (``os.process_cpu_count`` / affinity mask), or the
+    count pinned by :func:`pinned_cores`."""
+    pinned = _PINNED_CORES.get()
+    if pinned is not None:
+        return pinned
     count = getattr(os, "process_cpu_count", None)  # Python >= 3.13
     if count is not None:
         n = count()

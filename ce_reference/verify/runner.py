@@ -196,24 +196,37 @@ def plan(specs, cases=DEFAULT_CASES, dtypes=DTYPES, option_sets=None, regions=No
 
 def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None,
            dtypes=DTYPES, hvp=True, progress=None, option_sets=None,
-           regions=None) -> Report:
+           regions=None, workers=None, executor=None, checkpoint=None, resume=False,
+           batch_cases=None, status=None) -> Report:
     """Run the protocol on ``losses`` (names; default all) and return a :class:`Report`.
 
     ``specs`` replaces the registry (the sensitivity tests plant bugs this
     way); ``hvp`` is True (use ``spec.hvp`` where it exists), False, or a dict
     ``{loss name: hvp function}``; ``progress(done, total, row_label)`` is
-    called after every case; ``option_sets`` / ``regions`` (names) restrict
-    the rows.
+    called after every case (after every batch on an executor); ``status`` is
+    called likewise with a :class:`~.sweep.SweepStatus` (rate, ETA, failing rows);
+    ``option_sets`` / ``regions`` (names) restrict the rows.
+
+    The cases run in batches of ``batch_cases`` (default
+    :data:`~.batches.BATCH_CASES`) consecutive cases of a row: in this process, on
+    a pool of ``workers`` local processes, or on ``executor`` (any
+    ``concurrent.futures.Executor``, e.g. a Dask cluster's
+    ``distributed.Client(address).get_executor()``).  The rows are bitwise the same
+    for all of them.  ``checkpoint`` (a path) records every finished batch;
+    ``resume=True`` continues the sweep it holds (see :mod:`.sweep`).
     """
+    from . import batches, sweep        # imported here: both import this module
+
     if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
         raise ValueError(f"cases must be a positive int, got {cases!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    batch_cases = batches.BATCH_CASES if batch_cases is None else batch_cases
+    _check_execution(workers, executor, checkpoint, resume, batch_cases)
     specs = resolve_specs(losses, specs)
     work = plan(specs, cases, dtypes, option_sets, regions)
     total = sum(n for *_, n in work)
     start = time.perf_counter()
-    rows, done = [], 0
     notes = []
     hvp_missing = [s.name for s in specs if s.hvp is None]
     if hvp is True and hvp_missing:
@@ -223,21 +236,39 @@ def verify(losses=None, *, cases: int = DEFAULT_CASES, seed: int = 0, specs=None
     if compiled_skipped:
         notes.append("compiled column not run (numba is not installed: "
                      f"{backends.INSTALL_HINT}) for: " + ", ".join(compiled_skipped))
-    for spec, opt, dtype, region, n in work:
-        results = []
-        if isinstance(hvp, dict):
-            hvp_fn = hvp.get(spec.name)
-        else:
-            hvp_fn = spec.hvp if hvp else None
-        label = f"{spec.name} | {opt.name} | {dtype.name} | {region}"
-        for i in range(n):
-            case = make_case(spec, opt, dtype, region, i, seed)
-            results.append(evaluate(spec, case, hvp_fn))
-            done += 1
-            if progress is not None:
-                progress(done, total, label)
-        rows.append(_aggregate(spec, opt, dtype, region, results))
-    return Report(rows, seed, total, time.perf_counter() - start, environment(), notes)
+    header = {"cases": cases, "seed": seed, "losses": [s.name for s in specs],
+              "dtypes": [np.dtype(d).name for d in dtypes],
+              "option_sets": None if option_sets is None else sorted(option_sets),
+              "regions": None if regions is None else sorted(regions),
+              "hvp": hvp if isinstance(hvp, bool) else sorted(hvp)}
+    rows, sweep_notes, sweep_env = sweep.run_sweep(
+        work, seed=seed, hvp=lambda spec: _hvp_function(hvp, spec), header_extra=header,
+        batch_cases=batch_cases, workers=workers, executor=executor, checkpoint=checkpoint,
+        resume=resume, progress=progress, status=status)
+    return Report(rows, seed, total, time.perf_counter() - start,
+                  {**environment(), **sweep_env}, notes + sweep_notes)
+
+
+def _hvp_function(hvp, spec):
+    if isinstance(hvp, dict):
+        return hvp.get(spec.name)
+    return spec.hvp if hvp else None
+
+
+def _check_execution(workers, executor, checkpoint, resume, batch_cases):
+    """The arguments of :func:`verify` that say how it runs (before any work)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if workers is not None and executor is not None:
+        raise ValueError("give workers (a local process pool) or executor, not both")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError(f"executor must be a concurrent.futures.Executor, got "
+                        f"{type(executor).__name__}")
+    if isinstance(batch_cases, bool) or not isinstance(batch_cases, int) or batch_cases < 1:
+        raise ValueError(f"batch_cases must be a positive int, got {batch_cases!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint to resume (checkpoint=PATH)")
 
 
 # --------------------------------------------------------------------------- one case
@@ -473,33 +504,3 @@ def _detail(what, got, exact, k):
         return ""
     got, exact = np.asarray(got).reshape(-1), np.asarray(exact).reshape(-1)
     return f"{what}[{k}]: got {got[k]!r}, expected {exact[k]!r}"
-
-
-# --------------------------------------------------------------------------- aggregation
-
-def _aggregate(spec, opt, dtype, region, results) -> Row:
-    stats, failures, ok = {}, [], True
-    for m in MEASURES:
-        vals = [r.errors[m] for r in results if r.errors[m] is not None]
-        gate = GATES.get(m)
-        tol = None if gate is None else gate.get(dtype)
-        if not vals or (gate is not None and tol is None):
-            stats[m] = None
-            continue
-        worst = float(np.max(vals))
-        stats[m] = {"worst": worst, "median": float(np.median(vals)), "n": len(vals), "tol": tol}
-        if tol is not None and not worst <= tol:
-            ok = False
-            bad = sorted((r for r in results if r.errors[m] is not None and not r.errors[m] <= tol),
-                         key=lambda r: -r.errors[m])
-            for r in bad[:WORST_SHOWN]:
-                failures.append({"measure": m, "error": r.errors[m], "case": r.case.describe(),
-                                 "detail": r.details.get(m, "")})
-    for r in results:
-        if r.problems:
-            ok = False
-            failures.append({"measure": "contract", "error": math.inf,
-                             "case": r.case.describe(), "detail": "; ".join(r.problems)})
-    failures = failures[: 4 * WORST_SHOWN]
-    return Row(spec.name, spec.label, opt.name, dtype.name, region, len(results), stats, ok,
-               failures)
