@@ -723,7 +723,7 @@ def _library_has_z_loss():
 
 
 @pytest.mark.skipif(not _library_has_z_loss(), reason="this checkout's softmax_cross_entropy "
-                    "has no z_loss / softcap (issue 10); the float64 composition above checks "
+                    "has no z_loss / softcap; the float64 composition above checks "
                     "them")
 @pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -225,7 +225,7 @@ def test_same_numbers_as_optax(rng, epsilon):
 def test_optax_nan_value_at_a_masked_class():
     """Defect (optax 0.2.8): a masked class (logit -inf) gives a NaN value with a finite
     gradient, through ``0 * (-inf)`` in ``softmax_cross_entropy``.  Smallest input: logits
-    ``[0, -inf]``, labels ``[1, 0]``, exact value 0.  By issue 10's rule (a NaN value with a
+    ``[0, -inf]``, labels ``[1, 0]``, exact value 0.  By the audits' rule (a NaN value with a
     finite gradient trains silently on garbage) a defect, not a convention.  Ours: 0."""
     import optax
 

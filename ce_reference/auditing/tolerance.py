@@ -29,7 +29,7 @@ normal number count as zero (subnormal results carry no relative precision).
 Low precision (float16, bfloat16): a kernel that computes in half precision
 cannot be within a few eps of the exact result, and how far it may be depends
 on how many roundings its algorithm needs.  The criterion (cut-cross-entropy's
-own test, made exact; issue 12) compares it with the same computation done by
+own test, made exact) compares it with the same computation done by
 the plain composition of PyTorch operations in the same dtype: an output
 passes where
 

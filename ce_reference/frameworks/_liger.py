@@ -4,8 +4,8 @@ Audited (liger-kernel 0.8.5): ``liger_cross_entropy`` and
 ``LigerCrossEntropyLoss`` (logits; the module goes through Liger's backend
 dispatch, which on a CPU picks the Triton implementation after failing to
 import the CuTe-DSL and Ascend ones), ``liger_fused_linear_cross_entropy``
-and ``LigerFusedLinearCrossEntropyLoss`` (input, weight, bias): every option
-of issue 12 -- ``ignore_index``, ``label_smoothing``, ``lse_square_scale``
+and ``LigerFusedLinearCrossEntropyLoss`` (input, weight, bias): every
+cross-entropy option of the linear cross-entropy audits -- ``ignore_index``, ``label_smoothing``, ``lse_square_scale``
 (the z-loss), ``softcap``, class weights (``weight`` / ``ce_weight``),
 ``reduction`` none / sum / mean, ``return_z_loss`` -- in float32 and float16.
 
@@ -379,7 +379,7 @@ def about() -> dict:
         "not_exercised": [
             {"what": "bfloat16", "why": dict(_triton_interp.UNPATCHED)["bfloat16"]},
             {"what": "accum_dtype, use_token_scaling, return_token_accuracy, "
-                     "return_predicted_tokens", "why": "not cross-entropy options of issue 12"},
+                     "return_predicted_tokens", "why": "not cross-entropy options"},
             {"what": "the CuTe-DSL and Ascend backends", "why": "need their GPU / NPU"},
             {"what": "large shapes", "why": "the interpreter runs one program instance "
                                             "after another in Python"},

@@ -92,7 +92,7 @@ def markdown(doc):
            "size of the operands), the one tolerance scheme of every ce_reference audit; the "
            f"tolerance is {_fmt_eps(doc['frameworks'][0]['tolerance_eps'] if doc['frameworks'] else 0)} eps.  "
            "Float16 results of the kernel audits are judged by the low-precision criterion "
-           "(issue 12; cut-cross-entropy's own test made exact): per output, "
+           "(cut-cross-entropy's own test made exact): per output, "
            "`max|impl - exact| <= max|composition - exact| + 1 eps * max|exact|`, "
            "`composition` the same computation by plain PyTorch operations in float16, "
            "`exact` the float64 reference at the float16 values; the *ratio* of the two sides "
