@@ -12,8 +12,9 @@ implementation of a case once, in the same order), with ``os.getloadavg()``
 printed next to it: this machine is shared, and a load above the core count
 inflates every number, the floor included.
 
-The compiled path is timed as a caller would use it: the mean denominators
-(``index_target_stats``), the kernel, and the reduction of the per-row losses.
+Both backends are timed as a caller runs them: the public
+``NAME_value_and_grad(..., out=, workers=, backend="numba" | "numpy")`` (validation, the
+mean denominators, the kernel and the reduction of the per-row losses).
 """
 
 from __future__ import annotations
@@ -57,34 +58,6 @@ BEST = {}   # minimum over the rounds of the last median_rounds() call
 
 
 # ------------------------------------------------------------------------------ callers
-
-def compiled_softmax(x, t, workers, out, **opts):
-    """Mean-reduced loss and gradient through the compiled kernel (PyTorch's denominators)."""
-    from ce_reference import compiled as cp
-    C = x.shape[-1]
-    prob = t.dtype.kind == "f"
-    if prob:
-        n = x.shape[0]
-        denom = zden = float(n)
-    else:
-        denom, n_kept, _ = cp.index_target_stats(t, C, opts.get("weight"), opts.get("ignore_index"))
-        zden = float(n_kept)
-    scale = 1.0 / denom if denom else 0.0
-    zscale = 1.0 / zden if zden else 0.0
-    fl, rows, zr = cp.softmax_cross_entropy(x, out, t, scale=scale, z_scale=zscale,
-                                            workers=workers, **opts)
-    loss = float(np.sum(rows)) * scale
-    if opts.get("z_loss"):
-        loss += float(np.sum(zr)) * zscale
-    return loss, out
-
-
-def compiled_bce(x, y, workers, out, **opts):
-    from ce_reference import compiled as cp
-    fl, s = cp.binary_cross_entropy_with_logits(x, out, y, scale=1.0 / x.size, workers=workers,
-                                                **opts)
-    return s / x.size, out
-
 
 # ------------------------------------------------------------------------------ math
 
@@ -183,13 +156,13 @@ def bench_large(rounds, workers):
                 t = ti
             out = np.empty_like(x)
             out_np = np.empty_like(x)
+            # both backends through the public function, as a caller runs them
             fns = {"copy": lambda: np.copyto(out, x),
-                   "compiled": lambda: compiled_softmax(x, t, workers, out, **opts)}
-            np_opts = {k: v for k, v in opts.items() if k not in ("z_loss", "softcap")}
-            np_ok = len(np_opts) == len(opts)
-            if np_ok:
-                fns["numpy"] = lambda: ce.softmax_cross_entropy_value_and_grad(
-                    x, t, out=out_np, workers=workers, **np_opts)
+                   "compiled": lambda: ce.softmax_cross_entropy_value_and_grad(
+                       x, t, out=out, workers=workers, backend="numba", **opts),
+                   "numpy": lambda: ce.softmax_cross_entropy_value_and_grad(
+                       x, t, out=out_np, workers=workers, backend="numpy", **opts)}
+            np_ok = True
             med = median_rounds(fns, rounds)
             r = {"case": f"softmax {shape} {np.dtype(dt).name}", "option": oname,
                  "compiled_ratio": med["compiled"] / med["copy"],
@@ -208,9 +181,10 @@ def bench_large(rounds, workers):
         out = np.empty_like(x)
         out_np = np.empty_like(x)
         fns = {"copy": lambda: np.copyto(out, x),
-               "compiled": lambda: compiled_bce(x, y, workers, out, **opts),
+               "compiled": lambda: ce.binary_cross_entropy_with_logits_value_and_grad(
+                   x, y, out=out, workers=workers, backend="numba", **opts),
                "numpy": lambda: ce.binary_cross_entropy_with_logits_value_and_grad(
-                   x, y, out=out_np, workers=workers, **opts)}
+                   x, y, out=out_np, workers=workers, backend="numpy", **opts)}
         med = median_rounds(fns, rounds)
         r = {"case": "BCE-logits 1e7 float32", "option": oname,
              "compiled_ratio": med["compiled"] / med["copy"],
@@ -245,9 +219,10 @@ def bench_small(rounds, workers):
         out_np = np.empty_like(x)
         reps = 50 if N * C < 10**6 else 10
         fns = {"copy": lambda: [np.copyto(out, x) for _ in range(reps)],
-               "compiled": lambda: [compiled_softmax(x, t, workers, out) for _ in range(reps)],
+               "compiled": lambda: [ce.softmax_cross_entropy_value_and_grad(
+                   x, t, out=out, workers=workers, backend="numba") for _ in range(reps)],
                "numpy": lambda: [ce.softmax_cross_entropy_value_and_grad(
-                   x, t, out=out_np, workers=workers) for _ in range(reps)]}
+                   x, t, out=out_np, workers=workers, backend="numpy") for _ in range(reps)]}
         med = median_rounds(fns, max(rounds, 9))
         r = {"shape": [N, C], **{k + "_us": v / reps * 1e6 for k, v in med.items()},
              "load": load()}
