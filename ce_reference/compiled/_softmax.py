@@ -144,11 +144,7 @@ def softmax_rows(x, out, inplace, tgt, probs, prob, w, has_ign, ign, keep, ls, z
     a1 = as_dtype_of(x, 1.0 - ls)
     a0 = as_dtype_of(x, ls / C)
     cwT = as_dtype_of(x, scale * (ls / C))
-    W = float(C)
-    if has_w:
-        W = 0.0
-        for c in range(C):
-            W += np.float64(w[c])
+    W = ro.weight_sum(w, C)
     ninf = as_dtype_of(x, -np.inf)
     pinf = as_dtype_of(x, np.inf)
     zero = as_dtype_of(x, 0.0)
@@ -531,11 +527,7 @@ def softmax_cols(x3, out3, inplace, tgt, probs3, prob, w, has_ign, ign, keep, ls
     pre, C, post = x3.shape
     nq = (post + Bc - 1) // Bc
     capped = cap != 0.0
-    W = float(C)
-    if w.shape[0] > 0:
-        W = 0.0
-        for c in range(C):
-            W += np.float64(w[c])
+    W = ro.weight_sum(w, C)
     Bs = min(Bc, post)
     Y = np.empty((C if capped else 0, Bs), x3.dtype)
     S = np.empty((C if capped else 0, Bs), x3.dtype)
@@ -570,11 +562,7 @@ def softmax_rows_small(x, out, tgt, probs, prob, w, has_ign, ign, keep, ls, z, c
     """
     N, C = x.shape
     capped = cap != 0.0
-    W = float(C)
-    if w.shape[0] > 0:
-        W = 0.0
-        for c in range(C):
-            W += np.float64(w[c])
+    W = ro.weight_sum(w, C)
     Rs = min(R, N)
     XT = np.empty((1, C, Rs), x.dtype)
     GT = np.empty((1, C, Rs), x.dtype)
@@ -704,11 +692,7 @@ def softmax_chunk_combine(tgt, prob, w, has_ign, ign, keep, ls, z, scale, zscale
     """
     has_w = w.shape[0] > 0
     mode = 2 if prob else (1 if ls != 0.0 else 0)
-    W = float(C)
-    if has_w:
-        W = 0.0
-        for c in range(C):
-            W += np.float64(w[c])
+    W = ro.weight_sum(w, C)
     c_sm = ls / C
     allbad = 0
     has_keep = keep.shape[0] > 0
