@@ -149,7 +149,7 @@ def run_case(spec, case, dtype, repeat, workers, only=None, log=print, shape=Non
 
 
 #: Who each list of a case's goals holds to them: (key, row, short name in the labels).  The
-#: compiled kernel's goals are with out= (the issue's targets: the fresh gradient's
+#: compiled kernel's goals are with out= (the speed targets: the fresh gradient's
 #: first-touch cost is the row without out=, reported beside it).
 GOAL_HOLDERS = (("goals", impls.FUSED, "fused"),
                 ("compiled_goals", impls.COMPILED_OUT, "compiled, out="))
@@ -524,7 +524,7 @@ def main(argv=None):
     ap.add_argument("--linear-memory", metavar="N,H,V", default=None,
                     help="also measure linear cross-entropy's peak memory (RSS, each "
                          "implementation in a fresh process, and tracemalloc) at this size, "
-                         "float32; the issue's size is 8192,1024,65536 (about 5 minutes)")
+                         "float32; e.g. 8192,1024,65536 (about 5 minutes)")
     ap.add_argument("--cold-compile", action="store_true",
                     help="also measure the compiled backend's first call with an empty cache "
                          "(every kernel compiled in a fresh process: a minute or more)")

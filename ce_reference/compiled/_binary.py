@@ -19,7 +19,7 @@ by ``w1``), ``h = [x >= 0]``, ``a = pw y``, ``b = 1 - y``::
 all terms non-negative (no cancellation), ``sigma(x) - 1`` never formed; every
 product of a coefficient with a possibly infinite term is 0 when the
 coefficient is 0 (``x = +-inf`` gives the limits).  These are the formulas of
-the NumPy fused kernel (``_kernels_binary``).
+the NumPy fused kernel (``ce_reference.kernels.bce_logits``).
 
 BCE on probabilities: ``pc = clip(p, lo, hi)``, ``loss = -w [y log pc + (1 - y)
 log1p(-pc)]`` (``0 log 0 = 0``), ``grad = scale w [(1 - y) / (1 - pc) - y / pc]``

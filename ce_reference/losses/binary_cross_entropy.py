@@ -161,7 +161,7 @@ def binary_cross_entropy_value_and_grad(probs, targets, *, weight=None, eps=None
     """``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one blocked sweep.
 
     Same numbers (bitwise) and errors as the two plain functions, computed tile
-    by tile on ``workers`` threads (:mod:`ce_reference._kernels_binary`).
+    by tile on ``workers`` threads (:mod:`ce_reference.kernels.driver`).
     ``out``: a C-contiguous, writeable buffer of ``probs``' shape and the
     gradient's dtype that receives the gradient (it may be ``probs`` itself).
     ``workers``: threads, default all available cores; the results do not

@@ -153,7 +153,7 @@ def binary_cross_entropy_with_logits_value_and_grad(logits, targets, *, weight=N
 
     Same arguments, numbers (to a few ULP) and errors as the loss and its
     gradient, computed tile by tile on ``workers`` threads with every operation
-    into per-thread scratch (:mod:`ce_reference._kernels_binary`): with
+    into per-thread scratch (:mod:`ce_reference.kernels.bce_logits`): with
     ``e = exp(-|x|)``, ``softplus(+-x) = max(+-x, 0) + log1p(e)`` and
     ``sigma(x) = e / (1 + e)`` (``x < 0``) or ``1 / (1 + e)`` (``x >= 0``), one
     exponential and one logarithm per element.

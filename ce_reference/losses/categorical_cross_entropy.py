@@ -182,7 +182,7 @@ def categorical_cross_entropy_value_and_grad(probs, targets, *, axis=-1, weight=
 
     Same arguments, numbers (bitwise) and errors as the loss and its gradient,
     computed block by block on ``workers`` threads
-    (:mod:`ce_reference._kernels_categorical`).  ``out``: a C-contiguous,
+    (the generic blocked driver, :mod:`ce_reference.kernels.driver`).  ``out``: a C-contiguous,
     writeable buffer of ``probs``' shape and the gradient's dtype that receives
     the gradient (it may be ``probs`` itself).  ``workers``: threads, default
     all available cores; the results do not depend on it.  ``backend``:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..cases import make_case
 from ..spec import load
-from .runner import GATES, MEASURES, WORST_SHOWN, Row, evaluate
+from .checks import GATES, MEASURES, WORST_SHOWN, Row, environment, evaluate
 
 #: Cases per batch.  A case takes ~10-500 ms (JAX compiles each new shape once per
 #: process), so a batch is seconds of work: the scheduler's per-task overhead (a few
@@ -164,7 +164,7 @@ SHIPPED_KEPT = 32
 
 
 def run_batch(task: BatchTask, on_case=None) -> "BatchResult":
-    """Run the batch's cases through :func:`.runner.evaluate`; never raises.
+    """Run the batch's cases through :func:`.checks.evaluate`; never raises.
 
     ``on_case(i)`` is called after case ``i`` (the serial progress display).
     """
@@ -189,7 +189,7 @@ def run_batch(task: BatchTask, on_case=None) -> "BatchResult":
 def _fixed_state():
     """The process state a result may depend on, set explicitly for one batch.
 
-    Warnings are ignored outside :func:`.runner.evaluate`'s own recording of the
+    Warnings are ignored outside :func:`.checks.evaluate`'s own recording of the
     loss's calls (which sets its filters itself): a warning from an oracle changes no
     number, and the outcome must not depend on the caller's filters (pytest's
     ``error``).  ``jax_enable_x64`` is the oracles' mode (they also set it).
@@ -235,9 +235,7 @@ def environment_digest() -> str:
     """What the numbers of a case depend on besides its inputs: the versions of the
     libraries, the machine and the SIMD extensions NumPy dispatches to."""
     if "digest" not in _ENVIRONMENT:
-        from . import runner
-
-        env = {k: v for k, v in runner.environment().items() if k != "platform"}
+        env = {k: v for k, v in environment().items() if k != "platform"}
         env["machine"] = platform.machine()
         env["ce_reference"] = _package_version()
         features = getattr(getattr(np, "_core", None), "_multiarray_umath", None)
@@ -332,7 +330,7 @@ def _decode(text) -> bytes:
 
 
 class _Summary:
-    """Accumulates a batch's :class:`~.runner.CaseResult` s into a :class:`BatchResult`."""
+    """Accumulates a batch's :class:`~.checks.CaseResult` s into a :class:`BatchResult`."""
 
     def __init__(self, task):
         self.task = task
@@ -376,7 +374,7 @@ def _gate(measure, dtype):
 # --------------------------------------------------------------------------- in the parent
 
 class RowTally:
-    """The results of one row's batches, merged in case order into a :class:`~.runner.Row`.
+    """The results of one row's batches, merged in case order into a :class:`~.checks.Row`.
 
     The statistics are those of a single pass over the row's cases: worst and median
     of every case's error per measure, the ``WORST_SHOWN`` worst failing cases per

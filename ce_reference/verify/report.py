@@ -20,7 +20,7 @@ import json
 import math
 
 from .._format import clean_json  # noqa: F401 - re-exported for report readers
-from .runner import MEASURES
+from .checks import MEASURES
 
 #: Measures that gate nothing (shown, marked as information).
 INFO_ONLY = ("grad ULP",)
@@ -93,7 +93,7 @@ def _by_loss(report):
 
 
 def tolerance_line(report) -> str:
-    from .runner import GATES
+    from .checks import GATES
 
     parts = []
     for m, table in GATES.items():

@@ -8,7 +8,7 @@ the same for any executor.
 
 Failures:
 
-* a batch whose cases raise where :func:`.runner.evaluate` does not catch it comes
+* a batch whose cases raise where :func:`.checks.evaluate` does not catch it comes
   back with ``BatchResult.error`` and is run again; after ``MAX_ATTEMPTS`` it is
   reported as failed, its inputs in its row's failures (the row and the verdict fail);
 * a worker process that dies breaks a process pool: the batches that were running
@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 
 from ..cases import make_case
+from .checks import environment
 from .batches import (PROBLEMS_KEPT, BatchResult, BatchTask, RowTally, environment_digest,
                       in_process, named_by_ref, run_batch, ship_hvp, ship_spec, split)
 
@@ -183,12 +184,11 @@ def _tasks(work, seed, hvp, batch_cases, ship):
 
 
 def _header(tasks, extra, batch_cases):
-    from . import runner
     from .batches import _package_version
 
     plan = hashlib.sha256(repr([(t.loss, t.option_set, t.dtype, t.region, t.start, t.stop)
                                 for t in tasks]).encode()).hexdigest()
-    env = {k: v for k, v in runner.environment().items() if k != "platform"}
+    env = {k: v for k, v in environment().items() if k != "platform"}
     header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
               "ce_reference": _package_version(), **extra, "batch_cases": batch_cases,
               "batches": len(tasks), "plan": plan, "environment": env}
