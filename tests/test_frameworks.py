@@ -55,7 +55,8 @@ def finding(rep, fid):
 KNOWN_DEFECTS = {
     "torch": ["torch-bce-backward", "torch-ce-prob-neginf", "torch-ce-smoothing-neginf",
               "torch-bcel-target-range", "torch-ce-prob-target-range"],
-    "optax": ["optax-896", "optax-1762", "optax-int-label-negative", "optax-label-range"],
+    "optax": ["optax-896", "optax-1762", "optax-int-label-negative", "optax-label-range",
+              "optax-int-label-range"],
     "keras": ["keras-cce-neginf", "keras-scce-neginf", "keras-23451", "keras-mean-float32",
               "keras-scce-label-range", "keras-scce-label-negative", "keras-bce-prob-range"],
     "sklearn": ["sklearn-multinomial-label-range"],
@@ -63,7 +64,7 @@ KNOWN_DEFECTS = {
 CONVENTIONS = {
     "torch": ["torch-all-ignored-nan", "torch-mean-rows", "torch-log-clamp",
               "torch-smoothing-uniform"],
-    "optax": ["optax-smoothing-uniform", "optax-int-label-range"],
+    "optax": ["optax-smoothing-uniform"],
     "keras": ["keras-clip", "keras-sum-over-batch-size", "keras-all-masked-zero",
               "keras-smoothing-binary", "keras-clip-boundary-derivative",
               "keras-cce-clip-boundary-derivative", "keras-scce-clip-boundary-derivative"],

@@ -183,9 +183,10 @@ def known() -> list[Known]:
               "to the last class (NumPy indexing) and a finite loss is returned",
               SCE_INT, "JAX take_along_axis semantics",
               probe=_c(np.array([[0.0, 1.0]]), np.array([-1]))),
-        Known("optax-int-label-range", "validation",
-              "softmax_cross_entropy_with_integer_labels: a label >= C gives NaN "
-              "(JAX out-of-bounds 'fill'), not an error",
+        Known("optax-int-label-range", "defect",
+              "softmax_cross_entropy_with_integer_labels: a label >= C gives a NaN loss "
+              "(JAX out-of-bounds 'fill') with the finite gradient softmax(x), not an error: "
+              "the batch trains silently on garbage",
               SCE_INT, "JAX take_along_axis mode='fill'",
               probe=_c(np.array([[0.0, 1.0]]), np.array([2]))),
         Known("optax-label-range", "validation",
