@@ -28,8 +28,6 @@ Building blocks
     or ``0`` (Keras ``divide_no_nan``).
 :func:`softmax_cross_entropy_rows`
     :math:`\sum_c q_c(\operatorname{logsumexp} x - x_c)` per row, any targets.
-:func:`nll_loss`
-    PyTorch ``F.nll_loss`` on log-probabilities.
 :func:`clamped_binary_cross_entropy`
     PyTorch ``F.binary_cross_entropy``: each log clamped at -100.
 :func:`clipped_binary_cross_entropy_elements`
@@ -73,7 +71,7 @@ import numpy as np
 from scipy import special as _sp
 
 from . import _validation as V
-from ._problem import ClassProblem, check_input_values
+from ._problem import check_input_values
 from ._reduction import weighted_count
 from ._special import log_softmax_parts, mul0
 from .losses import binary_cross_entropy as _bce
@@ -88,7 +86,6 @@ __all__ = [
     "weighted_reduction",
     "softmax_cross_entropy_rows",
     "masked_softmax_cross_entropy",
-    "nll_loss",
     "clamped_binary_cross_entropy",
     "clipped_binary_cross_entropy_elements",
     "clipped_categorical_cross_entropy_rows",
@@ -467,54 +464,6 @@ def _index_or_probs(name, targets, x):
         raise ValueError(f"{name} must have the input's shape {x.shape}, got {q.shape}")
     V.check_nonnegative_finite(name, q)
     return q
-
-
-def nll_loss(log_probs, targets, *, weight=None, ignore_index=None, reduction="mean"):
-    r"""PyTorch ``F.nll_loss``: value and gradient with respect to ``log_probs``.
-
-    .. math::
-
-        \ell_n = -w_{y_n}\,z_{n,y_n}\,k_n, \qquad
-        \texttt{mean} = \frac{\sum_n \ell_n}{\sum_n w_{y_n} k_n},
-        \qquad
-        \frac{\partial}{\partial z_{n,c}} = -\frac{w_{y_n} k_n}{D}\,[c = y_n],
-
-    with :math:`z` the log-probabilities (not checked: PyTorch picks and
-    negates whatever it is given), :math:`k_n = [y_n \ne \texttt{ignore\_index}]`
-    and :math:`D = 1` for ``sum``/``none``.  An all-ignored ``mean`` is NaN.
-
-    Parameters
-    ----------
-    log_probs : array_like, shape ``(N, C)``
-    targets : int array_like, shape ``(N,)``
-    weight : array_like, shape ``(C,)``, optional
-    ignore_index : int, optional
-    reduction : {"mean", "sum", "none"}
-
-    Returns
-    -------
-    (value, grad)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ce_reference.conventions import nll_loss
-    >>> v, g = nll_loss(np.log([[0.5, 0.5], [0.25, 0.75]]), np.array([0, 1]))
-    >>> round(float(v), 6), g.tolist()
-    (0.490415, [[-0.5, 0.0], [0.0, -0.5]])
-    """
-    z = _float("log_probs", log_probs)
-    if z.ndim != 2:
-        raise ValueError(f"log_probs must have shape (N, C), got {z.shape}")
-    P = ClassProblem(z, targets, input_name="log_probs", input_kind=None, axis=1, weight=weight,
-                     ignore_index=ignore_index, reduction=reduction, index_only=True)
-    index, keep = P.index[:, 0], P.keep[:, 0]
-    wy = np.ones(index.shape) if P.weight is None else P.weight[index].astype(np.float64)
-    rows = -np.take_along_axis(z, index[:, None], axis=1)[:, 0].astype(np.float64)
-    G = np.zeros(z.shape)
-    np.put_along_axis(G, index[:, None], -1.0, axis=1)
-    return weighted_reduction(rows, G, sample_weight=wy, keep=keep, reduction=reduction,
-                              denominator="weights")
 
 
 def sigmoid_cross_entropy_elements(logits, targets, *, pos_weight=None):
