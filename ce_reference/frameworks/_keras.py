@@ -445,9 +445,9 @@ def known() -> list[Known]:
               probe=_c(np.array([[37.0]]), np.array([[1.0]]), from_logits=True, gamma=0.0)),
         Known("keras-bfocal-probability-space", "defect",
               "BinaryFocalCrossentropy(from_logits=True) computes sigmoid(x) and then "
-              "log(1 - p): the rounding of p to the dtype costs a relative error up to "
-              "eps/(1 - p) in the loss of a wrong-side logit -- up to ~50% in float32 just "
-              "inside the clip (|x| ~ 16), ~1e-9 in float64",
+              "log(1 - p): the rounding of p to the dtype (spacing eps near 1) moves "
+              "-log(1 - p), the loss of a wrong-side logit, by up to ~eps/(1 - p) -- 0.16 at "
+              "x = 15 in float32 (14.84 instead of 15.00), ~1e-9 in float64",
               BFOCAL, "keras/src/losses/losses.py binary_focal_crossentropy",
               "from_logits=True documents logits as the input; BinaryCrossentropy(from_logits"
               "=True) uses log_sigmoid and is accurate.  The framework matches the convention "
