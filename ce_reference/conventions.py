@@ -28,8 +28,6 @@ Building blocks
     or ``0`` (Keras ``divide_no_nan``).
 :func:`softmax_cross_entropy_rows`
     :math:`\sum_c q_c(\operatorname{logsumexp} x - x_c)` per row, any targets.
-:func:`nll_loss`
-    PyTorch ``F.nll_loss`` on log-probabilities.
 :func:`clamped_binary_cross_entropy`
     PyTorch ``F.binary_cross_entropy``: each log clamped at -100.
 :func:`clipped_binary_cross_entropy_elements`
@@ -39,6 +37,14 @@ Building blocks
     (clip at the dtype's eps, no renormalisation).
 :func:`sigmoid_cross_entropy_elements`
     :math:`\mathrm{pw}\,y\,\operatorname{softplus}(-x) + (1-y)\operatorname{softplus}(x)`.
+:func:`keras_binary_focal_elements` / :func:`keras_categorical_focal_rows`
+    Keras 3 ``BinaryFocalCrossentropy`` / ``CategoricalFocalCrossentropy`` with
+    ``from_logits=True``: probabilities clipped to ``[eps, 1 - eps]``, the focal
+    factor of the unclipped probability, ``alpha`` only with class balancing
+    (binary) or as a plain multiplier (categorical).
+:func:`keras_kl_divergence_rows`
+    Keras 3 ``KLDivergence``: probabilities (not log-probabilities), both
+    clipped to ``[eps, 1]``.
 :func:`half_binomial` / :func:`half_multinomial`
     scikit-learn's ``HalfBinomialLoss`` / ``HalfMultinomialLoss``: loss, gradient
     and diagonal Hessian with respect to the raw prediction.
@@ -65,7 +71,7 @@ import numpy as np
 from scipy import special as _sp
 
 from . import _validation as V
-from ._problem import ClassProblem, check_input_values
+from ._problem import check_input_values
 from ._reduction import weighted_count
 from ._special import log_softmax_parts, mul0
 from .losses import binary_cross_entropy as _bce
@@ -80,13 +86,15 @@ __all__ = [
     "weighted_reduction",
     "softmax_cross_entropy_rows",
     "masked_softmax_cross_entropy",
-    "nll_loss",
     "clamped_binary_cross_entropy",
     "clipped_binary_cross_entropy_elements",
     "clipped_categorical_cross_entropy_rows",
     "sigmoid_cross_entropy_elements",
     "half_binomial",
     "half_multinomial",
+    "keras_binary_focal_elements",
+    "keras_categorical_focal_rows",
+    "keras_kl_divergence_rows",
 ]
 
 SMOOTHING_SCHEMES = ("uniform", "binary", "off_class")
@@ -458,54 +466,6 @@ def _index_or_probs(name, targets, x):
     return q
 
 
-def nll_loss(log_probs, targets, *, weight=None, ignore_index=None, reduction="mean"):
-    r"""PyTorch ``F.nll_loss``: value and gradient with respect to ``log_probs``.
-
-    .. math::
-
-        \ell_n = -w_{y_n}\,z_{n,y_n}\,k_n, \qquad
-        \texttt{mean} = \frac{\sum_n \ell_n}{\sum_n w_{y_n} k_n},
-        \qquad
-        \frac{\partial}{\partial z_{n,c}} = -\frac{w_{y_n} k_n}{D}\,[c = y_n],
-
-    with :math:`z` the log-probabilities (not checked: PyTorch picks and
-    negates whatever it is given), :math:`k_n = [y_n \ne \texttt{ignore\_index}]`
-    and :math:`D = 1` for ``sum``/``none``.  An all-ignored ``mean`` is NaN.
-
-    Parameters
-    ----------
-    log_probs : array_like, shape ``(N, C)``
-    targets : int array_like, shape ``(N,)``
-    weight : array_like, shape ``(C,)``, optional
-    ignore_index : int, optional
-    reduction : {"mean", "sum", "none"}
-
-    Returns
-    -------
-    (value, grad)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ce_reference.conventions import nll_loss
-    >>> v, g = nll_loss(np.log([[0.5, 0.5], [0.25, 0.75]]), np.array([0, 1]))
-    >>> round(float(v), 6), g.tolist()
-    (0.490415, [[-0.5, 0.0], [0.0, -0.5]])
-    """
-    z = _float("log_probs", log_probs)
-    if z.ndim != 2:
-        raise ValueError(f"log_probs must have shape (N, C), got {z.shape}")
-    P = ClassProblem(z, targets, input_name="log_probs", input_kind=None, axis=1, weight=weight,
-                     ignore_index=ignore_index, reduction=reduction, index_only=True)
-    index, keep = P.index[:, 0], P.keep[:, 0]
-    wy = np.ones(index.shape) if P.weight is None else P.weight[index].astype(np.float64)
-    rows = -np.take_along_axis(z, index[:, None], axis=1)[:, 0].astype(np.float64)
-    G = np.zeros(z.shape)
-    np.put_along_axis(G, index[:, None], -1.0, axis=1)
-    return weighted_reduction(rows, G, sample_weight=wy, keep=keep, reduction=reduction,
-                              denominator="weights")
-
-
 def sigmoid_cross_entropy_elements(logits, targets, *, pos_weight=None):
     r"""Elementwise sigmoid cross-entropy, value and derivative.
 
@@ -815,3 +775,132 @@ CONVENTIONS = {
         "optax (every loss), scikit-learn _loss .loss()",
         "softmax_cross_entropy_rows / sigmoid_cross_entropy_elements"),
 }
+
+
+# --------------------------------------------------------------------------- Keras focal / KL
+
+def _keras_bounds(dtype, eps):
+    """Keras' clip bounds as the case's dtype holds them (``ops.clip`` casts them)."""
+    dt = np.dtype(dtype).type
+    return float(dt(eps)), float(dt(1 - eps))
+
+
+def _sigmoids(x):
+    """``(sigma(x), sigma(-x))`` in float64, each without cancellation."""
+    return _sp.expit(x), _sp.expit(-x)
+
+
+def keras_binary_focal_elements(logits, targets, *, gamma=2.0, alpha=None, eps=KERAS_EPSILON,
+                                sigmoid=None):
+    r"""Keras ``binary_focal_crossentropy(from_logits=True)`` per element, and its derivative.
+
+    With :math:`p = \sigma(x)`, :math:`\bar p = \operatorname{clip}(p, \epsilon, 1-\epsilon)`
+    (bounds in the input's dtype), :math:`u = 1 - p_t = y(1-p) + (1-y)p` (the *unclipped*
+    probability) and :math:`a = y\alpha + (1-y)(1-\alpha)` (1 when ``alpha`` is None:
+    ``apply_class_balancing=False``):
+
+    .. math::
+
+        \ell = a\,u^\gamma B,\quad B = -y\log\bar p - (1-y)\log(1-\bar p),\qquad
+        \frac{\partial\ell}{\partial x} = a\bigl[\gamma(1-2y)\,s\,u^{\gamma-1} B
+        + u^\gamma(p - y)[\epsilon < p < 1-\epsilon]\bigr],\quad s = p(1-p).
+
+    Exactly (``rounded=False``): :math:`\log p = -\operatorname{softplus}(-x)`,
+    :math:`1 - p = \sigma(-x)`, and :math:`s u^{\gamma-1} = \sigma(x) u^\gamma`
+    (:math:`y = 1`) or :math:`\sigma(-x) u^\gamma` (:math:`y = 0`), finite where
+    :math:`u` underflows.  ``sigmoid`` (an array of :math:`p` in the input's dtype, as a
+    framework computed it) evaluates the same formulas at those rounded values (what Keras'
+    probability-space computation sees;
+    :math:`\partial B/\partial p = (\bar p - y)/(\bar p(1-\bar p))` inside the clip, half
+    of it on a bound, where ``jnp.clip`` splits the derivative of a tie).
+    Results in float64.
+    """
+    x = np.asarray(logits)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    lo, hi = _keras_bounds(dtype, eps)
+    x = x.astype(np.float64)
+    y = np.asarray(targets, np.float64)
+    p, q = _sigmoids(x)
+    rounded = sigmoid is not None
+    if rounded:
+        p = np.asarray(sigmoid, np.float64)
+        q = 1.0 - p
+    inside = (p > lo) & (p < hi)
+    pc = np.clip(p, lo, hi)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if rounded:
+            log_p, log_q = np.log(pc), np.log(1.0 - pc)
+            tie = np.where((p == lo) | (p == hi), 0.5, 0.0)    # jnp.clip splits a tie
+            dB = np.where(inside, 1.0, tie) * (pc - y) / (pc * (1.0 - pc)) * p * q
+        else:
+            log_p = np.where(inside, -np.logaddexp(0.0, -x), np.log(pc))
+            log_q = np.where(inside, -np.logaddexp(0.0, x), np.log(1.0 - pc))
+            dB = np.where(inside, p - y, 0.0)
+        B = -(y * log_p + (1.0 - y) * log_q)
+        u = y * q + (1.0 - y) * p
+        s_over_u = np.where(u > 0, p * q / np.where(u > 0, u, 1.0),
+                            np.where(y == 1, p, q))
+        ug = u ** gamma
+        dF = gamma * (1.0 - 2.0 * y) * s_over_u * ug
+    a = 1.0 if alpha is None else y * alpha + (1.0 - y) * (1.0 - alpha)
+    value = a * ug * B
+    grad = a * (dF * B + ug * dB)
+    return value, grad
+
+
+def keras_categorical_focal_rows(logits, targets, *, gamma=2.0, alpha=0.25, eps=KERAS_EPSILON):
+    r"""Keras ``categorical_focal_crossentropy(from_logits=True)`` per row, and its gradient.
+
+    With :math:`p = \operatorname{softmax}(x)` and :math:`o = \operatorname{clip}(p,
+    \epsilon, 1-\epsilon)` (Keras renormalises :math:`p / \sum p` first: the identity):
+
+    .. math::
+
+        \ell = \alpha \sum_c y_c (1-o_c)^\gamma(-\log o_c),\qquad
+        \frac{\partial\ell}{\partial x} = p \odot (g - \textstyle\sum_c p_c g_c),
+
+    :math:`g_c = \alpha y_c[\gamma(1-o_c)^{\gamma-1}\log o_c - (1-o_c)^\gamma/o_c]
+    [\epsilon < p_c < 1-\epsilon]`; ``alpha`` is a plain multiplier (a scalar scales the
+    loss).  Inside the clip :math:`\log o = \log\operatorname{softmax}(x)` and
+    :math:`1 - o = -\operatorname{expm1}(\log o)`, exact.  Results in float64.
+    """
+    x = np.asarray(logits)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    lo, hi = _keras_bounds(dtype, eps)
+    x = x.astype(np.float64)
+    y = np.asarray(targets, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lp = _sp.log_softmax(x, axis=-1)
+        p = np.exp(lp)
+        inside = (p > lo) & (p < hi)
+        log_o = np.where(inside, lp, np.log(np.clip(p, lo, hi)))
+        o = np.where(inside, p, np.clip(p, lo, hi))
+        one_minus_o = np.where(inside, -np.expm1(lp), 1.0 - o)
+        terms = mul0(y, one_minus_o ** gamma * -log_o)
+        g = np.where(inside & (y != 0), alpha * y * (gamma * one_minus_o ** (gamma - 1.0) * log_o
+                                                     - one_minus_o ** gamma / o), 0.0)
+    rows = alpha * np.sum(terms, axis=-1)
+    grad = p * (g - np.sum(p * g, axis=-1, keepdims=True))
+    return rows, grad
+
+
+def keras_kl_divergence_rows(probs, targets, *, eps=KERAS_EPSILON):
+    r"""Keras ``kl_divergence(y_true, y_pred)`` per row, and its gradient in ``y_pred``.
+
+    Both arguments are probabilities, clipped to :math:`[\epsilon, 1]`:
+    :math:`\ell = \sum_c \bar t_c \log(\bar t_c / \bar p_c)` with
+    :math:`\bar t = \operatorname{clip}(t, \epsilon, 1)`, :math:`\bar p =
+    \operatorname{clip}(p, \epsilon, 1)`; :math:`\partial\ell/\partial p_c = -\bar t_c /
+    \bar p_c\,m_c` with :math:`m_c = 1` inside :math:`(\epsilon, 1)`, 0 outside, and 1/2
+    on a bound (``jnp.clip`` = ``min(max(.))`` splits the derivative at a tie).
+    Results in float64.
+    """
+    x = np.asarray(probs)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    lo, _ = _keras_bounds(dtype, eps)
+    x = x.astype(np.float64)
+    t = np.clip(np.asarray(targets, np.float64), lo, 1.0)
+    pc = np.clip(x, lo, 1.0)
+    rows = np.sum(t * (np.log(t) - np.log(pc)), axis=-1)
+    m = np.where((x > lo) & (x < 1.0), 1.0, np.where((x == lo) | (x == 1.0), 0.5, 0.0))
+    return rows, -t / pc * m

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ce_reference.conventions as conv
+from ce_reference import nll_loss_value_and_grad
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -73,7 +74,7 @@ def test_nll_loss_vs_jax(rng, reduction):
     z = rng.normal(0, 2, (6, 4))
     y = np.array([0, 3, -100, 1, 1, -100])
     w = np.array([0.5, 2.0, 1e-3, 1e3])
-    v, g = conv.nll_loss(z, y, weight=w, ignore_index=-100, reduction=reduction)
+    v, g = nll_loss_value_and_grad(z, y, weight=w, ignore_index=-100, reduction=reduction)
     keep = y != -100
     yi = np.where(keep, y, 0)
 
@@ -90,7 +91,7 @@ def test_nll_loss_vs_jax(rng, reduction):
 
 
 def test_nll_all_ignored_is_nan_with_zero_gradient():
-    v, g = conv.nll_loss(np.zeros((2, 3)), np.array([-100, -100]), ignore_index=-100)
+    v, g = nll_loss_value_and_grad(np.zeros((2, 3)), np.array([-100, -100]), ignore_index=-100)
     assert np.isnan(v) and np.all(g == 0)
 
 
@@ -297,3 +298,53 @@ def test_float32_stays_float32(rng):
     x = rng.normal(0, 1, (3, 4)).astype(np.float32)
     rows, g = conv.softmax_cross_entropy_rows(x, np.array([0, 1, 2]))
     assert rows.dtype == np.float32 and g.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- Keras focal / KL
+
+@pytest.mark.parametrize("gamma, alpha", [(2.0, None), (0.5, 0.25), (0.0, None), (1.0, 0.7)])
+def test_keras_binary_focal_vs_jax(rng, gamma, alpha):
+    x = np.array([[-20.0, -3.0, -0.5, 0.0], [0.7, 2.5, 9.0, 17.0]])   # both sides of the clip
+    y = np.array([[1.0, 0.0, 0.3, 1.0], [0.0, 1.0, 0.5, 0.0]])
+    v, g = conv.keras_binary_focal_elements(x, y, gamma=gamma, alpha=alpha)
+    lo, hi = conv.KERAS_EPSILON, 1 - conv.KERAS_EPSILON
+
+    def twin(z):
+        p = jax.nn.sigmoid(z)
+        pc = jnp.clip(p, lo, hi)
+        bce = -(y * jnp.log(pc) + (1 - y) * jnp.log(1 - pc))
+        f = (y * (1 - p) + (1 - y) * p) ** gamma
+        a = 1.0 if alpha is None else y * alpha + (1 - y) * (1 - alpha)
+        return a * f * bce
+
+    assert_close(v, twin(jnp.asarray(x)), rtol=1e-9)
+    assert_close(g, jax.grad(lambda z: jnp.sum(twin(z)))(jnp.asarray(x)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("gamma, alpha", [(2.0, 0.25), (0.5, 1.0), (0.0, 0.5)])
+def test_keras_categorical_focal_vs_jax(rng, gamma, alpha):
+    x = np.array([[0.0, 20.0, -1.0], [1.0, -0.5, 2.0], [3.0, 3.0, -30.0]])
+    y = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5], [0.0, 0.5, 0.5]])
+    v, g = conv.keras_categorical_focal_rows(x, y, gamma=gamma, alpha=alpha)
+    lo, hi = conv.KERAS_EPSILON, 1 - conv.KERAS_EPSILON
+
+    def twin(z):
+        o = jnp.clip(jax.nn.softmax(z, axis=-1), lo, hi)
+        return alpha * jnp.sum(y * (1 - o) ** gamma * -jnp.log(o), axis=-1)
+
+    assert_close(v, twin(jnp.asarray(x)), rtol=1e-9)
+    assert_close(g, jax.grad(lambda z: jnp.sum(twin(z)))(jnp.asarray(x)), rtol=1e-9)
+
+
+def test_keras_kl_divergence_vs_jax():
+    p = np.array([[0.2, 0.3, 0.5], [1e-9, 0.4, 0.6], [0.25, 0.25, 0.5]])
+    t = np.array([[0.1, 0.0, 0.9], [0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
+    v, g = conv.keras_kl_divergence_rows(p, t)
+    lo = conv.KERAS_EPSILON
+
+    def twin(z):
+        tc, zc = jnp.clip(t, lo, 1.0), jnp.clip(z, lo, 1.0)
+        return jnp.sum(tc * jnp.log(tc / zc), axis=-1)
+
+    assert_close(v, twin(jnp.asarray(p)))
+    assert_close(g, jax.grad(lambda z: jnp.sum(twin(z)))(jnp.asarray(p)))

@@ -54,20 +54,42 @@ def finding(rep, fid):
 # keras 3.15.1, scikit-learn 1.9.1); each must be reproduced by running it.
 KNOWN_DEFECTS = {
     "torch": ["torch-bce-backward", "torch-ce-prob-neginf", "torch-ce-smoothing-neginf",
-              "torch-bcel-target-range", "torch-ce-prob-target-range"],
-    "optax": ["optax-896", "optax-1762", "optax-int-label-negative", "optax-label-range"],
+              "torch-bcel-target-range", "torch-ce-prob-target-range",
+              "torch-nll-zero-weight-neginf", "torch-kl-zero-target-neginf",
+              "torch-kl-log-target-neginf"],
+    "optax": ["optax-896", "optax-1762", "optax-int-label-negative", "optax-label-range",
+              "optax-int-label-range", "optax-poly-neginf", "optax-kl-zero-target-neginf",
+              "optax-kl-log-target-neginf"],
     "keras": ["keras-cce-neginf", "keras-scce-neginf", "keras-23451", "keras-mean-float32",
-              "keras-scce-label-range", "keras-scce-label-negative", "keras-bce-prob-range"],
+              "keras-scce-label-range", "keras-scce-label-negative", "keras-bce-prob-range",
+              "keras-bfocal-nan-grad", "keras-bfocal-probability-space"],
     "sklearn": ["sklearn-multinomial-label-range"],
 }
 CONVENTIONS = {
     "torch": ["torch-all-ignored-nan", "torch-mean-rows", "torch-log-clamp",
-              "torch-smoothing-uniform"],
-    "optax": ["optax-smoothing-uniform", "optax-int-label-range"],
+              "torch-smoothing-uniform", "torch-kl-mean-elements", "torch-kl-none-elements"],
+    "optax": ["optax-smoothing-uniform"],
     "keras": ["keras-clip", "keras-sum-over-batch-size", "keras-all-masked-zero",
               "keras-smoothing-binary", "keras-clip-boundary-derivative",
-              "keras-cce-clip-boundary-derivative", "keras-scce-clip-boundary-derivative"],
+              "keras-cce-clip-boundary-derivative", "keras-scce-clip-boundary-derivative",
+              "keras-bfocal-clip", "keras-bfocal-class-balancing",
+              "keras-cfocal-alpha-multiplier", "keras-cfocal-clip", "keras-kl-clip"],
     "sklearn": ["sklearn-clip"],
+}
+#: The targets of the divergence, focal and Poly-1 losses: each is swept (quick subset) and
+#: every deviation is explained by the catalogue.
+NEW_TARGETS = {
+    "torch": ["F.nll_loss", "F.kl_div", "F.kl_div one-hot", "F.kl_div (log_target=True)",
+              "F.kl_div (log_target=True) one-hot", "F.kl_div (reduction='none', elements)"],
+    "optax": ["sigmoid_focal_loss", "sigmoid_focal_loss hard targets",
+              "poly_loss_cross_entropy", "poly_loss_cross_entropy one-hot", "kl_divergence",
+              "kl_divergence one-hot", "kl_divergence_with_log_targets",
+              "kl_divergence_with_log_targets one-hot"],
+    "keras": ["BinaryFocalCrossentropy (from_logits)",
+              "BinaryFocalCrossentropy (from_logits) hard targets",
+              "CategoricalFocalCrossentropy (from_logits)",
+              "CategoricalFocalCrossentropy (from_logits) one-hot", "KLDivergence",
+              "KLDivergence one-hot"],
 }
 
 
@@ -101,6 +123,34 @@ def test_conventions_are_verified(reports, name):
     for fid in CONVENTIONS[name]:
         f = finding(rep, fid)
         assert f["class"] == "convention", (fid, f)
+
+
+@pytest.mark.parametrize("name", sorted(NEW_TARGETS))
+def test_new_loss_targets_are_swept_and_explained(reports, name):
+    """The nll / KL / focal / Poly-1 targets run in float64 and float32 (quick subset), and
+    none of their deviations is unexplained."""
+    rep = report_for(reports, name)
+    for target in NEW_TARGETS[name]:
+        rows = [r for r in rep["rows"] if r["target"] == target]
+        assert rows, target
+        assert {r["dtype"] for r in rows} == {"float64", "float32"}, target
+        assert sum(r["cases"] for r in rows) > 0, target
+        assert not any("unclassified" in r["findings"] for r in rows), (target, rows)
+    assert not [u for u in rep["unclassified"] if u["target"] in NEW_TARGETS[name]]
+
+
+def test_nan_value_with_finite_gradient_is_a_defect(reports):
+    """The one rule: a NaN loss whose gradient is finite trains silently -- a defect."""
+    r = _core.Result({"value": np.array([np.nan]), "grad": np.array([[0.2, 0.8]])})
+    assert _core.nan_value_finite_grad(r)
+    assert not _core.nan_value_finite_grad(
+        _core.Result({"value": np.array([np.nan]), "grad": np.array([[np.nan, 0.8]])}))
+    assert not _core.nan_value_finite_grad(
+        _core.Result({"value": np.array([1.0]), "grad": np.array([[0.2, 0.8]])}))
+    rep = report_for(reports, "optax")
+    f = finding(rep, "optax-int-label-range")
+    assert f["kind"] == "defect" and f["class"] == "defect"
+    assert "finite gradient" in f["probe"]["framework"]
 
 
 def test_matches_are_accurate(reports):

@@ -206,6 +206,13 @@ class Known:
     is not run: class ``not exercised``); a finding without a ``probe`` is a
     class of sweep deviations.  Kind ``precision``: a low-precision result that
     fails the criterion of :func:`compare_low_precision` by a checked mechanism.
+
+    One classification rule holds for every kind: a result whose *value* is NaN
+    (or infinite) while its *gradient* is finite (:func:`nan_value_finite_grad`)
+    is a **defect** -- the loss reads as garbage while the parameters keep
+    being updated -- never a convention or an accepted validation outcome,
+    unless the value itself is undefined (a mean over no kept rows, 0/0), where
+    the package's rule is a NaN value with a zero gradient.
     """
 
     id: str
@@ -235,6 +242,21 @@ def nan_with_neginf(case: Case, o: Outcome) -> bool:
     a = np.asarray(o.framework.arrays["value"], np.float64)
     r = np.asarray(o.reference.arrays["value"], np.float64)
     return bool(np.any(np.isneginf(case.x))) and bool(np.any(np.isnan(a) & ~np.isnan(r)))
+
+
+#: The arrays of a result that are derivatives (reverse-mode gradients, forward-mode tangents).
+DERIVATIVES = ("grad", "jvp", "hess")
+
+
+def nan_value_finite_grad(r: Result) -> bool:
+    """``r``'s value has a non-finite entry and every derivative array is finite: a NaN loss
+    that still trains (the one rule that makes a finding a defect, see :class:`Known`)."""
+    if r is None or "value" not in r.arrays:
+        return False
+    derivs = [np.asarray(r.arrays[k], np.float64) for k in DERIVATIVES if k in r.arrays]
+    value = np.asarray(r.arrays["value"], np.float64)
+    return bool(derivs) and not bool(np.all(np.isfinite(value))) and all(
+        bool(np.all(np.isfinite(d))) for d in derivs)
 
 
 @dataclass
@@ -450,11 +472,13 @@ def probe_known(k: Known, target: Target) -> dict:
       ``k.check`` holds); otherwise ``not reproduced``.
     * ``convention``: verified when the framework matches its convention's
       reference (or ``k.check`` holds) *and* differs from ``k.exact``.
-    * ``validation`` (an input outside the documented domain): ``match`` when
-      the framework raises, ``defect`` when it returns finite numbers
-      (silent acceptance; with ``k.check``, only when the check also holds,
-      else ``not reproduced``), ``convention`` when it returns NaN/inf (the
-      documented JAX out-of-bounds behaviour, for instance).
+    * ``validation`` (an input outside the documented domain,
+      :func:`_outside_domain`): ``match`` when the framework raises, ``defect``
+      when it returns finite numbers (silent acceptance; with ``k.check``, only
+      when the check also holds, else ``not reproduced``) or a NaN value with a
+      finite gradient (the rule of :class:`Known`), ``convention`` when the
+      gradient is non-finite too.  A ``defect`` whose probe the reference
+      rejects is classified the same way (raising: ``not reproduced``).
     * ``match``: ``match`` when the framework agrees with the reference within
       the tolerance and ``k.check`` holds (a documented behaviour that is no
       defect); otherwise ``not reproduced``.
@@ -474,21 +498,9 @@ def probe_known(k: Known, target: Target) -> dict:
     case = target.gen.case(p.x, p.targets, p.kwargs, region="probe", flags=p.flags)
     out = {"input": case.arguments(), "dtype": case.dtype.name}
     if k.kind == "validation":
-        try:
-            r = target.run(case)
-        except Exception as exc:  # rejecting the input is the right answer
-            out.update({"class": "match", "reproduced": True,
-                        "framework": f"raises {type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:160]}"})
-            return out
-        finite = all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in r.arrays.values())
-        out.update({"class": "defect" if finite else "convention", "reproduced": True,
-                    "framework": ("returns " if finite else "returns non-finite ")
-                    + _fmt_result(r)})
-        if finite and k.check is not None:
-            holds = _checked(k, case, Outcome(False, "validation", {}, "", r, None), out)
-            out.update({"class": "defect" if holds else "not reproduced", "reproduced": holds})
-        return out
+        return _outside_domain(k, target, case, out)
+    if k.kind == "defect" and _rejected_by_reference(target, case):
+        return _outside_domain(k, target, case, out)
     o = evaluate(target, case)
     out["framework"] = _fmt_result(o.framework) if o.framework else o.detail
     out["reference"] = _fmt_result(o.reference) if o.reference else ""
@@ -519,6 +531,49 @@ def probe_known(k: Known, target: Target) -> dict:
     reproduced = (not o.ok) if k.check is None else _checked(k, case, o, out)
     out["reproduced"] = reproduced
     out["class"] = k.kind if reproduced else "not reproduced"
+    return out
+
+
+def _rejected_by_reference(target: Target, case: Case) -> bool:
+    """The reference refuses ``case`` (an input outside the documented domain)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            target.reference(case)
+        except (ValueError, TypeError, IndexError):
+            return True
+    return False
+
+
+def _outside_domain(k: Known, target: Target, case: Case, out: dict) -> dict:
+    """Classify the framework's answer to an input outside the documented domain.
+
+    Raising is the right answer (``match``; for a catalogued defect: ``not reproduced``).
+    Finite numbers (silent acceptance) and a non-finite value with a finite gradient
+    (:func:`nan_value_finite_grad`) are a ``defect`` (with ``k.check``: only when it also
+    holds); a non-finite gradient beside the non-finite value is a ``convention`` (the
+    NaN reaches the parameters, so it cannot train silently).
+    """
+    try:
+        r = target.run(case)
+    except Exception as exc:  # rejecting the input is the right answer
+        out.update({"class": "match" if k.kind == "validation" else "not reproduced",
+                    "reproduced": k.kind == "validation",
+                    "framework": f"raises {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:160]}"})
+        return out
+    finite = all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in r.arrays.values())
+    silent_nan = nan_value_finite_grad(r)
+    defect = finite or silent_nan
+    out.update({"class": "defect" if defect else "convention", "reproduced": True,
+                "framework": ("returns " if finite else
+                              "returns a non-finite value with a finite gradient: "
+                              if silent_nan else "returns non-finite ") + _fmt_result(r)})
+    if defect and k.check is not None:
+        holds = _checked(k, case, Outcome(False, k.kind, {}, "", r, None), out)
+        out.update({"class": "defect" if holds else "not reproduced", "reproduced": holds})
+    elif not defect and k.kind == "defect":
+        out.update({"class": "not reproduced", "reproduced": False})
     return out
 
 

@@ -1,5 +1,6 @@
 """Keras 3 adapter (JAX backend): BinaryCrossentropy, CategoricalCrossentropy,
-SparseCategoricalCrossentropy.
+SparseCategoricalCrossentropy, BinaryFocalCrossentropy and
+CategoricalFocalCrossentropy (``from_logits=True``), KLDivergence.
 
 Backend selection without leaking into the user's process: Keras reads
 ``KERAS_BACKEND`` once, when it is first imported.  :func:`load` sets
@@ -74,7 +75,8 @@ def _loss(cls_name, dtype, **kw):
     return _LOSS_CACHE[key]
 
 
-_CTOR = ("from_logits", "label_smoothing", "reduction", "ignore_class", "axis")
+_CTOR = ("from_logits", "label_smoothing", "reduction", "ignore_class", "axis",
+         "apply_class_balancing", "alpha", "gamma")
 #: The case flag that runs the loss under ``jax.disable_jit()``.
 EAGER = "run eagerly"
 
@@ -184,9 +186,33 @@ def _scce_ref(case):
     return _reduce(case, rows, g, keep)
 
 
+def _bfocal_ref(case, sigmoid=None):
+    kw = case.kwargs
+    alpha = kw.get("alpha", 0.25) if kw.get("apply_class_balancing") else None
+    e, ge = conv.keras_binary_focal_elements(case.x, case.targets, gamma=kw.get("gamma", 2.0),
+                                             alpha=alpha, eps=eps(), sigmoid=sigmoid)
+    K = case.x.shape[-1]
+    return _reduce(case, np.mean(e, axis=-1), ge / K)   # Keras: mean over the last axis
+
+
+def _cfocal_ref(case):
+    kw = case.kwargs
+    rows, g = conv.keras_categorical_focal_rows(case.x, case.targets, gamma=kw.get("gamma", 2.0),
+                                                alpha=kw.get("alpha", 0.25), eps=eps())
+    return _reduce(case, rows, g)
+
+
+def _kl_ref(case):
+    rows, g = conv.keras_kl_divergence_rows(case.x, case.targets, eps=eps())
+    return _reduce(case, rows, g)
+
+
 BCE = "BinaryCrossentropy"
 CCE = "CategoricalCrossentropy"
 SCCE = "SparseCategoricalCrossentropy"
+BFOCAL = "BinaryFocalCrossentropy (from_logits)"
+CFOCAL = "CategoricalFocalCrossentropy (from_logits)"
+KLD = "KLDivergence"
 
 _REDUCTIONS = [{}, {"reduction": "sum"}, {"reduction": "none", "sample_weight": "random"},
                {"sample_weight": "random"},
@@ -238,6 +264,34 @@ def targets() -> list[Target]:
             (logit_regions + ("all ignored",)) if from_logits else prob_regions + (
                 "all ignored",),
             operand_scales(_scce_ref)))
+    fl = {"from_logits": True}
+    for tk in ("hard", "soft"):
+        T.append(Target(
+            BFOCAL + (" hard targets" if tk == "hard" else ""),
+            "conventions.keras_binary_focal_elements (keras-clip of sigmoid(x), alpha only with "
+            "apply_class_balancing), mean over the last axis, keras-sum-over-batch-size",
+            _run("BinaryFocalCrossentropy"), _bfocal_ref, regions.binary("logits", tk),
+            [dict(fl), dict(fl, apply_class_balancing=True), dict(fl, gamma=0.5),
+             dict(fl, gamma=0.0), dict(fl, apply_class_balancing=True, alpha=0.5, gamma=1.0),
+             dict(fl, reduction="sum")],
+            regions.BINARY_LOGIT_REGIONS, operand_scales(_bfocal_ref)))
+    for tk in ("onehot", "soft"):
+        T.append(Target(
+            CFOCAL + (" one-hot" if tk == "onehot" else ""),
+            "conventions.keras_categorical_focal_rows (keras-clip of softmax(x), alpha a "
+            "multiplier), keras-sum-over-batch-size",
+            _run("CategoricalFocalCrossentropy"), _cfocal_ref,
+            regions.categorical("logits", tk),
+            [dict(fl), dict(fl, gamma=0.5), dict(fl, alpha=1.0, gamma=0.0),
+             dict(fl, reduction="sum")],
+            logit_regions, operand_scales(_cfocal_ref)))
+        T.append(Target(
+            KLD + (" one-hot" if tk == "onehot" else ""),
+            "conventions.keras_kl_divergence_rows (probabilities, both clipped to [1e-7, 1]), "
+            "keras-sum-over-batch-size",
+            _run("KLDivergence"), _kl_ref, regions.categorical("probs", tk),
+            [{}, {"reduction": "sum"}, {"sample_weight": "random"}], prob_regions,
+            operand_scales(_kl_ref)))
     return T
 
 
@@ -294,6 +348,58 @@ def _off_class_binary(case):
     return Result({"value": np.mean(e), "grad": ge / case.x.size})
 
 
+def _focal_nan_grad(case, o):
+    """gamma < 1: the framework's gradient is NaN where the reference's is finite."""
+    if case.kwargs.get("gamma", 2.0) >= 1 or o.framework is None:
+        return False
+    return bool(o.nonfinite.get("grad", False)) and not o.nonfinite.get("value", False)
+
+
+def _probability_space(case, o):
+    """The framework matches the convention evaluated at its own sigmoid(x) in the dtype (what
+    its probability-space computation sees; JAX's float32 sigmoid is within an ulp or so of
+    the rounded value), on finite results."""
+    if o.framework is None or any(o.nonfinite.values()):
+        return False
+    with _jax.enable_x64(True):
+        p = np.asarray(_jax.nn.sigmoid(_jnp.asarray(case.x)))
+    ref = _bfocal_ref(case, sigmoid=p)
+    names = [k for k in o.errors if o.errors[k] > o.limit]
+    fw = Result({k: o.framework.arrays[k] for k in names})
+    return _core_compare(fw, Result({k: ref.arrays[k] for k in names}), case)
+
+
+def _core_compare(fw, ref, case):
+    from ._core import compare
+    return compare(fw, ref, case.dtype, operand_scales(_bfocal_ref)(case)).ok
+
+
+def _exact_sigmoid_focal(case, alpha=None):
+    from ..losses.sigmoid_focal_loss import sigmoid_focal_loss_value_and_grad
+    v, g = sigmoid_focal_loss_value_and_grad(case.x, case.targets, alpha=alpha,
+                                             gamma=case.kwargs.get("gamma", 2.0))
+    return Result({"value": v, "grad": g})
+
+
+def _exact_softmax_focal(case, alpha=1.0):
+    from ..losses.softmax_focal_loss import softmax_focal_loss_value_and_grad
+    rows, g = softmax_focal_loss_value_and_grad(case.x, case.targets,
+                                                gamma=case.kwargs.get("gamma", 2.0),
+                                                reduction="none")
+    N = case.x.shape[0]
+    return Result({"value": alpha * np.mean(rows), "grad": alpha * g / N})
+
+
+def _exact_kl(case):
+    from ..losses.kl_divergence import kl_divergence_value_and_grad
+    with np.errstate(divide="ignore"):
+        logp = np.log(case.x.astype(np.float64))
+    rows, g = kl_divergence_value_and_grad(logp, case.targets.astype(np.float64),
+                                           reduction="none")
+    N = case.x.shape[0]
+    return Result({"value": np.mean(rows), "grad": g / case.x / N})
+
+
 def known() -> list[Known]:
     lg = " (from_logits)"
     pr = " (probabilities)"
@@ -323,9 +429,73 @@ def known() -> list[Known]:
               "maps to float32 (BIT64_TO_BIT32_DTYPE), then casts back",
               BCE, "keras/src/backend/jax/numpy.py mean, keras/src/backend/common/dtypes.py",
               "The loss's dtype argument is documented as the dtype of its computations; "
-              "other Keras losses reduce with ops.sum and are float64-exact.",
-              applies=_float32_accurate,
+              "other Keras losses reduce with ops.sum and are float64-exact.  "
+              "BinaryFocalCrossentropy reduces with ops.mean too.",
+              applies=_float32_accurate, scope=(BFOCAL,),
               probe=_c(np.zeros((1, 2)), np.zeros((1, 2)), from_logits=True)),
+        Known("keras-bfocal-nan-grad", "defect",
+              "BinaryFocalCrossentropy(from_logits=True), gamma < 1 (0 included): NaN gradient "
+              "with a finite loss at a saturated correct logit, where sigmoid(x) rounds to 1 "
+              "(to 0 for target 0): power(1 - p_t, gamma)' = gamma 0^(gamma-1) = inf times "
+              "sigmoid'(x) = 0", BFOCAL, "keras/src/losses/losses.py binary_focal_crossentropy",
+              "The exact derivative gamma sigma(x) (1 - sigma(x))^gamma (times the clipped "
+              "BCE) tends to 0; the first NaN is at x = 36.73680056967711 (float64), "
+              "16.635532 (float32) for y = 1.",
+              applies=_focal_nan_grad,
+              probe=_c(np.array([[37.0]]), np.array([[1.0]]), from_logits=True, gamma=0.0)),
+        Known("keras-bfocal-probability-space", "defect",
+              "BinaryFocalCrossentropy(from_logits=True) computes sigmoid(x) and then "
+              "log(1 - p): the rounding of p to the dtype (spacing eps near 1) moves "
+              "-log(1 - p), the loss of a wrong-side logit, by up to ~eps/(1 - p) -- 0.16 at "
+              "x = 15 in float32 (14.84 instead of 15.00), ~1e-9 in float64",
+              BFOCAL, "keras/src/losses/losses.py binary_focal_crossentropy",
+              "from_logits=True documents logits as the input; BinaryCrossentropy(from_logits"
+              "=True) uses log_sigmoid and is accurate.  The framework matches the convention "
+              "evaluated at sigmoid(x) rounded to the dtype (the mechanism, checked on every "
+              "case it explains); the exact convention uses log sigma(-x) = -softplus(x).",
+              applies=_probability_space,
+              probe=_c(np.array([[15.0]], np.float32), np.array([[0.0]], np.float32),
+                       from_logits=True),
+              check=lambda c, o: (not o.ok) and _probability_space(c, o)),
+        Known("keras-bfocal-clip", "convention",
+              "BinaryFocalCrossentropy(from_logits=True) clips sigmoid(x) to [1e-7, 1-1e-7]: "
+              "beyond |x| ~ 16.1 the BCE factor is capped at -log(1e-7) = 16.12 and its "
+              "derivative is 0", BFOCAL, "keras/src/backend/jax/nn.py binary_crossentropy",
+              "The exact loss (the library's sigmoid_focal_loss, alpha=None) grows like |x|.",
+              probe=_c(np.array([[-20.0]], np.float32), np.array([[1.0]], np.float32),
+                       from_logits=True),
+              exact=lambda c: _exact_sigmoid_focal(c)),
+        Known("keras-bfocal-class-balancing", "convention",
+              "BinaryFocalCrossentropy applies alpha only with apply_class_balancing=True "
+              "(default False: no alpha), where torchvision and the library weight by "
+              "alpha = 0.25 by default", BFOCAL, "keras/src/losses/losses.py",
+              probe=_c(np.array([[0.5]], np.float32), np.array([[1.0]], np.float32),
+                       from_logits=True),
+              exact=lambda c: _exact_sigmoid_focal(c, alpha=0.25)),
+        Known("keras-cfocal-alpha-multiplier", "convention",
+              "CategoricalFocalCrossentropy: alpha (default 0.25) is a plain multiplier of "
+              "every class's term -- a scalar scales the whole loss -- not a class balance",
+              CFOCAL, "keras/src/losses/losses.py categorical_focal_crossentropy",
+              "The library's softmax_focal_loss has no alpha (a per-class list is its "
+              "weight).",
+              probe=_c(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0]]), from_logits=True),
+              exact=lambda c: _exact_softmax_focal(c)),
+        Known("keras-cfocal-clip", "convention",
+              "CategoricalFocalCrossentropy(from_logits=True) clips softmax(x) to "
+              "[1e-7, 1-1e-7]: a target class below 1e-7 costs at most alpha -log(1e-7) and "
+              "gets gradient 0 from its log", CFOCAL,
+              "keras/src/losses/losses.py categorical_focal_crossentropy",
+              "Exact: alpha times the library's softmax_focal_loss.",
+              probe=_c(np.array([[0.0, 20.0]]), np.array([[1.0, 0.0]]), from_logits=True),
+              exact=lambda c: _exact_softmax_focal(c, alpha=c.kwargs.get("alpha", 0.25))),
+        Known("keras-kl-clip", "convention",
+              "KLDivergence takes probabilities (not log-probabilities) and clips y_true and "
+              "y_pred to [1e-7, 1]: a zero target contributes 1e-7 log(1e-7 / p), not 0, and "
+              "a zero prediction costs t log(t / 1e-7), not inf", KLD,
+              "keras/src/losses/losses.py kl_divergence",
+              "Exact: the library's kl_divergence at log(y_pred) (0 log 0 = 0).",
+              probe=_c(np.array([[0.5, 0.5]]), np.array([[1.0, 0.0]])),
+              exact=_exact_kl),
         Known("keras-clip-boundary-derivative", "convention",
               "at a probability exactly on the clip boundary (1e-7 or 1-1e-7 in the dtype) "
               "the gradient is halved: jnp.clip = min(max(.)) splits the derivative at a tie; "

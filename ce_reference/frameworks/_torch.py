@@ -10,12 +10,15 @@ reference is the core library (which follows ``F.cross_entropy`` and
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 
 from ..losses.binary_cross_entropy import binary_cross_entropy_value_and_grad
 from ..losses.binary_cross_entropy_with_logits import (
     binary_cross_entropy_with_logits_value_and_grad)
+from ..losses.kl_divergence import kl_divergence_value_and_grad
+from ..losses.nll_loss import nll_loss_value_and_grad
 from ..losses.softmax_cross_entropy import softmax_cross_entropy_value_and_grad
 from .. import conventions as conv
 from ..cases import Case, regions
@@ -82,7 +85,52 @@ def _nll_run(case):
 
 def _nll_ref(case):
     kw = {k: case.kwargs[k] for k in ("weight", "ignore_index", "reduction") if k in case.kwargs}
-    return _vg(*conv.nll_loss(case.x, case.targets, **kw))
+    return _vg(*nll_loss_value_and_grad(case.x, case.targets, **kw))
+
+
+def _kl_targets(case):
+    """The targets as passed: probabilities, or their logs for ``log_target=True``."""
+    t = np.asarray(case.targets)
+    if not case.kwargs.get("log_target"):
+        return t
+    with np.errstate(divide="ignore"):
+        return np.log(t)
+
+
+def _kl_elements_run(case):
+    """``F.kl_div`` as PyTorch returns it (``reduction="none"``: every element)."""
+    x = _torch.tensor(case.x, requires_grad=True)
+    with warnings.catch_warnings():       # 'mean' warns that it is not the KL (a convention)
+        warnings.simplefilter("ignore", UserWarning)
+        out = _F.kl_div(x, _t(_kl_targets(case)), **_kw(case, "reduction", "log_target"))
+    out.sum().backward()
+    return Result({"value": out.detach().numpy(), "grad": x.grad.numpy()})
+
+
+def _kl_run(case):
+    """``F.kl_div``; its ``reduction="none"`` elements summed over the class axis (one KL
+    per row, the library's ``none``; the gradient of the sum is unchanged)."""
+    r = _kl_elements_run(case)
+    if case.kwargs.get("reduction") == "none":
+        r.arrays["value"] = np.sum(r.arrays["value"].astype(np.float64), axis=-1).astype(
+            case.x.dtype)
+    return r
+
+
+def _kl_ref(case):
+    kw = {k: case.kwargs[k] for k in ("reduction", "log_target") if k in case.kwargs}
+    return _vg(*kl_divergence_value_and_grad(case.x, _kl_targets(case), **kw))
+
+
+def _kl_elements_ref(case):
+    """PyTorch's elementwise KL, ``t (log t - x)`` with ``0 log 0 = 0`` (the convention
+    ``torch-kl-none-elements``); its gradient is ``-t``."""
+    x = case.x.astype(np.float64)
+    t = np.asarray(case.targets, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_t = np.where(t > 0, np.log(np.where(t > 0, t, 1.0)), 0.0)
+        value = np.where(t > 0, t * (log_t - x), 0.0)
+    return _vg(value, -t)
 
 
 def _bce_run(case):
@@ -107,6 +155,9 @@ def _bcel_ref(case):
 CE_INDEX = "F.cross_entropy (class indices)"
 CE_PROBS = "F.cross_entropy (probability targets)"
 NLL = "F.nll_loss"
+KL = "F.kl_div"
+KL_LOG = "F.kl_div (log_target=True)"
+KL_ELEMENTS = "F.kl_div (reduction='none', elements)"
 BCE = "F.binary_cross_entropy"
 BCEL = "F.binary_cross_entropy_with_logits"
 
@@ -128,10 +179,27 @@ def targets() -> list[Target]:
             _product([{}, W, LS, {**W, **LS}]), regions.LOGIT_REGIONS[:-1],
             operand_scales(_ce_ref)))
     T.append(Target(
-        NLL, "conventions.nll_loss (mean-target-weight)",
+        NLL, "core nll_loss (PyTorch's definition: mean-target-weight)",
         _nll_run, _nll_ref, regions.categorical("log_probs", "index"),
         _product([{}, W, I, {**W, **I}]), regions.LOGIT_REGIONS,
         operand_scales(_nll_ref)))
+    kl_reductions = ("batchmean", "sum", "mean", "none")
+    for name, lt in ((KL, False), (KL_LOG, True)):
+        for tk in ("soft", "onehot"):
+            T.append(Target(
+                name + ("" if tk == "soft" else " one-hot"),
+                "core kl_divergence (PyTorch's definition; reduction='none': PyTorch's "
+                "elements summed over the class axis, torch-kl-none-elements)",
+                _kl_run, _kl_ref, regions.categorical("log_probs", tk, fixed=("log_target",)),
+                _product([{"log_target": lt}], kl_reductions), regions.LOGIT_REGIONS[:-1],
+                operand_scales(_kl_ref),
+                quick_option_sets=_product([{"log_target": lt}], ("batchmean", "none"))))
+    T.append(Target(
+        KL_ELEMENTS, "PyTorch's elements t (log t - x), 0 log 0 = 0 (torch-kl-none-elements)",
+        _kl_elements_run, _kl_elements_ref,
+        regions.categorical("log_probs", "soft", fixed=("log_target",)),
+        [{"log_target": False, "reduction": "none"}], regions.LOGIT_REGIONS[:4],
+        operand_scales(_kl_elements_ref)))
     for tk in ("hard", "soft"):
         T.append(Target(
             BCE + ("" if tk == "soft" else " hard targets"),
@@ -184,8 +252,36 @@ def _off_class_ref(case):
                                         denominator="count"))
 
 
+def _nan_at_zero_target(log_target):
+    """``applies`` of a KL NaN finding: the framework's value is NaN where the reference's is
+    finite, for the ``log_target`` setting given, on an input with a zero target (a -inf
+    log-target) -- beside a -inf input when ``log_target`` is False."""
+    def applies(case, o):
+        if bool(case.kwargs.get("log_target")) != log_target:
+            return False
+        if not np.any(np.asarray(case.targets) == 0):
+            return False
+        if not log_target:
+            return nan_with_neginf(case, o)
+        if o.framework is None or "value" not in o.framework.arrays:
+            return False
+        a = np.asarray(o.framework.arrays["value"], np.float64)
+        r = np.asarray(o.reference.arrays["value"], np.float64)
+        return bool(np.any(np.isnan(a) & np.isfinite(r)))
+    return applies
+
+
+def _kl_batchmean(case):
+    return _kl_ref(case.replace(kwargs={**case.kwargs, "reduction": "batchmean"}))
+
+
+def _kl_rows(case):
+    return _vg(*kl_divergence_value_and_grad(case.x, case.targets, reduction="none"))
+
+
 def known() -> list[Known]:
     f64 = np.float64
+    half = np.log(np.array([[0.5, 0.5]]))
     return [
         Known("torch-bce-backward", "defect",
               "binary_cross_entropy: backward divides by max(p(1-p), 1e-12) and ignores the "
@@ -213,6 +309,49 @@ def known() -> list[Known]:
               applies=nan_with_neginf,
               probe=_c(np.array([[-np.inf, 0.0]]), np.array([1]), weight=np.array([0.0, 1.0]),
                        label_smoothing=0.1)),
+        Known("torch-nll-zero-weight-neginf", "defect",
+              "nll_loss: NaN loss (finite gradient) when a target's log-probability is -inf "
+              "and its class weight is 0: the row's loss -w_y x_y evaluates 0 * -inf",
+              NLL, "",
+              "A class of weight 0 contributes nothing: the loss is finite (0 here).  The "
+              "gradient -w_y / D is finite, so the NaN loss trains silently.",
+              applies=nan_with_neginf,
+              probe=_c(np.array([[-np.inf, 0.0]]), np.array([0]), weight=np.array([0.0, 1.0]),
+                       reduction="sum")),
+        Known("torch-kl-zero-target-neginf", "defect",
+              "kl_div(log_target=False): NaN loss (finite gradient -t) when a target is 0 "
+              "and its input log-probability is -inf: xlogy(t, t) - t * x evaluates 0 * -inf",
+              KL, "aten/src/ATen/native/Loss.cpp kl_div (xlogy form)",
+              "The term t (log t - x) is 0 for t = 0 (0 log 0 = 0, and a zero target carries "
+              "no mass); the older form where(target > 0, ...) returned 0.",
+              applies=_nan_at_zero_target(False),
+              probe=_c(np.array([[-np.inf, 0.0]]), np.array([[0.0, 1.0]]),
+                       log_target=False, reduction="sum")),
+        Known("torch-kl-log-target-neginf", "defect",
+              "kl_div(log_target=True): NaN loss (finite gradient -exp(lt)) at any -inf "
+              "log-target: exp(lt) * (lt - x) evaluates 0 * -inf",
+              KL_LOG, "aten/src/ATen/native/Loss.cpp kl_div",
+              "A -inf log-target is a zero probability (a masked class): its term is 0.  "
+              "Every one-hot target written in log space is NaN.",
+              applies=_nan_at_zero_target(True),
+              probe=_c(np.array([[-1.0, -0.5]]), np.array([[0.0, 1.0]]),
+                       log_target=True, reduction="sum")),
+        Known("torch-kl-mean-elements", "convention",
+              "kl_div(reduction='mean') divides the sum by the number of elements N*C, not "
+              "by the batch size: not the KL (documented, and warned at run time); "
+              "'batchmean' is the KL", KL, "documented in the kl_div docstring",
+              "The library's 'mean' is the same elementwise mean; the exact KL is "
+              "'batchmean'.",
+              probe=_c(half, np.array([[0.25, 0.75]]), log_target=False, reduction="mean"),
+              exact=_kl_batchmean),
+        Known("torch-kl-none-elements", "convention",
+              "kl_div(reduction='none') returns every element t (log t - x); the library's "
+              "'none' is one KL per row (the elements summed over the class axis)",
+              KL_ELEMENTS, "documented: 'none' keeps the input's shape",
+              "The swept F.kl_div targets compare PyTorch's elements summed over the class "
+              "axis with the library's per-row KL.",
+              probe=_c(half, np.array([[0.25, 0.75]]), log_target=False, reduction="none"),
+              exact=_kl_rows),
         Known("torch-bcel-target-range", "validation",
               "binary_cross_entropy_with_logits accepts targets outside [0, 1] "
               "(binary_cross_entropy rejects them)", BCEL, "",
