@@ -214,7 +214,11 @@ def _measure_one(name, shape, dtype, workers):
         return {"implementation": name, "skipped": "not installed"}
     before = _vm("VmRSS")
     t0 = time.perf_counter()
-    traced = _traced_peak(f) if seen else None
+    if seen:
+        traced = _traced_peak(f)
+    else:                                   # PyTorch's allocations are not NumPy's: RSS only
+        traced = None
+        f()
     return {"implementation": name, "rss_peak_extra_bytes": _vm("VmHWM") - before,
             "tracemalloc_peak_bytes": traced, "seconds": time.perf_counter() - t0}
 
