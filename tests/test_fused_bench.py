@@ -114,3 +114,25 @@ def test_linear_case_runs_every_implementation_and_measures_memory():
     fused_peak, unfused_peak = (p["tracemalloc_peak_bytes"] for p in peaks)
     assert unfused_peak >= 2 * 256 * 4096 * 4 > fused_peak      # logits and their gradient
     assert "peak RSS extra MiB" in linear.memory_markdown((256, 16, 4096), "float32", peaks)
+
+
+def test_benchmark_output_names_its_targets_and_keeps_xla_quiet():
+    """The goals table is named by what it holds (no issue numbers), and ``python -m
+    benchmarks`` sets XLA's log level before JAX is imported (its slow_operation_alarm line
+    is not a result)."""
+    import os
+
+    code = ("import os, runpy, sys; sys.argv = ['benchmarks', '--help'];\n"
+            "try:\n    runpy.run_module('benchmarks', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('LEVEL', os.environ.get('TF_CPP_MIN_LOG_LEVEL'))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "LEVEL 3" in out.stdout
+    assert "issue" not in out.stdout.lower()
+    spec = LOSSES["softmax_cross_entropy"]
+    case = BenchCase((8, 5), "index", goals=(("floor", "<=", 1e9),))
+    res = cli.runner(spec)(spec, case, np.float32, repeat=1, workers=1, log=lambda m: None)
+    md = cli.markdown_tables([res], cli.check_targets([res]))
+    assert "issue" not in md.lower() and "| case | quantity | goal | measured |" in md
