@@ -150,8 +150,10 @@ def test_a_lost_scheduler_stops_the_sweep_which_resumes_on_another_cluster(
         assert not info.value.by_user
     finally:
         for process in (worker, scheduler):
-            if process is not None and process.poll() is None:
-                process.kill()
+            if process is not None:
+                if process.poll() is None:
+                    process.kill()
+                process.wait(timeout=START_TIMEOUT)    # reaped: no "still running" warning
         if client is not None:
             client.close(timeout=5)
         log.close()

@@ -98,6 +98,7 @@ def test_two_processes_loopback_only(tmp_path):
             for p in procs:
                 if p.poll() is None:
                     p.kill()
+                p.wait(timeout=60)
     seconds = time.monotonic() - t0
     evidence = mon.summary()
     if os.environ.get("CE_LOOPBACK_EVIDENCE"):

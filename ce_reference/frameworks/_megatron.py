@@ -235,6 +235,7 @@ class MegatronGroup:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
+            p.wait()                        # reaped: no zombie, no "still running" warning
 
     def __exit__(self, *exc):
         self.close()
