@@ -67,3 +67,28 @@ def test_verifier_catches_planted_linear_cross_entropy_bug(bug):
                        dtypes=(np.float64,), hvp=False, option_sets=option_sets,
                        regions=("random",))
     assert reference.ok, "the same rows pass without the bug"
+
+
+def _richest_option_set(spec):
+    """The option set with the most options (the one most likely to hide a bug)."""
+    return max(spec.option_sets, key=lambda o: len(o.name)).name
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in LOSSES.items() if len(s.wrt) == 1))
+def test_a_gradient_off_by_one_in_a_million_fails_for_every_loss(name):
+    """Every registered loss: its gradient scaled by 1 + 1e-6 fails the mpmath gate in
+    float64 on the random inputs of its richest option set (the error unit -- eps of the
+    operands -- is not so loose that it hides a bug of that size)."""
+    import dataclasses
+
+    spec = LOSSES[name]
+    good = spec.grad
+
+    def planted(*args, **kw):
+        return good(*args, **kw) * (1 + 1e-6)
+
+    rep = verify(specs=[dataclasses.replace(spec, grad=planted)], cases=6, seed=5,
+                 dtypes=(np.float64,), hvp=False, option_sets=[_richest_option_set(spec)],
+                 regions=["random"])
+    assert rep.rows and not rep.ok
+    assert any(f["measure"] == "mpmath" for r in rep.rows for f in r.failures)
