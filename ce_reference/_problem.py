@@ -213,17 +213,6 @@ class ClassProblem:
         elif self.targets_raw is not None:
             check_input_values(self.targets_kind, self.targets_name, self.targets_given)
 
-    def check_broadcast_values(self) -> None:
-        """Value checks of the operands smaller than the input (a fused kernel checks the
-        input and the full-size operands tile by tile)."""
-        try:
-            for name, arr in self.ops.items():
-                if arr is not None and arr.shape != self.shape:
-                    self._check_operand(name)
-        except ValueError:
-            self.check_values()     # the plain function's order: the input's values first
-            raise
-
     def values_ok(self) -> bool:
         """The condition of :meth:`check_values` as a cheap predicate (min/max passes)."""
         x = self.raw.astype(self.cdt, copy=False)
